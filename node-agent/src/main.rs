@@ -1,0 +1,131 @@
+//! pytier node agent.
+//!
+//! Standalone mode (`node-agent run`) works on one machine without Kubernetes.
+//! So far it discovers and prints the NUMA topology; running a Python program
+//! under the interposer arrives with the interposer.
+
+mod topology;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use pytier_crds::node::NumaNode;
+
+#[derive(Parser)]
+#[command(name = "node-agent", version, about = "pytier node agent")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Standalone mode: discover this machine's memory tiers (and, once the
+    /// interposer exists, run PROGRAM under it).
+    Run {
+        #[command(flatten)]
+        topology: TopologyArgs,
+        /// The program to run, after `--`.
+        #[arg(last = true)]
+        program: Vec<String>,
+    },
+    /// Print the NUMA nodes and the tier each is assigned.
+    Topology {
+        #[command(flatten)]
+        topology: TopologyArgs,
+        /// Print JSON (the TieringNode status `numaNodes` format).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+struct TopologyArgs {
+    /// NUMA nodes to treat as DRAM whatever discovery finds (for example `0,1`).
+    #[arg(long, value_delimiter = ',')]
+    dram_nodes: Vec<u32>,
+    /// NUMA nodes to treat as CXL whatever discovery finds.
+    #[arg(long, value_delimiter = ',')]
+    cxl_nodes: Vec<u32>,
+    /// Root of sysfs to read.
+    #[arg(long, default_value = "/sys", hide = true)]
+    sysfs: PathBuf,
+}
+
+impl TopologyArgs {
+    fn discover(&self) -> Result<Vec<NumaNode>> {
+        let facts = topology::read_facts(&self.sysfs)?;
+        let overrides = topology::Overrides {
+            dram: self.dram_nodes.iter().copied().collect(),
+            cxl: self.cxl_nodes.iter().copied().collect(),
+        };
+        topology::classify(&facts, &overrides)
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("node-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Topology { topology, json } => {
+            let nodes = topology.discover()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&nodes)?);
+            } else {
+                print_table(&nodes);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run { topology, program } => {
+            let nodes = topology.discover()?;
+            print_table(&nodes);
+            if !nodes.iter().any(|n| n.tier == pytier_crds::node::Tier::Cxl) {
+                println!("no CXL node found: nothing would be demoted on this machine");
+            }
+            if !program.is_empty() {
+                eprintln!(
+                    "node-agent: running a program under the interposer is not implemented yet; \
+                     {:?} was not started",
+                    program.join(" ")
+                );
+                return Ok(ExitCode::from(2));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn print_table(nodes: &[NumaNode]) {
+    println!("{:<5} {:<5} {:<14} {:<10} {:>12} {:>12}", "NODE", "TIER", "SOURCE", "CPUS", "CAPACITY", "FREE");
+    for n in nodes {
+        let cpus = if n.cpus.is_empty() { "-" } else { &n.cpus };
+        println!(
+            "{:<5} {:<5} {:<14} {:<10} {:>12} {:>12}",
+            n.id,
+            json_name(&n.tier),
+            json_name(&n.source),
+            cpus,
+            mib(n.capacity_bytes),
+            mib(n.free_bytes)
+        );
+    }
+}
+
+/// The API spelling of an enum value, so the table says what the status says.
+fn json_name<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_value(value).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{} MiB", bytes >> 20)
+}

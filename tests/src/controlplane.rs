@@ -1,0 +1,263 @@
+//! A real Kubernetes control plane for tests: upstream etcd and kube-apiserver
+//! on loopback, with a fresh data directory, torn down when dropped (also when
+//! the test panics; the processes also die with the test process).
+//!
+//! Binaries come from `$PYTIER_CONTROLPLANE_BIN`, or else from
+//! `tests/controlplane/build.sh` (which builds them once and caches them).
+
+use std::fs;
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, Patch, PatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::wait::{await_condition, conditions};
+use kube::{Client, Config};
+
+use crate::pki::{TestCa, private_key_pem};
+
+/// How long the API server may take to become ready (TCG VMs and cold caches
+/// are slow; a warm start on loopback takes a few seconds).
+const READY_TIMEOUT: Duration = Duration::from_secs(90);
+const ADMIN_TOKEN: &str = "pytier-test-admin-token";
+
+/// A running etcd + kube-apiserver pair.
+pub struct ControlPlane {
+    processes: Vec<Process>,
+    dir: tempfile::TempDir,
+    kubeconfig: PathBuf,
+    client: Client,
+}
+
+struct Process {
+    name: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+impl ControlPlane {
+    /// Starts etcd and kube-apiserver, waits until the API server is ready, and
+    /// applies every CRD under `crds/`.
+    pub async fn start() -> Result<Self> {
+        let bin = binaries()?;
+        let dir = tempfile::Builder::new().prefix("pytier-controlplane-").tempdir()?;
+        let mut processes = Vec::new();
+
+        let (etcd_client, etcd_peer, apiserver_port) = (free_port()?, free_port()?, free_port()?);
+        let client_url = format!("http://127.0.0.1:{etcd_client}");
+        let peer_url = format!("http://127.0.0.1:{etcd_peer}");
+        processes.push(spawn(
+            "etcd",
+            &bin.join("etcd"),
+            dir.path(),
+            &[
+                "--name=default",
+                &format!("--data-dir={}", dir.path().join("etcd").display()),
+                &format!("--listen-client-urls={client_url}"),
+                &format!("--advertise-client-urls={client_url}"),
+                &format!("--listen-peer-urls={peer_url}"),
+                &format!("--initial-advertise-peer-urls={peer_url}"),
+                &format!("--initial-cluster=default={peer_url}"),
+                "--log-level=warn",
+                "--unsafe-no-fsync", // test data is thrown away; fsync only costs time
+            ],
+        )?);
+
+        let ca = TestCa::new()?;
+        let serving = ca.issue(&["localhost", "127.0.0.1"])?;
+        let pki = dir.path().join("pki");
+        fs::create_dir_all(&pki)?;
+        fs::write(pki.join("ca.crt"), ca.cert_pem())?;
+        fs::write(pki.join("serving.crt"), &serving.cert_pem)?;
+        fs::write(pki.join("serving.key"), &serving.key_pem)?;
+        fs::write(pki.join("service-account.key"), private_key_pem()?)?;
+        // A static admin token in system:masters, which RBAC allows everything.
+        fs::write(pki.join("tokens.csv"), format!("{ADMIN_TOKEN},admin,admin,system:masters\n"))?;
+
+        processes.push(spawn(
+            "kube-apiserver",
+            &bin.join("kube-apiserver"),
+            dir.path(),
+            &[
+                &format!("--etcd-servers={client_url}"),
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                &format!("--secure-port={apiserver_port}"),
+                &format!("--tls-cert-file={}", pki.join("serving.crt").display()),
+                &format!("--tls-private-key-file={}", pki.join("serving.key").display()),
+                &format!("--token-auth-file={}", pki.join("tokens.csv").display()),
+                &format!("--service-account-key-file={}", pki.join("service-account.key").display()),
+                &format!("--service-account-signing-key-file={}", pki.join("service-account.key").display()),
+                "--service-account-issuer=https://kubernetes.default.svc",
+                "--service-cluster-ip-range=10.96.0.0/16",
+                "--authorization-mode=RBAC",
+                // No controller-manager runs, so nothing creates default service
+                // accounts; pods must still be admitted.
+                "--disable-admission-plugins=ServiceAccount",
+            ],
+        )?);
+
+        let kubeconfig = dir.path().join("kubeconfig");
+        fs::write(&kubeconfig, kubeconfig_yaml(apiserver_port, &pki.join("ca.crt")))?;
+        let config = Config::from_custom_kubeconfig(Kubeconfig::read_from(&kubeconfig)?, &KubeConfigOptions::default())
+            .await
+            .context("test kubeconfig is unusable")?;
+        let client = Client::try_from(config)?;
+        let mut plane = ControlPlane { processes, dir, kubeconfig, client };
+        plane.wait_ready().await?;
+        plane.apply_crds().await?;
+        Ok(plane)
+    }
+
+    /// A client authenticated as a cluster administrator.
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// Path of a kubeconfig for this control plane (for processes under test).
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    async fn wait_ready(&mut self) -> Result<()> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            for p in &mut self.processes {
+                if let Some(status) = p.child.try_wait()? {
+                    bail!("{} exited with {status} before the API server was ready:\n{}", p.name, tail(&p.log, 40));
+                }
+            }
+            let request = http::Request::get("/readyz").body(Vec::new())?;
+            match self.client.request_text(request).await {
+                Ok(body) if body.trim() == "ok" => return Ok(()),
+                _ if Instant::now() > deadline => {
+                    bail!("kube-apiserver not ready after {READY_TIMEOUT:?}:\n{}", tail(&self.processes[1].log, 40))
+                }
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+
+    /// Applies `crds/*.yaml` with server-side apply and waits until each is
+    /// Established, so tests can use the types at once.
+    async fn apply_crds(&self) -> Result<()> {
+        let api: Api<CustomResourceDefinition> = Api::all(self.client());
+        for path in crd_files()? {
+            let text = fs::read_to_string(&path)?;
+            let crd: CustomResourceDefinition =
+                serde_norway::from_str(&text).with_context(|| format!("{} is not a CRD", path.display()))?;
+            let name = crd.metadata.name.clone().context("CRD without a name")?;
+            api.patch(&name, &PatchParams::apply("pytier-tests").force(), &Patch::Apply(&crd))
+                .await
+                .with_context(|| format!("the API server refused {}", path.display()))?;
+            tokio::time::timeout(Duration::from_secs(30), await_condition(api.clone(), &name, conditions::is_crd_established()))
+                .await
+                .with_context(|| format!("CRD {name} not Established within 30s"))??;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        // Stop the API server before etcd so it does not spin on a dead backend.
+        for p in self.processes.iter_mut().rev() {
+            unsafe { libc::kill(p.child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while matches!(p.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+            if std::thread::panicking() {
+                eprintln!("--- last lines of {} ({}):\n{}", p.name, self.dir.path().display(), tail(&p.log, 30));
+            }
+        }
+    }
+}
+
+/// The directory with the `etcd` and `kube-apiserver` binaries. Prints their
+/// versions once per test process so every test log says what it ran against.
+pub fn binaries() -> Result<PathBuf> {
+    static BIN: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
+    let bin = BIN.get_or_init(|| find_binaries().map_err(|e| format!("{e:#}"))).clone();
+    bin.map_err(anyhow::Error::msg)
+}
+
+fn find_binaries() -> Result<PathBuf> {
+    let dir = match std::env::var_os("PYTIER_CONTROLPLANE_BIN") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let script = crate::repo_root().join("tests/controlplane/build.sh");
+            let out = Command::new(&script).stderr(Stdio::inherit()).output()?;
+            if !out.status.success() {
+                bail!("{} failed ({})", script.display(), out.status);
+            }
+            PathBuf::from(String::from_utf8(out.stdout)?.trim())
+        }
+    };
+    for name in ["etcd", "kube-apiserver"] {
+        let out = Command::new(dir.join(name))
+            .arg("--version")
+            .output()
+            .with_context(|| format!("cannot run {}", dir.join(name).display()))?;
+        eprintln!("control plane: {}", String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or("?"));
+    }
+    Ok(dir)
+}
+
+fn spawn(name: &'static str, bin: &Path, dir: &Path, args: &[&str]) -> Result<Process> {
+    let log = dir.join(format!("{name}.log"));
+    let out = fs::File::create(&log)?;
+    let mut cmd = Command::new(bin);
+    cmd.args(args).stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out);
+    // If the test process dies without running Drop, take the child with it.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().with_context(|| format!("cannot start {}", bin.display()))?;
+    Ok(Process { name, child, log })
+}
+
+fn crd_files() -> Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = fs::read_dir(crate::repo_root().join("crds"))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        bail!("no CRD YAML under crds/; run `cargo run -p pytier-crds --bin crdgen`");
+    }
+    Ok(files)
+}
+
+fn kubeconfig_yaml(port: u16, ca_file: &Path) -> String {
+    let ca = ca_file.display();
+    format!(
+        "apiVersion: v1\nkind: Config\n\
+         clusters:\n- name: test\n  cluster:\n    server: https://127.0.0.1:{port}\n    certificate-authority: {ca}\n\
+         users:\n- name: admin\n  user:\n    token: {ADMIN_TOKEN}\n\
+         contexts:\n- name: test\n  context:\n    cluster: test\n    user: admin\n\
+         current-context: test\n"
+    )
+}
+
+/// A TCP port that was free a moment ago.
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
