@@ -1,6 +1,5 @@
 //! `TieringPolicy`: which Python pods are tiered, and how.
 
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -123,12 +122,11 @@ pub struct Tiers {
 #[x_kube(validation = kube::core::Rule::new("has(self.bytes) != has(self.heapFraction)")
     .message("set exactly one of dramBudget.bytes or dramBudget.heapFraction"))]
 pub struct DramBudget {
-    /// Absolute DRAM budget per process, as a quantity (for example `512Mi`).
-    /// Must be greater than zero.
+    /// Absolute DRAM budget per process in bytes (for example 536870912 for
+    /// 512 MiB). At least one page (4096).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = kube::core::Rule::new("isQuantity(string(self)) && quantity(string(self)).sign() > 0")
-        .message("dramBudget.bytes must be a positive quantity such as 512Mi"))]
-    pub bytes: Option<Quantity>,
+    #[schemars(range(min = 4096))]
+    pub bytes: Option<u64>,
 
     /// DRAM budget as a fraction of the process's Python heap, from 0 to 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -197,11 +197,8 @@ mod tests {
             let dir = nodes.join(format!("node{id}"));
             fs::create_dir_all(&dir).unwrap();
             fs::write(dir.join("cpulist"), format!("{cpus}\n")).unwrap();
-            fs::write(
-                dir.join("meminfo"),
-                format!("Node {id} MemTotal:  2048 kB\nNode {id} MemFree:   1024 kB\n"),
-            )
-            .unwrap();
+            fs::write(dir.join("meminfo"), format!("Node {id} MemTotal:  2048 kB\nNode {id} MemFree:   1024 kB\n"))
+                .unwrap();
         }
         fs::write(nodes.join("has_memory"), "0-1\n").unwrap();
         let tier = sys.path().join("devices/virtual/memory_tiering/memory_tier22");
@@ -209,7 +206,10 @@ mod tests {
         fs::write(tier.join("nodelist"), "1\n").unwrap();
 
         let facts = read_facts(sys.path()).unwrap();
-        assert_eq!(facts[0], NodeFacts { id: 0, cpus: "0-1".into(), capacity_bytes: 2 << 20, free_bytes: 1 << 20, memory_tier: None });
+        assert_eq!(
+            facts[0],
+            NodeFacts { id: 0, cpus: "0-1".into(), capacity_bytes: 2 << 20, free_bytes: 1 << 20, memory_tier: None }
+        );
         assert_eq!(facts[1].memory_tier, Some(22));
         assert_eq!(facts[1].cpus, "");
     }

@@ -20,7 +20,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, Config};
 
-use crate::pki::{TestCa, private_key_pem};
+use crate::pki::{TestCa, key_pair_pem};
 
 /// How long the API server may take to become ready (TCG VMs and cold caches
 /// are slow; a warm start on loopback takes a few seconds).
@@ -76,7 +76,9 @@ impl ControlPlane {
         fs::write(pki.join("ca.crt"), ca.cert_pem())?;
         fs::write(pki.join("serving.crt"), &serving.cert_pem)?;
         fs::write(pki.join("serving.key"), &serving.key_pem)?;
-        fs::write(pki.join("service-account.key"), private_key_pem()?)?;
+        let (sa_private, sa_public) = key_pair_pem()?;
+        fs::write(pki.join("service-account.key"), sa_private)?;
+        fs::write(pki.join("service-account.pub"), sa_public)?;
         // A static admin token in system:masters, which RBAC allows everything.
         fs::write(pki.join("tokens.csv"), format!("{ADMIN_TOKEN},admin,admin,system:masters\n"))?;
 
@@ -88,11 +90,13 @@ impl ControlPlane {
                 &format!("--etcd-servers={client_url}"),
                 "--bind-address=127.0.0.1",
                 "--advertise-address=127.0.0.1",
+                // The kubernetes Service endpoint may not be a loopback address.
+                "--endpoint-reconciler-type=none",
                 &format!("--secure-port={apiserver_port}"),
                 &format!("--tls-cert-file={}", pki.join("serving.crt").display()),
                 &format!("--tls-private-key-file={}", pki.join("serving.key").display()),
                 &format!("--token-auth-file={}", pki.join("tokens.csv").display()),
-                &format!("--service-account-key-file={}", pki.join("service-account.key").display()),
+                &format!("--service-account-key-file={}", pki.join("service-account.pub").display()),
                 &format!("--service-account-signing-key-file={}", pki.join("service-account.key").display()),
                 "--service-account-issuer=https://kubernetes.default.svc",
                 "--service-cluster-ip-range=10.96.0.0/16",
@@ -156,9 +160,12 @@ impl ControlPlane {
             api.patch(&name, &PatchParams::apply("pytier-tests").force(), &Patch::Apply(&crd))
                 .await
                 .with_context(|| format!("the API server refused {}", path.display()))?;
-            tokio::time::timeout(Duration::from_secs(30), await_condition(api.clone(), &name, conditions::is_crd_established()))
-                .await
-                .with_context(|| format!("CRD {name} not Established within 30s"))??;
+            tokio::time::timeout(
+                Duration::from_secs(30),
+                await_condition(api.clone(), &name, conditions::is_crd_established()),
+            )
+            .await
+            .with_context(|| format!("CRD {name} not Established within 30s"))??;
         }
         Ok(())
     }

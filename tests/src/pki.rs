@@ -36,7 +36,9 @@ impl TestCa {
     }
 }
 
-/// A fresh private key in PEM, for example to sign service-account tokens.
-pub fn private_key_pem() -> Result<String> {
-    Ok(KeyPair::generate()?.serialize_pem())
+/// A fresh key pair as (private key PEM, public key PEM), for example to sign
+/// and verify service-account tokens.
+pub fn key_pair_pem() -> Result<(String, String)> {
+    let key = KeyPair::generate()?;
+    Ok((key.serialize_pem(), key.public_key_pem()))
 }
