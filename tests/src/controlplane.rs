@@ -129,6 +129,16 @@ impl ControlPlane {
         &self.kubeconfig
     }
 
+    /// Process ids of etcd and kube-apiserver.
+    pub fn pids(&self) -> Vec<u32> {
+        self.processes.iter().map(|p| p.child.id()).collect()
+    }
+
+    /// The directory holding etcd's data, certificates and logs; removed on drop.
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     async fn wait_ready(&mut self) -> Result<()> {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
@@ -225,6 +235,8 @@ fn spawn(name: &'static str, bin: &Path, dir: &Path, args: &[&str]) -> Result<Pr
     let mut cmd = Command::new(bin);
     cmd.args(args).stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out);
     // If the test process dies without running Drop, take the child with it.
+    // (PDEATHSIG fires when the spawning *thread* exits, so a ControlPlane must
+    // live no longer than the thread that started it, as in one test.)
     unsafe {
         cmd.pre_exec(|| {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
