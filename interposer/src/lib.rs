@@ -1,7 +1,277 @@
 //! pytier interposer: the code that runs inside each Python process.
 //!
-//! Its parts, in memtierd's vocabulary: a Tracker that reads reference-count
-//! changes of live objects, a Policy that turns them into temperatures and
-//! placement decisions under the DRAM budget, and a Mover that carries those
-//! decisions out. None of them exists yet; this crate only reserves the place
-//! in the workspace, and builds nothing that a Python process could load.
+//! In memtierd's vocabulary: the **Tracker** (`scanner`, `objects`, `arenas`)
+//! reads reference counts of live objects, the **Policy** (`temperature`)
+//! turns their changes into temperatures and classes, and the Mover (placing
+//! pages on DRAM or CXL nodes) is not built yet.
+//!
+//! The scanner never holds the GIL: it copies pymalloc pools with
+//! `process_vm_readv` (see `memory`) and recognises objects in the copies.
+//! Python loads this library with `ctypes.PyDLL` from the `pytier` package
+//! (see `interposer/python`) and calls the `pytier_*` functions below with the
+//! GIL held. Every entry point catches panics: the interposer fails open.
+
+pub mod arenas;
+pub mod config;
+pub mod control;
+pub mod layout;
+pub mod memory;
+pub mod objects;
+pub mod scanner;
+pub mod temperature;
+
+use std::ffi::{CStr, CString, c_char};
+use std::os::unix::net::UnixListener;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use config::Config;
+use layout::Layout;
+use scanner::{PassReport, Tracker};
+use temperature::Rules;
+
+/// State shared by the scanner thread, the control thread and Python.
+pub struct Shared {
+    pub stop: AtomicBool,
+    pub config: Mutex<Config>,
+    pub python: String,
+    latest: Mutex<Option<PassReport>>,
+    passes: AtomicU64,
+    scan_nanos: AtomicU64,
+    wake: Condvar,
+    started: Instant,
+    start_gil_seconds: f64,
+    early_pools: usize,
+    socket: Option<PathBuf>,
+}
+
+impl Shared {
+    /// Everything a stats request reports, as JSON.
+    pub fn stats_json(&self) -> Value {
+        // try_lock: after a fork the child may find this held by a scanner
+        // thread that no longer exists; it must not wait for it.
+        let latest = match self.latest.try_lock() {
+            Ok(guard) => guard.clone(),
+            Err(_) => None,
+        };
+        let passes = self.passes.load(Ordering::Relaxed);
+        let scan_seconds = self.scan_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let uptime = self.started.elapsed().as_secs_f64();
+        json!({
+            "active": !FORKED.load(Ordering::Relaxed) && !self.stop.load(Ordering::Relaxed),
+            "reason": if FORKED.load(Ordering::Relaxed) { Some("stopped in a forked child") } else { None },
+            "python": self.python,
+            "config": self.config.try_lock().ok().map(|c| c.clone()),
+            "passes": passes,
+            "uptimeSeconds": uptime,
+            "scanSecondsTotal": scan_seconds,
+            "scannerCpuFraction": if uptime > 0.0 { scan_seconds / uptime } else { 0.0 },
+            // The scanner itself never takes the GIL; only start-up did.
+            "gilSecondsTotal": self.start_gil_seconds,
+            "earlyPools": self.early_pools,
+            "socket": self.socket.as_ref().map(|p| p.display().to_string()),
+            "last": latest,
+        })
+    }
+}
+
+static SHARED: OnceLock<Arc<Shared>> = OnceLock::new();
+static THREADS: Mutex<Vec<JoinHandle<()>>> = Mutex::new(Vec::new());
+/// Set in a child after `fork()`: its copy of our state has no threads.
+static FORKED: AtomicBool = AtomicBool::new(false);
+
+/// Starts tracking. Called once, with the GIL held.
+///
+/// `config_json` may be empty (defaults). `type_type` is `id(type)`.
+/// `early` points to `n_early` addresses of objects alive now. `socket_path`
+/// may be empty (no control socket). On failure writes a one-line reason
+/// into `err` and returns non-zero; the program continues untouched.
+///
+/// # Safety
+/// Pointers must be valid as described; the caller holds the GIL.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pytier_start(
+    config_json: *const c_char,
+    hexversion: u32,
+    free_threaded: i32,
+    type_type: usize,
+    early: *const usize,
+    n_early: usize,
+    socket_path: *const c_char,
+    err: *mut c_char,
+    err_len: usize,
+) -> i32 {
+    let result = catch_unwind(AssertUnwindSafe(|| unsafe {
+        let config = CStr::from_ptr(config_json).to_string_lossy().into_owned();
+        let socket = CStr::from_ptr(socket_path).to_string_lossy().into_owned();
+        let early = if early.is_null() { &[][..] } else { std::slice::from_raw_parts(early, n_early) };
+        start(&config, hexversion, free_threaded != 0, type_type, early, &socket)
+    }));
+    let message = match result {
+        Ok(Ok(())) => return 0,
+        Ok(Err(message)) => message,
+        Err(_) => "internal error while starting (a bug in pytier)".to_string(),
+    };
+    unsafe { write_c_string(&message, err, err_len) };
+    1
+}
+
+fn start(
+    config_json: &str,
+    hexversion: u32,
+    free_threaded: bool,
+    type_type: usize,
+    early: &[usize],
+    socket: &str,
+) -> Result<(), String> {
+    let t0 = Instant::now();
+    if SHARED.get().is_some() {
+        return Err("already started".into());
+    }
+    let layout = Layout::for_version(hexversion, free_threaded).map_err(|e| e.0)?;
+    let config = if config_json.trim().is_empty() { Config::default() } else { Config::from_json(config_json)? };
+    memory::read_exact_self(type_type, &mut [0u8; 8])
+        .map_err(|e| format!("cannot read this process's memory with process_vm_readv: {e}"))?;
+
+    let listener = if socket.is_empty() {
+        None
+    } else {
+        let _ = std::fs::remove_file(socket); // a stale socket of an earlier process with this pid
+        Some(UnixListener::bind(socket).map_err(|e| format!("cannot listen on {socket}: {e}"))?)
+    };
+
+    let mut tracker = Tracker::new(layout, type_type);
+    // SAFETY: called with the GIL held, from inside CPython.
+    unsafe { arenas::install_hook() };
+    let early_pools = tracker.add_early_objects(early);
+    unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
+
+    let shared = Arc::new(Shared {
+        stop: AtomicBool::new(false),
+        config: Mutex::new(config),
+        python: format!("{}.{}", hexversion >> 24, (hexversion >> 16) & 0xff),
+        latest: Mutex::new(None),
+        passes: AtomicU64::new(0),
+        scan_nanos: AtomicU64::new(0),
+        wake: Condvar::new(),
+        started: Instant::now(),
+        start_gil_seconds: t0.elapsed().as_secs_f64(),
+        early_pools,
+        socket: listener.as_ref().map(|_| PathBuf::from(socket)),
+    });
+    let _ = SHARED.set(shared.clone());
+
+    let mut threads = THREADS.lock().map_err(|_| "internal lock poisoned")?;
+    let scanner_shared = shared.clone();
+    threads.push(
+        std::thread::Builder::new()
+            .name("pytier-scan".into())
+            .spawn(move || scan_loop(tracker, scanner_shared))
+            .map_err(|e| format!("cannot start the scanner thread: {e}"))?,
+    );
+    if let Some(listener) = listener {
+        threads.push(
+            std::thread::Builder::new()
+                .name("pytier-control".into())
+                .spawn(move || control::serve(listener, shared))
+                .map_err(|e| format!("cannot start the control thread: {e}"))?,
+        );
+    }
+    Ok(())
+}
+
+/// Scans, then sleeps so the scanner stays within its CPU budget.
+fn scan_loop(mut tracker: Tracker, shared: Arc<Shared>) {
+    let mut last = Instant::now();
+    while !shared.stop.load(Ordering::Acquire) {
+        let config = shared.config.lock().map(|c| c.clone()).unwrap_or_default();
+        let since_last = last.elapsed().as_secs_f64().max(config.scan_interval_millis as f64 / 1000.0);
+        last = Instant::now();
+        let rules = Rules::new(config.hot_threshold, config.decay_half_life_seconds as f64, since_last);
+        let report = tracker.scan(&rules);
+        let took = report.scan_seconds;
+        shared.passes.fetch_add(1, Ordering::Relaxed);
+        shared.scan_nanos.fetch_add((took * 1e9) as u64, Ordering::Relaxed);
+        if let Ok(mut latest) = shared.latest.lock() {
+            *latest = Some(report);
+        }
+        let budget_gap = took * (1.0 / config.max_cpu_fraction - 1.0);
+        let pause =
+            Duration::from_secs_f64((config.scan_interval_millis as f64 / 1000.0 - took).max(budget_gap).max(0.001));
+        let guard = shared.latest.lock();
+        if let Ok(guard) = guard {
+            let _ = shared.wake.wait_timeout_while(guard, pause, |_| !shared.stop.load(Ordering::Acquire));
+        }
+    }
+}
+
+extern "C" fn after_fork_in_child() {
+    // The child has our memory but not our threads. Tracking stays off there;
+    // the arena hook keeps working (it only touches atomics).
+    FORKED.store(true, Ordering::Release);
+    if let Some(shared) = SHARED.get() {
+        shared.stop.store(true, Ordering::Release);
+    }
+}
+
+/// Stops the threads and removes the socket. Called at interpreter exit.
+#[unsafe(no_mangle)]
+pub extern "C" fn pytier_stop() {
+    let _ = catch_unwind(|| {
+        let Some(shared) = SHARED.get() else { return };
+        shared.stop.store(true, Ordering::Release);
+        shared.wake.notify_all();
+        if FORKED.load(Ordering::Acquire) {
+            return; // the threads were the parent's
+        }
+        if let Ok(mut threads) = THREADS.try_lock() {
+            for t in threads.drain(..) {
+                let _ = t.join();
+            }
+        }
+        if let Some(socket) = &shared.socket {
+            let _ = std::fs::remove_file(socket);
+        }
+    });
+}
+
+/// Stats as a JSON C string (free it with `pytier_free`), or NULL when
+/// tracking never started.
+#[unsafe(no_mangle)]
+pub extern "C" fn pytier_stats() -> *mut c_char {
+    catch_unwind(|| {
+        let shared = SHARED.get()?;
+        CString::new(shared.stats_json().to_string()).ok().map(CString::into_raw)
+    })
+    .ok()
+    .flatten()
+    .unwrap_or(std::ptr::null_mut())
+}
+
+/// Frees a string returned by `pytier_stats`.
+///
+/// # Safety
+/// `s` came from `pytier_stats` and is freed once.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pytier_free(s: *mut c_char) {
+    if !s.is_null() {
+        drop(unsafe { CString::from_raw(s) });
+    }
+}
+
+unsafe fn write_c_string(message: &str, out: *mut c_char, len: usize) {
+    if out.is_null() || len == 0 {
+        return;
+    }
+    let n = message.len().min(len - 1);
+    unsafe {
+        std::ptr::copy_nonoverlapping(message.as_ptr().cast(), out, n);
+        *out.add(n) = 0;
+    }
+}

@@ -1,0 +1,105 @@
+"""Starts the native interposer in this process, or says why it did not."""
+
+import ctypes
+import gc
+import json
+import os
+import sys
+
+# Environment the node agent (or a person) sets.
+ENV_CONFIG = "PYTIER_CONFIG"  # JSON: scanIntervalMillis, hotThreshold, ...
+ENV_SOCKET = "PYTIER_SOCKET"  # control socket path; "" disables it
+ENV_SOCKET_DIR = "PYTIER_SOCKET_DIR"  # else the socket is <dir>/pytier-<pid>.sock
+ENV_DISABLE = "PYTIER_DISABLE"  # "1": do nothing
+NATIVE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_native.so")
+
+_lib = None
+_reason = "not started"
+
+
+def default_socket(pid):
+    return os.path.join(os.environ.get(ENV_SOCKET_DIR, "/tmp"), f"pytier-{pid}.sock")
+
+
+def _unsupported():
+    """Why this interpreter cannot be tracked, or None."""
+    if sys.implementation.name != "cpython":
+        return f"{sys.implementation.name} is not supported (CPython only)"
+    if sys.platform != "linux":
+        return f"{sys.platform} is not supported (Linux only)"
+    if sys.maxsize < 2**63 - 1:
+        return "32-bit interpreters are not supported"
+    malloc = os.environ.get("PYTHONMALLOC", "")
+    if malloc not in ("", "pymalloc"):
+        return f"PYTHONMALLOC={malloc} is not supported (pytier reads pymalloc's pools)"
+    if sys.getallocatedblocks() == 0:
+        return "this interpreter does not use pymalloc"
+    return None
+
+
+def start():
+    global _lib, _reason
+    if os.environ.get(ENV_DISABLE) == "1":
+        _reason = f"disabled by {ENV_DISABLE}=1"
+        return
+    why = _unsupported()
+    if why is not None:
+        _reason = why
+        sys.stderr.write(f"pytier: not active: {why}\n")
+        return
+    try:
+        lib = ctypes.PyDLL(NATIVE)
+    except OSError as error:
+        _reason = f"cannot load {NATIVE}: {error}"
+        sys.stderr.write(f"pytier: not active: {_reason}\n")
+        return
+    lib.pytier_start.restype = ctypes.c_int
+    lib.pytier_start.argtypes = [
+        ctypes.c_char_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_size_t,
+        ctypes.POINTER(ctypes.c_size_t), ctypes.c_size_t, ctypes.c_char_p,
+        ctypes.c_char_p, ctypes.c_size_t,
+    ]
+    lib.pytier_stats.restype = ctypes.c_void_p
+    lib.pytier_free.argtypes = [ctypes.c_void_p]
+
+    free_threaded = bool(getattr(sys, "_is_gil_enabled", lambda: True)() is False)
+    # Objects alive now: their pools predate the arena hook.
+    early = [id(o) for o in gc.get_objects()]
+    early_array = (ctypes.c_size_t * len(early))(*early)
+    socket = os.environ.get(ENV_SOCKET)
+    if socket is None:
+        socket = default_socket(os.getpid())
+    err = ctypes.create_string_buffer(512)
+    code = lib.pytier_start(
+        os.environ.get(ENV_CONFIG, "").encode(), sys.hexversion, int(free_threaded), id(type),
+        early_array, len(early), socket.encode(), err, len(err),
+    )
+    if code != 0:
+        _reason = err.value.decode(errors="replace")
+        sys.stderr.write(f"pytier: not active: {_reason}\n")
+        return
+    _lib = lib
+    _reason = None
+    import atexit
+
+    atexit.register(lib.pytier_stop)
+
+
+def status():
+    """(active, reason): reason says why pytier is not active."""
+    return (_lib is not None and _reason is None, _reason)
+
+
+def stats():
+    """What the interposer sees in this process, or {"active": False, "reason": ...}."""
+    if _lib is None:
+        return {"active": False, "reason": _reason}
+    ptr = _lib.pytier_stats()
+    if not ptr:
+        return {"active": False, "reason": "no stats"}
+    try:
+        data = json.loads(ctypes.string_at(ptr).decode())
+    finally:
+        _lib.pytier_free(ptr)
+    data["allocatedBlocks"] = sys.getallocatedblocks()
+    return data

@@ -1,0 +1,135 @@
+//! Where Python's small objects live: the pymalloc arenas created since the
+//! interposer started (learned by wrapping the arena allocator), plus pools
+//! found at start-up from the addresses of objects that already existed.
+//!
+//! The registry is a fixed array of atomics: the hook runs on the application
+//! thread under the GIL and must never wait for the scanner, and a `fork()`
+//! can never leave a lock held in the child.
+
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// A set of non-zero addresses, lock-free, fixed capacity.
+pub struct AddrSet<const N: usize> {
+    slots: [AtomicUsize; N],
+    /// One past the highest slot ever used, to bound the scans.
+    high: AtomicUsize,
+}
+
+impl<const N: usize> AddrSet<N> {
+    pub const fn new() -> Self {
+        AddrSet { slots: [const { AtomicUsize::new(0) }; N], high: AtomicUsize::new(0) }
+    }
+
+    /// Adds `addr`; false when the set is full (the address is then not tracked).
+    pub fn insert(&self, addr: usize) -> bool {
+        for (i, slot) in self.slots.iter().enumerate() {
+            if slot.compare_exchange(0, addr, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+                self.high.fetch_max(i + 1, Ordering::AcqRel);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Removes every address in `[start, end)`.
+    pub fn remove_range(&self, start: usize, end: usize) {
+        let high = self.high.load(Ordering::Acquire);
+        for slot in &self.slots[..high] {
+            let a = slot.load(Ordering::Acquire);
+            if a >= start && a < end {
+                let _ = slot.compare_exchange(a, 0, Ordering::AcqRel, Ordering::Relaxed);
+            }
+        }
+    }
+
+    pub fn contains(&self, addr: usize) -> bool {
+        self.snapshot().contains(&addr)
+    }
+
+    pub fn snapshot(&self) -> Vec<usize> {
+        let high = self.high.load(Ordering::Acquire);
+        self.slots[..high].iter().map(|s| s.load(Ordering::Acquire)).filter(|a| *a != 0).collect()
+    }
+}
+
+/// Arenas allocated since start: 16384 slots cover 16 GiB of small objects.
+pub static ARENAS: AddrSet<16384> = AddrSet::new();
+/// Pools that existed before start (found from live objects).
+pub static EARLY_POOLS: AddrSet<8192> = AddrSet::new();
+/// Size of the arenas seen (the hook learns it; 1 MiB on 3.10+).
+pub static ARENA_SIZE: AtomicUsize = AtomicUsize::new(0);
+
+/// CPython's `PyObjectArenaAllocator`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ArenaAllocator {
+    ctx: *mut c_void,
+    alloc: Option<unsafe extern "C" fn(*mut c_void, usize) -> *mut c_void>,
+    free: Option<unsafe extern "C" fn(*mut c_void, *mut c_void, usize)>,
+}
+
+unsafe extern "C" {
+    fn PyObject_GetArenaAllocator(allocator: *mut ArenaAllocator);
+    fn PyObject_SetArenaAllocator(allocator: *mut ArenaAllocator);
+}
+
+/// The allocator we wrap. Written once, under the GIL, before our hook runs.
+static mut ORIGINAL: ArenaAllocator = ArenaAllocator { ctx: std::ptr::null_mut(), alloc: None, free: None };
+
+unsafe extern "C" fn arena_alloc(_ctx: *mut c_void, size: usize) -> *mut c_void {
+    // SAFETY: ORIGINAL is written before the hook is installed, never after.
+    let original = unsafe { ORIGINAL };
+    let ptr = match original.alloc {
+        Some(alloc) => unsafe { alloc(original.ctx, size) },
+        None => std::ptr::null_mut(),
+    };
+    if !ptr.is_null() {
+        ARENA_SIZE.store(size, Ordering::Relaxed);
+        ARENAS.insert(ptr as usize);
+    }
+    ptr
+}
+
+unsafe extern "C" fn arena_free(_ctx: *mut c_void, ptr: *mut c_void, size: usize) {
+    // Forget the arena before it is unmapped; the scanner's reads are safe
+    // either way, but would read garbage.
+    let start = ptr as usize;
+    ARENAS.remove_range(start, start + 1);
+    EARLY_POOLS.remove_range(start, start + size);
+    let original = unsafe { ORIGINAL };
+    if let Some(free) = original.free {
+        unsafe { free(original.ctx, ptr, size) }
+    }
+}
+
+/// Wraps the arena allocator. Must be called once, with the GIL held.
+///
+/// # Safety
+/// The caller holds the GIL of a running CPython whose symbols are visible.
+pub unsafe fn install_hook() {
+    unsafe {
+        let original = &raw mut ORIGINAL;
+        PyObject_GetArenaAllocator(original);
+        let mut ours = ArenaAllocator { ctx: std::ptr::null_mut(), alloc: Some(arena_alloc), free: Some(arena_free) };
+        PyObject_SetArenaAllocator(&mut ours);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addr_set_inserts_removes_ranges_and_fills_up() {
+        let set: AddrSet<4> = AddrSet::new();
+        for a in [0x1000, 0x2000, 0x3000] {
+            assert!(set.insert(a));
+        }
+        set.remove_range(0x1800, 0x3000);
+        assert_eq!(set.snapshot(), vec![0x1000, 0x3000]);
+        assert!(set.insert(0x4000) && set.insert(0x5000));
+        assert!(!set.insert(0x6000), "full");
+        assert!(set.contains(0x5000) && !set.contains(0x2000));
+    }
+}

@@ -1,0 +1,278 @@
+//! The Tracker: one pass copies every known pool (without the GIL), finds the
+//! live objects in it, feeds their reference counts to the temperature table,
+//! and summarises what it saw.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::arenas::{ARENA_SIZE, ARENAS, EARLY_POOLS};
+use crate::layout::{Layout, PoolHeader};
+use crate::memory::read_self;
+use crate::objects::TypeCache;
+use crate::temperature::{Class, Rules, Slot};
+
+const PAGE: usize = 4096;
+
+/// Temperature state of one pool.
+struct PoolState {
+    szidx: u32,
+    slots: Vec<Slot>,
+    /// The pass that last saw this pool; older pools are forgotten.
+    seen: u64,
+}
+
+pub struct Tracker {
+    layout: Layout,
+    types: TypeCache,
+    pools: HashMap<usize, PoolState>,
+    pass: u64,
+    buf: Vec<u8>,
+}
+
+/// What one pass saw. Sizes are block sizes: what the allocator hands out.
+#[derive(Debug, Default, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PassReport {
+    pub arenas: usize,
+    pub pools: usize,
+    /// Blocks in use in the scanned pools, and their bytes.
+    pub used_blocks: u64,
+    pub used_bytes: u64,
+    /// Objects recognised, by class.
+    pub objects: ByClass,
+    pub bytes: ByClass,
+    /// Share of used block bytes whose temperature is known.
+    pub coverage: f64,
+    /// 4 KiB pages holding objects, pages holding a hot one, and the bytes of
+    /// cold objects sitting on hot pages (what page-level tiering keeps in DRAM
+    /// for nothing).
+    pub pages: u64,
+    pub hot_pages: u64,
+    pub cold_bytes_on_hot_pages: u64,
+    /// Objects by temperature: [0, 1/8), [1/8, 1/4), ... [32, 64] changes.
+    pub histogram: [u64; 10],
+    pub top_types_by_cold_bytes: Vec<TypeBytes>,
+    pub top_types_by_hot_bytes: Vec<TypeBytes>,
+    pub scan_seconds: f64,
+    pub bytes_read: u64,
+    pub read_errors: u64,
+    /// Memory the temperature table itself takes.
+    pub table_bytes: u64,
+}
+
+#[derive(Debug, Default, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct ByClass {
+    pub hot: u64,
+    pub warm: u64,
+    pub cold: u64,
+}
+
+impl ByClass {
+    fn add(&mut self, class: Class, n: u64) {
+        match class {
+            Class::Hot => self.hot += n,
+            Class::Warm => self.warm += n,
+            Class::Cold => self.cold += n,
+        }
+    }
+    pub fn total(&self) -> u64 {
+        self.hot + self.warm + self.cold
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TypeBytes {
+    #[serde(rename = "type")]
+    pub type_name: String,
+    pub objects: u64,
+    pub bytes: u64,
+}
+
+/// Per-page tally within one pass.
+#[derive(Default)]
+struct PageTally {
+    hot: bool,
+    cold_bytes: u64,
+}
+
+impl Tracker {
+    pub fn new(layout: Layout, type_type: usize) -> Tracker {
+        Tracker { layout, types: TypeCache::new(type_type), pools: HashMap::new(), pass: 0, buf: Vec::new() }
+    }
+
+    /// Registers the pools holding these addresses (objects alive at start,
+    /// before the arena hook saw their arenas). Addresses outside pymalloc
+    /// pools are dropped: their would-be pool header does not hold up.
+    pub fn add_early_objects(&mut self, addrs: &[usize]) -> usize {
+        let mut header = [0u8; 48];
+        let mut added = 0;
+        let mut checked = std::collections::HashSet::new();
+        for &addr in addrs {
+            let pool = self.layout.pool_of(addr);
+            if !checked.insert(pool) {
+                continue;
+            }
+            if read_self(pool, &mut header).ok() != Some(header.len()) {
+                continue;
+            }
+            let Some(h) = PoolHeader::parse(&self.layout, &header) else { continue };
+            let offset = addr - pool;
+            let in_block =
+                offset.checked_sub(self.layout.pool_header_size).map(|o| o % self.layout.block_size(h.szidx));
+            let aligned = matches!(in_block, Some(0 | 16 | 32));
+            if aligned && offset < h.next_offset as usize && !EARLY_POOLS.contains(pool) && EARLY_POOLS.insert(pool) {
+                added += 1;
+            }
+        }
+        added
+    }
+
+    /// One pass over every known pool.
+    pub fn scan(&mut self, rules: &Rules) -> PassReport {
+        let started = Instant::now();
+        self.pass += 1;
+        let mut report = PassReport::default();
+        let mut pages: HashMap<usize, PageTally> = HashMap::new();
+        let mut per_type: HashMap<usize, (ByClass, ByClass)> = HashMap::new();
+
+        let arena_size = ARENA_SIZE.load(std::sync::atomic::Ordering::Relaxed);
+        let arenas = ARENAS.snapshot();
+        report.arenas = arenas.len();
+        let mut regions: Vec<(usize, usize)> = arenas.iter().map(|a| (*a, arena_size)).collect();
+        regions.extend(EARLY_POOLS.snapshot().into_iter().map(|p| (p, self.layout.pool_size)));
+
+        let mut buf = std::mem::take(&mut self.buf);
+        for (base, size) in regions {
+            buf.resize(size, 0);
+            match read_self(base, &mut buf) {
+                Ok(n) => {
+                    report.bytes_read += n as u64;
+                    buf.truncate(n);
+                }
+                Err(_) => {
+                    report.read_errors += 1;
+                    continue;
+                }
+            }
+            for pool in self.layout.pools_of_arena(base, buf.len()) {
+                let at = pool - base;
+                let bytes = &buf[at..at + self.layout.pool_size];
+                self.scan_pool(pool, bytes, rules, &mut report, &mut pages, &mut per_type);
+            }
+        }
+        self.buf = buf;
+
+        // Forget pools that are gone (arena freed, pool emptied).
+        let pass = self.pass;
+        self.pools.retain(|_, p| p.seen == pass);
+
+        report.pages = pages.len() as u64;
+        report.hot_pages = pages.values().filter(|p| p.hot).count() as u64;
+        report.cold_bytes_on_hot_pages = pages.values().filter(|p| p.hot).map(|p| p.cold_bytes).sum();
+        report.coverage =
+            if report.used_bytes == 0 { 0.0 } else { report.bytes.total() as f64 / report.used_bytes as f64 };
+        report.top_types_by_cold_bytes = self.top_types(&per_type, |(_, bytes)| bytes.cold, |(n, _)| n.cold);
+        report.top_types_by_hot_bytes = self.top_types(&per_type, |(_, bytes)| bytes.hot, |(n, _)| n.hot);
+        report.table_bytes =
+            self.pools.values().map(|p| (p.slots.len() * std::mem::size_of::<Slot>()) as u64 + 48).sum();
+        report.scan_seconds = started.elapsed().as_secs_f64();
+        report
+    }
+
+    fn scan_pool(
+        &mut self,
+        pool: usize,
+        bytes: &[u8],
+        rules: &Rules,
+        report: &mut PassReport,
+        pages: &mut HashMap<usize, PageTally>,
+        per_type: &mut HashMap<usize, (ByClass, ByClass)>,
+    ) {
+        let layout = self.layout;
+        let Some(header) = PoolHeader::parse(&layout, bytes) else { return };
+        let block_size = layout.block_size(header.szidx);
+        let capacity = (layout.pool_size - layout.pool_header_size) / block_size;
+        let state =
+            self.pools.entry(pool).or_insert_with(|| PoolState { szidx: header.szidx, slots: Vec::new(), seen: 0 });
+        if state.szidx != header.szidx || state.slots.len() != capacity {
+            // New pool, or reused for another size class: start over.
+            state.szidx = header.szidx;
+            state.slots = vec![Slot::default(); capacity];
+        }
+        state.seen = self.pass;
+        report.pools += 1;
+        report.used_blocks += header.used as u64;
+        report.used_bytes += header.used as u64 * block_size as u64;
+
+        let end = (header.next_offset as usize).min(layout.pool_size);
+        for (i, start) in (layout.pool_header_size..end).step_by(block_size).enumerate() {
+            if start + block_size > bytes.len() || i >= state.slots.len() {
+                break;
+            }
+            let slot = &mut state.slots[i];
+            let Some(found) = self.types.find(&layout, &bytes[start..start + block_size]) else {
+                slot.clear();
+                continue;
+            };
+            if layout.immortal_refcnt.is_some_and(|limit| found.refcnt >= limit) {
+                slot.clear();
+                continue;
+            }
+            let class = slot.observe(found.refcnt, rules);
+            let size = block_size as u64;
+            report.objects.add(class, 1);
+            report.bytes.add(class, size);
+            report.histogram[histogram_bucket(slot.temperature())] += 1;
+            let entry = per_type.entry(found.type_addr).or_default();
+            entry.0.add(class, 1);
+            entry.1.add(class, size);
+            let page = pages.entry((pool + start) / PAGE).or_default();
+            match class {
+                Class::Hot => page.hot = true,
+                Class::Cold => page.cold_bytes += size,
+                Class::Warm => {}
+            }
+        }
+    }
+
+    fn top_types(
+        &self,
+        per_type: &HashMap<usize, (ByClass, ByClass)>,
+        bytes: impl Fn(&(ByClass, ByClass)) -> u64,
+        objects: impl Fn(&(ByClass, ByClass)) -> u64,
+    ) -> Vec<TypeBytes> {
+        let mut top: Vec<TypeBytes> = per_type
+            .iter()
+            .filter(|(_, v)| bytes(v) > 0)
+            .map(|(addr, v)| TypeBytes {
+                type_name: self.types.get(*addr).map_or_else(|| "?".into(), |t| t.name.clone()),
+                objects: objects(v),
+                bytes: bytes(v),
+            })
+            .collect();
+        top.sort_by(|a, b| b.bytes.cmp(&a.bytes));
+        top.truncate(10);
+        top
+    }
+}
+
+/// Bucket 0 is below 1/8 change; each next bucket doubles.
+fn histogram_bucket(temperature: f64) -> usize {
+    if temperature < 0.125 { 0 } else { ((temperature * 8.0).log2() as usize + 1).min(9) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_double() {
+        assert_eq!(histogram_bucket(0.0), 0);
+        assert_eq!(histogram_bucket(0.125), 1);
+        assert_eq!(histogram_bucket(0.3), 2);
+        assert_eq!(histogram_bucket(1.0), 4);
+        assert_eq!(histogram_bucket(63.0), 9);
+    }
+}
