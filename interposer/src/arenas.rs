@@ -1,5 +1,5 @@
 //! Where Python's small objects live: the pymalloc arenas created since the
-//! interposer started (learned by wrapping the arena allocator), plus pools
+//! interposer started (learned by wrapping the arena allocator), plus arenas
 //! found at start-up from the addresses of objects that already existed.
 //!
 //! The registry is a fixed array of atomics: the hook runs on the application
@@ -55,8 +55,8 @@ impl<const N: usize> AddrSet<N> {
 
 /// Arenas allocated since start: 16384 slots cover 16 GiB of small objects.
 pub static ARENAS: AddrSet<16384> = AddrSet::new();
-/// Pools that existed before start (found from live objects).
-pub static EARLY_POOLS: AddrSet<8192> = AddrSet::new();
+/// First pools of arenas that existed before start (found from live objects).
+pub static EARLY_ARENAS: AddrSet<4096> = AddrSet::new();
 /// Size of the arenas seen (the hook learns it; 1 MiB on 3.10+).
 pub static ARENA_SIZE: AtomicUsize = AtomicUsize::new(0);
 
@@ -96,18 +96,23 @@ unsafe extern "C" fn arena_free(_ctx: *mut c_void, ptr: *mut c_void, size: usize
     // either way, but would read garbage.
     let start = ptr as usize;
     ARENAS.remove_range(start, start + 1);
-    EARLY_POOLS.remove_range(start, start + size);
+    EARLY_ARENAS.remove_range(start, start + size);
     let original = unsafe { ORIGINAL };
     if let Some(free) = original.free {
         unsafe { free(original.ctx, ptr, size) }
     }
 }
 
-/// Wraps the arena allocator. Must be called once, with the GIL held.
+static HOOKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Wraps the arena allocator (once; later calls do nothing).
 ///
 /// # Safety
 /// The caller holds the GIL of a running CPython whose symbols are visible.
 pub unsafe fn install_hook() {
+    if HOOKED.swap(true, Ordering::AcqRel) {
+        return;
+    }
     unsafe {
         let original = &raw mut ORIGINAL;
         PyObject_GetArenaAllocator(original);

@@ -97,6 +97,12 @@ pub struct PoolHeader {
     pub next_offset: u32,
 }
 
+/// The index of the arena a pool belongs to; kept in the header even while
+/// the pool is empty.
+pub fn arena_index(pool_bytes: &[u8]) -> Option<u32> {
+    u32_at(pool_bytes, 32)
+}
+
 impl PoolHeader {
     /// Decodes a pool header; `None` for a free or never-used pool, or bytes
     /// that cannot be a header (the copy may be torn or stale).

@@ -34,7 +34,7 @@ use serde_json::{Value, json};
 use config::Config;
 use layout::Layout;
 use scanner::{PassReport, Tracker};
-use temperature::Rules;
+use temperature::{Class, Rules};
 
 /// State shared by the scanner thread, the control thread and Python.
 pub struct Shared {
@@ -47,8 +47,9 @@ pub struct Shared {
     wake: Condvar,
     started: Instant,
     start_gil_seconds: f64,
-    early_pools: usize,
+    early_arenas: usize,
     socket: Option<PathBuf>,
+    tracker: Mutex<Tracker>,
 }
 
 impl Shared {
@@ -74,7 +75,7 @@ impl Shared {
             "scannerCpuFraction": if uptime > 0.0 { scan_seconds / uptime } else { 0.0 },
             // The scanner itself never takes the GIL; only start-up did.
             "gilSecondsTotal": self.start_gil_seconds,
-            "earlyPools": self.early_pools,
+            "earlyArenas": self.early_arenas,
             "socket": self.socket.as_ref().map(|p| p.display().to_string()),
             "last": latest,
         })
@@ -85,6 +86,14 @@ static SHARED: OnceLock<Arc<Shared>> = OnceLock::new();
 static THREADS: Mutex<Vec<JoinHandle<()>>> = Mutex::new(Vec::new());
 /// Set in a child after `fork()`: its copy of our state has no threads.
 static FORKED: AtomicBool = AtomicBool::new(false);
+
+/// Starts learning of new arenas. Call first, with the GIL held, so that
+/// arenas allocated while `pytier_start`'s arguments are built are seen.
+#[unsafe(no_mangle)]
+pub extern "C" fn pytier_install_hook() {
+    // SAFETY: called from CPython with the GIL held (ctypes.PyDLL).
+    let _ = catch_unwind(|| unsafe { arenas::install_hook() });
+}
 
 /// Starts tracking. Called once, with the GIL held.
 ///
@@ -147,9 +156,10 @@ fn start(
     };
 
     let mut tracker = Tracker::new(layout, type_type);
-    // SAFETY: called with the GIL held, from inside CPython.
+    // SAFETY: called with the GIL held, from inside CPython. Usually already
+    // done by pytier_install_hook.
     unsafe { arenas::install_hook() };
-    let early_pools = tracker.add_early_objects(early);
+    let early_arenas = tracker.add_early_objects(early);
     unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
 
     let shared = Arc::new(Shared {
@@ -162,8 +172,9 @@ fn start(
         wake: Condvar::new(),
         started: Instant::now(),
         start_gil_seconds: t0.elapsed().as_secs_f64(),
-        early_pools,
+        early_arenas,
         socket: listener.as_ref().map(|_| PathBuf::from(socket)),
+        tracker: Mutex::new(tracker),
     });
     let _ = SHARED.set(shared.clone());
 
@@ -172,7 +183,7 @@ fn start(
     threads.push(
         std::thread::Builder::new()
             .name("pytier-scan".into())
-            .spawn(move || scan_loop(tracker, scanner_shared))
+            .spawn(move || scan_loop(scanner_shared))
             .map_err(|e| format!("cannot start the scanner thread: {e}"))?,
     );
     if let Some(listener) = listener {
@@ -187,14 +198,14 @@ fn start(
 }
 
 /// Scans, then sleeps so the scanner stays within its CPU budget.
-fn scan_loop(mut tracker: Tracker, shared: Arc<Shared>) {
+fn scan_loop(shared: Arc<Shared>) {
     let mut last = Instant::now();
     while !shared.stop.load(Ordering::Acquire) {
         let config = shared.config.lock().map(|c| c.clone()).unwrap_or_default();
         let since_last = last.elapsed().as_secs_f64().max(config.scan_interval_millis as f64 / 1000.0);
         last = Instant::now();
         let rules = Rules::new(config.hot_threshold, config.decay_half_life_seconds as f64, since_last);
-        let report = tracker.scan(&rules);
+        let Ok(report) = shared.tracker.lock().map(|mut t| t.scan(&rules)) else { return };
         let took = report.scan_seconds;
         shared.passes.fetch_add(1, Ordering::Relaxed);
         shared.scan_nanos.fetch_add((took * 1e9) as u64, Ordering::Relaxed);
@@ -252,6 +263,35 @@ pub extern "C" fn pytier_stats() -> *mut c_char {
     .ok()
     .flatten()
     .unwrap_or(std::ptr::null_mut())
+}
+
+/// Classes of the objects at `addrs` as of the last pass, written to `out`:
+/// 0 cold, 1 warm, 2 hot, -1 not tracked. Returns 0, or -1 when not started.
+///
+/// # Safety
+/// `addrs` and `out` point to `n` elements. Call with the GIL held or not:
+/// the scanner never takes it, so waiting for it cannot deadlock.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pytier_classify(addrs: *const usize, out: *mut i8, n: usize) -> i32 {
+    catch_unwind(AssertUnwindSafe(|| {
+        let shared = SHARED.get()?;
+        let tracker = shared.tracker.lock().ok()?;
+        let config = shared.config.lock().ok()?.clone();
+        let rules = Rules::new(config.hot_threshold, config.decay_half_life_seconds as f64, 1.0);
+        let (addrs, out) = unsafe { (std::slice::from_raw_parts(addrs, n), std::slice::from_raw_parts_mut(out, n)) };
+        for (addr, out) in addrs.iter().zip(out) {
+            *out = match tracker.class_of(*addr, &rules) {
+                Some(Class::Cold) => 0,
+                Some(Class::Warm) => 1,
+                Some(Class::Hot) => 2,
+                None => -1,
+            };
+        }
+        Some(0)
+    }))
+    .ok()
+    .flatten()
+    .unwrap_or(-1)
 }
 
 /// Frees a string returned by `pytier_stats`.

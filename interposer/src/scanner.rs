@@ -7,8 +7,8 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::arenas::{ARENA_SIZE, ARENAS, EARLY_POOLS};
-use crate::layout::{Layout, PoolHeader};
+use crate::arenas::{ARENA_SIZE, ARENAS, EARLY_ARENAS};
+use crate::layout::{Layout, PoolHeader, arena_index};
 use crate::memory::read_self;
 use crate::objects::TypeCache;
 use crate::temperature::{Class, Rules, Slot};
@@ -102,31 +102,57 @@ impl Tracker {
         Tracker { layout, types: TypeCache::new(type_type), pools: HashMap::new(), pass: 0, buf: Vec::new() }
     }
 
-    /// Registers the pools holding these addresses (objects alive at start,
-    /// before the arena hook saw their arenas). Addresses outside pymalloc
-    /// pools are dropped: their would-be pool header does not hold up.
+    /// Registers the arenas holding these addresses (objects alive at start,
+    /// in arenas the hook never saw allocated). Returns how many arenas.
+    ///
+    /// An early arena is known by its first pool: walking down from a pool
+    /// that holds one of the objects while the pools below carry the same
+    /// arena index. Addresses outside pymalloc pools are dropped: their would-be
+    /// pool header does not hold up.
     pub fn add_early_objects(&mut self, addrs: &[usize]) -> usize {
+        let pool_size = self.layout.pool_size;
         let mut header = [0u8; 48];
-        let mut added = 0;
+        let mut read_header = |pool: usize| read_self(pool, &mut header).ok().filter(|n| *n == 48).map(|_| header);
         let mut checked = std::collections::HashSet::new();
+        let mut added = 0;
         for &addr in addrs {
             let pool = self.layout.pool_of(addr);
             if !checked.insert(pool) {
                 continue;
             }
-            if read_self(pool, &mut header).ok() != Some(header.len()) {
-                continue;
-            }
-            let Some(h) = PoolHeader::parse(&self.layout, &header) else { continue };
+            let Some(bytes) = read_header(pool) else { continue };
+            let Some(h) = PoolHeader::parse(&self.layout, &bytes) else { continue };
             let offset = addr - pool;
             let in_block =
                 offset.checked_sub(self.layout.pool_header_size).map(|o| o % self.layout.block_size(h.szidx));
-            let aligned = matches!(in_block, Some(0 | 16 | 32));
-            if aligned && offset < h.next_offset as usize && !EARLY_POOLS.contains(pool) && EARLY_POOLS.insert(pool) {
+            if !matches!(in_block, Some(0 | 16 | 32)) || offset >= h.next_offset as usize {
+                continue;
+            }
+            let index = arena_index(&bytes);
+            let mut first = pool;
+            for _ in 0..(self.layout.arena_size / pool_size) {
+                let below = first - pool_size;
+                match read_header(below) {
+                    // Empty pools keep their arena index: match on it alone.
+                    Some(b) if arena_index(&b) == index => first = below,
+                    _ => break,
+                }
+                checked.insert(first);
+            }
+            if !EARLY_ARENAS.contains(first) && EARLY_ARENAS.insert(first) {
                 added += 1;
             }
         }
         added
+    }
+
+    /// The class of the object at `addr`, if the last pass recognised one there.
+    pub fn class_of(&self, addr: usize, rules: &Rules) -> Option<Class> {
+        let pool = self.layout.pool_of(addr);
+        let state = self.pools.get(&pool)?;
+        let offset = (addr - pool).checked_sub(self.layout.pool_header_size)?;
+        let slot = state.slots.get(offset / self.layout.block_size(state.szidx))?;
+        slot.is_present().then(|| slot.class(rules))
     }
 
     /// One pass over every known pool.
@@ -140,11 +166,20 @@ impl Tracker {
         let arena_size = ARENA_SIZE.load(std::sync::atomic::Ordering::Relaxed);
         let arenas = ARENAS.snapshot();
         report.arenas = arenas.len();
-        let mut regions: Vec<(usize, usize)> = arenas.iter().map(|a| (*a, arena_size)).collect();
-        regions.extend(EARLY_POOLS.snapshot().into_iter().map(|p| (p, self.layout.pool_size)));
+        // (start, length, arena index its pools must carry). An early arena's
+        // extent is not known exactly: read as much as an arena can span and
+        // keep the pools that carry its index.
+        let mut regions: Vec<(usize, usize, Option<u32>)> = arenas.iter().map(|a| (*a, arena_size, None)).collect();
+        report.arenas += EARLY_ARENAS.snapshot().len();
+        for first in EARLY_ARENAS.snapshot() {
+            let mut header = [0u8; 48];
+            if read_self(first, &mut header).ok() == Some(48) {
+                regions.push((first, self.layout.arena_size, arena_index(&header)));
+            }
+        }
 
         let mut buf = std::mem::take(&mut self.buf);
-        for (base, size) in regions {
+        for (base, size, index) in regions {
             buf.resize(size, 0);
             match read_self(base, &mut buf) {
                 Ok(n) => {
@@ -159,6 +194,9 @@ impl Tracker {
             for pool in self.layout.pools_of_arena(base, buf.len()) {
                 let at = pool - base;
                 let bytes = &buf[at..at + self.layout.pool_size];
+                if index.is_some() && arena_index(bytes) != index {
+                    continue;
+                }
                 self.scan_pool(pool, bytes, rules, &mut report, &mut pages, &mut per_type);
             }
         }

@@ -90,6 +90,11 @@ impl Slot {
         }
     }
 
+    /// Whether the last pass found a live object here.
+    pub fn is_present(&self) -> bool {
+        self.bits & PRESENT != 0
+    }
+
     /// Temperature in observed changes.
     pub fn temperature(&self) -> f64 {
         (self.bits & TEMP_MASK) as f64 / ONE as f64

@@ -61,9 +61,17 @@ def start():
     ]
     lib.pytier_stats.restype = ctypes.c_void_p
     lib.pytier_free.argtypes = [ctypes.c_void_p]
+    lib.pytier_classify.restype = ctypes.c_int
+    lib.pytier_classify.argtypes = [ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_int8), ctypes.c_size_t]
 
     free_threaded = bool(getattr(sys, "_is_gil_enabled", lambda: True)() is False)
-    # Objects alive now: their pools predate the arena hook.
+    if free_threaded:
+        _reason = "free-threaded CPython is not supported yet (objects have split reference counts)"
+        sys.stderr.write(f"pytier: not active: {_reason}\n")
+        return
+    # From here on every new arena is seen; objects alive now tell where the
+    # older arenas are.
+    lib.pytier_install_hook()
     early = [id(o) for o in gc.get_objects()]
     early_array = (ctypes.c_size_t * len(early))(*early)
     socket = os.environ.get(ENV_SOCKET)
@@ -103,3 +111,25 @@ def stats():
         _lib.pytier_free(ptr)
     data["allocatedBlocks"] = sys.getallocatedblocks()
     return data
+
+
+CLASSES = {0: "cold", 1: "warm", 2: "hot", -1: None}
+
+
+def classify(objects):
+    """The class ("hot", "warm", "cold", or None if not tracked) of each object,
+    as of the last scan."""
+    return classify_ids([id(o) for o in objects])
+
+
+def classify_ids(ids):
+    """Like classify, by id(): a caller holding only ids does not itself change
+    the reference counts it is measuring."""
+    if _lib is None:
+        raise RuntimeError(f"pytier is not active: {_reason}")
+    n = len(ids)
+    addrs = (ctypes.c_size_t * n)(*ids)
+    out = (ctypes.c_int8 * n)()
+    if _lib.pytier_classify(addrs, out, n) != 0:
+        raise RuntimeError("pytier could not classify")
+    return [CLASSES[c] for c in out]

@@ -1,0 +1,122 @@
+"""Hotness benchmark: how well pytier's hot class matches a known access
+distribution. Run under the shim (tests/bench/hotness/run does that):
+
+A dict of N small objects (floats) is read with Zipf(0.99)-distributed keys;
+halfway through, the ranking is reshuffled (the hot set shifts). Truth: the
+top 1% of keys by probability are hot. Reported per phase: precision and
+recall of pytier's hot class against that truth, the share of accesses that
+went to objects pytier calls hot (what placement could serve from DRAM), and
+after the shift the time until recall reaches half its level before it.
+
+Two access styles: "read" (v = d[k]; total += v: reference counts go up and
+back down between scans) and "retain" (each read object is also kept in a
+ring of the last 1024 reads, which is what happens when reads are stored).
+"""
+
+import argparse
+import itertools
+import json
+import random
+import sys
+import time
+
+import pytier
+
+
+def zipf_cum_weights(n, s):
+    acc = 0.0
+    out = []
+    for rank in range(1, n + 1):
+        acc += 1.0 / rank**s
+        out.append(acc)
+    return out
+
+
+def measure(ids_by_rank, hot_count, cum, total):
+    classes = pytier.classify_ids(ids_by_rank)
+    called_hot = [c == "hot" for c in classes]
+    n_hot = sum(called_hot)
+    true_pos = sum(called_hot[:hot_count])
+    # Probability mass of the objects called hot.
+    mass = 0.0
+    prev = 0.0
+    for i, (c, w) in enumerate(zip(called_hot, cum)):
+        if c:
+            mass += w - prev
+        prev = w
+    return {
+        "calledHot": n_hot,
+        "precision": true_pos / n_hot if n_hot else 0.0,
+        "recall": true_pos / hot_count,
+        "accessShareOnHot": mass / total,
+        "tracked": sum(c is not None for c in classes) / len(classes),
+    }
+
+
+def run(n, seconds, style, seed):
+    rng = random.Random(seed)
+    d = {k: float(k) + 0.5 for k in range(n)}
+    keys = list(range(n))
+    cum = zipf_cum_weights(n, 0.99)
+    total = cum[-1]
+    hot_count = max(1, n // 100)
+    ring = [None] * 1024
+    rows = []
+
+    def phase(name, ranking, deadline, watch_recall_target=None):
+        by_rank = [id(d[k]) for k in ranking]
+        sample = lambda: rng.choices(ranking, cum_weights=cum, k=65536)  # noqa: E731
+        start = time.monotonic()
+        detected = None
+        next_check = start + 1.0
+        acc = 0.0
+        pos = 0
+        while time.monotonic() < deadline:
+            for k in sample():
+                v = d[k]
+                acc += v
+                if style == "retain":
+                    ring[pos] = v
+                    pos = (pos + 1) & 1023
+            now = time.monotonic()
+            if watch_recall_target is not None and detected is None and now >= next_check:
+                next_check = now + 1.0
+                if measure(by_rank, hot_count, cum, total)["recall"] >= watch_recall_target:
+                    detected = now - start
+        m = measure(by_rank, hot_count, cum, total)
+        m["phase"] = name
+        m["detectSeconds"] = detected
+        rows.append(m)
+        return m
+
+    ranking = keys[:]
+    rng.shuffle(ranking)
+    t0 = time.monotonic()
+    before = phase("before shift", ranking, t0 + seconds)
+    shifted = keys[:]
+    rng.shuffle(shifted)
+    target = max(before["recall"] / 2, 1e-9) if before["recall"] > 0 else None
+    phase("after shift", shifted, time.monotonic() + seconds, watch_recall_target=target)
+    return rows
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--objects", type=int, default=1_000_000)
+    p.add_argument("--seconds", type=float, default=20.0)
+    p.add_argument("--style", choices=["read", "retain"], default="read")
+    p.add_argument("--seed", type=int, default=1)
+    args = p.parse_args()
+    active, reason = pytier.status()
+    if not active:
+        sys.exit(f"pytier is not active: {reason}")
+    rows = run(args.objects, args.seconds, args.style, args.seed)
+    s = pytier.stats()
+    last = s.get("last") or {}
+    print(json.dumps({"style": args.style, "objects": args.objects, "rows": rows,
+                      "scannerCpuFraction": s["scannerCpuFraction"], "passes": s["passes"],
+                      "coverage": last.get("coverage"), "scanSeconds": last.get("scanSeconds")}))
+
+
+if __name__ == "__main__":
+    main()

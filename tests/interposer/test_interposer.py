@@ -1,0 +1,183 @@
+"""The interposer inside real CPython processes, loaded the way users load it:
+the shim directory first on PYTHONPATH. PYTIER_SHIM names that directory
+(tests/run builds it with interposer/build-shim.sh)."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+SHIM = os.environ.get("PYTIER_SHIM")
+pytestmark = pytest.mark.skipif(not SHIM, reason="PYTIER_SHIM not set; run tests/run")
+
+FAST = json.dumps({"scanIntervalMillis": 20, "maxCpuFraction": 0.5})
+
+
+def python(code, env=None, shim=None, timeout=60, **kw):
+    """Runs `code` in a fresh python3 with the shim; returns the CompletedProcess."""
+    full = dict(os.environ, PYTHONPATH=shim or SHIM, PYTIER_SOCKET="", **(env or {}))
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=full, capture_output=True,
+                          text=True, timeout=timeout, **kw)
+
+
+def test_loads_and_reports_stats():
+    r = python("""
+        import pytier, time
+        data = [float(i) for i in range(50000)]
+        time.sleep(0.5)
+        s = pytier.stats()
+        assert s["active"], s
+        last = s["last"]
+        untracked = pytier.classify(data).count(None)
+        print(s["passes"], last["coverage"], last["objects"]["cold"] + last["objects"]["warm"] + last["objects"]["hot"], untracked)
+    """, env={"PYTIER_CONFIG": FAST})
+    assert r.returncode == 0, r.stderr
+    passes, coverage, objects, untracked = r.stdout.split()
+    assert int(passes) >= 2
+    assert int(untracked) == 0, "every object the program made has a temperature"
+    assert int(objects) >= 50000
+    # The rest of pymalloc's blocks are not objects (list item arrays, dict keys).
+    assert float(coverage) > 0.6
+    assert "pytier" not in r.stderr
+
+
+def test_objects_whose_references_change_are_hot_and_untouched_ones_cold():
+    r = python("""
+        import pytier, random, time
+        touched = [float(i) + 0.5 for i in range(5000)]
+        untouched = [float(i) + 0.25 for i in range(5000)]
+        end = time.monotonic() + 2.0
+        while time.monotonic() < end:
+            # A changing set of holders, re-picked more slowly than the scans
+            # run: each touched object's count moves between 1 and 2.
+            holders = [x for x in touched if random.random() < 0.5]
+            time.sleep(0.025)
+        del holders
+        hot = pytier.classify(touched)
+        cold = pytier.classify(untouched)
+        print(hot.count("hot") / len(hot), cold.count("cold") / len(cold))
+    """, env={"PYTIER_CONFIG": FAST})
+    assert r.returncode == 0, r.stderr
+    touched_hot, untouched_cold = map(float, r.stdout.split())
+    assert touched_hot >= 0.8, f"only {touched_hot:.0%} of touched objects are hot"
+    assert untouched_cold >= 0.95, f"only {untouched_cold:.0%} of untouched objects are cold"
+
+
+def test_control_socket_answers_and_survives_garbage(tmp_path):
+    path = str(tmp_path / "pytier.sock")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent("""
+            import sys, time
+            data = {i: str(i) for i in range(10000)}
+            sys.stdout.write("ready\\n"); sys.stdout.flush()
+            sys.stdin.readline()
+            print(sum(len(v) for v in data.values()))
+        """)],
+        env=dict(os.environ, PYTHONPATH=SHIM, PYTIER_SOCKET=path, PYTIER_CONFIG=FAST),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "ready\n"
+
+        def ask(payload):
+            with socket.socket(socket.AF_UNIX) as s:
+                s.settimeout(5)
+                s.connect(path)
+                s.sendall(payload)
+                data = b""
+                while not data.endswith(b"\n"):
+                    chunk = s.recv(1 << 16)
+                    if not chunk:
+                        break
+                    data += chunk
+                return json.loads(data) if data else None
+
+        assert "not a JSON request" in ask(b"\x00\xff garbage\n")["error"]
+        assert "protocol version 9" in ask(b'{"v":9,"op":"stats"}\n')["error"]
+        assert "unknown op" in ask(b'{"v":1,"op":"explode"}\n')["error"]
+        assert "longer than" in ask(b"x" * (70 << 10))["error"]
+        assert "hotThreshold" in ask(b'{"v":1,"op":"config","config":{"hotThreshold":-1}}\n')["error"]
+        assert ask(b'{"v":1,"op":"config","config":{"hotThreshold":2.0}}\n')["config"]["hotThreshold"] == 2.0
+        hello = ask(b'{"v":1,"op":"hello"}\n')
+        assert hello["ok"] and hello["pid"] == proc.pid and hello["protocol"] == 1
+        stats = ask(b'{"v":1,"op":"stats"}\n')
+        assert stats["ok"] and stats["stats"]["active"] and stats["stats"]["config"]["hotThreshold"] == 2.0
+
+        cli = subprocess.run([sys.executable, "-m", "pytier", "stats", "--socket", path], capture_output=True,
+                             text=True, env=dict(os.environ, PYTHONPATH=SHIM, PYTIER_DISABLE="1"), timeout=30)
+        assert cli.returncode == 0, cli.stderr
+        assert "coverage" in cli.stdout and "top types by cold bytes" in cli.stdout
+
+        out, err = proc.communicate("go\n", timeout=30)
+        assert proc.returncode == 0, err
+        assert out.strip() == str(sum(len(str(i)) for i in range(10000))), "the program's data is intact"
+        assert not os.path.exists(path), "the socket is removed at exit"
+    finally:
+        proc.kill()
+
+
+WORK = "print(sum(x * 2 for x in range(1000)))"
+EXPECTED = str(sum(x * 2 for x in range(1000)))
+
+
+def test_corrupt_native_module_fails_open(tmp_path):
+    shim = tmp_path / "shim"
+    shutil.copytree(SHIM, shim)
+    (shim / "pytier" / "_native.so").write_bytes(b"not an ELF file")
+    r = python(WORK, shim=str(shim))
+    assert r.returncode == 0 and r.stdout.strip() == EXPECTED
+    assert r.stderr.count("\n") == 1 and "pytier: not active: cannot load" in r.stderr
+
+
+def test_unsupported_allocator_fails_open():
+    r = python(WORK, env={"PYTHONMALLOC": "malloc"})
+    assert r.returncode == 0 and r.stdout.strip() == EXPECTED
+    assert "pytier: not active: PYTHONMALLOC=malloc is not supported" in r.stderr
+
+
+def test_bad_config_fails_open_with_the_field_named():
+    r = python(WORK + "\nimport pytier; print(pytier.status())", env={"PYTIER_CONFIG": '{"hotThreshhold": 2}'})
+    assert r.returncode == 0 and r.stdout.splitlines()[0] == EXPECTED
+    assert "unknown field `hotThreshhold`" in r.stderr
+    assert "(False," in r.stdout
+
+
+def test_users_sitecustomize_still_runs_and_pythonpath_is_kept(tmp_path):
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "sitecustomize.py").write_text("import builtins\nbuiltins.USER_SITE_RAN = True\n")
+    (user / "usermod.py").write_text("VALUE = 42\n")
+    r = python("import usermod, pytier; print(USER_SITE_RAN, usermod.VALUE, pytier.status()[0])",
+               shim=f"{SHIM}{os.pathsep}{user}")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["True", "42", "True"]
+
+
+def test_forked_child_runs_and_stops_tracking():
+    r = python("""
+        import os, pytier, time
+        data = [str(i) for i in range(20000)]
+        time.sleep(0.2)
+        pid = os.fork()
+        if pid == 0:
+            more = [str(i) * 2 for i in range(20000)]  # allocates arenas: the hook runs in the child
+            s = pytier.stats()
+            os._exit(0 if (not s["active"] and "fork" in s["reason"] and len(more) == 20000) else 3)
+        _, status = os.waitpid(pid, 0)
+        time.sleep(0.2)
+        print(os.waitstatus_to_exitcode(status), pytier.stats()["active"])
+    """, env={"PYTIER_CONFIG": FAST})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["0", "True"]
+
+
+def test_exit_is_prompt_with_a_long_scan_interval():
+    start = time.monotonic()
+    r = python("import pytier; print(pytier.status()[0])", env={"PYTIER_CONFIG": '{"scanIntervalMillis": 60000}'})
+    assert r.returncode == 0 and r.stdout.strip() == "True", r.stderr
+    assert time.monotonic() - start < 5, "interpreter exit waited for the scanner"
