@@ -99,8 +99,9 @@ pub extern "C" fn pytier_install_hook() {
 ///
 /// `config_json` may be empty (defaults). `type_type` is `id(type)`.
 /// `early` points to `n_early` addresses of objects alive now. `socket_path`
-/// may be empty (no control socket). On failure writes a one-line reason
-/// into `err` and returns non-zero; the program continues untouched.
+/// may be empty (no control socket). Returns 0 when started, 2 when it was
+/// already running (sitecustomize ran twice), else 1 with a one-line reason
+/// in `err`; the program continues untouched either way.
 ///
 /// # Safety
 /// Pointers must be valid as described; the caller holds the GIL.
@@ -116,6 +117,9 @@ pub unsafe extern "C" fn pytier_start(
     err: *mut c_char,
     err_len: usize,
 ) -> i32 {
+    if SHARED.get().is_some() {
+        return 2;
+    }
     let result = catch_unwind(AssertUnwindSafe(|| unsafe {
         let config = CStr::from_ptr(config_json).to_string_lossy().into_owned();
         let socket = CStr::from_ptr(socket_path).to_string_lossy().into_owned();
@@ -140,9 +144,6 @@ fn start(
     socket: &str,
 ) -> Result<(), String> {
     let t0 = Instant::now();
-    if SHARED.get().is_some() {
-        return Err("already started".into());
-    }
     let layout = Layout::for_version(hexversion, free_threaded).map_err(|e| e.0)?;
     let config = if config_json.trim().is_empty() { Config::default() } else { Config::from_json(config_json)? };
     memory::read_exact_self(type_type, &mut [0u8; 8])

@@ -39,6 +39,8 @@ def _unsupported():
 
 def start():
     global _lib, _reason
+    if _lib is not None:
+        return  # sitecustomize ran again in this process
     if os.environ.get(ENV_DISABLE) == "1":
         _reason = f"disabled by {ENV_DISABLE}=1"
         return
@@ -82,15 +84,16 @@ def start():
         os.environ.get(ENV_CONFIG, "").encode(), sys.hexversion, int(free_threaded), id(type),
         early_array, len(early), socket.encode(), err, len(err),
     )
-    if code != 0:
+    if code not in (0, 2):  # 2: already running, started by an earlier import
         _reason = err.value.decode(errors="replace")
         sys.stderr.write(f"pytier: not active: {_reason}\n")
         return
     _lib = lib
     _reason = None
-    import atexit
+    if code == 0:
+        import atexit
 
-    atexit.register(lib.pytier_stop)
+        atexit.register(lib.pytier_stop)
 
 
 def status():
