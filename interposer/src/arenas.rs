@@ -16,6 +16,12 @@ pub struct AddrSet<const N: usize> {
     high: AtomicUsize,
 }
 
+impl<const N: usize> Default for AddrSet<N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl<const N: usize> AddrSet<N> {
     pub const fn new() -> Self {
         AddrSet { slots: [const { AtomicUsize::new(0) }; N], high: AtomicUsize::new(0) }

@@ -52,7 +52,7 @@ impl TypeCache {
 
     /// Whether `addr` is a type object, reading it (safely) the first time.
     pub fn lookup(&mut self, addr: usize) -> Option<&TypeInfo> {
-        if addr < 4096 || addr % 8 != 0 {
+        if addr < 4096 || !addr.is_multiple_of(8) {
             return None;
         }
         if !self.known.contains_key(&addr) {

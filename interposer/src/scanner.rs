@@ -290,7 +290,7 @@ impl Tracker {
                 bytes: bytes(v),
             })
             .collect();
-        top.sort_by(|a, b| b.bytes.cmp(&a.bytes));
+        top.sort_by_key(|t| std::cmp::Reverse(t.bytes));
         top.truncate(10);
         top
     }

@@ -1,9 +1,11 @@
 //! pytier node agent.
 //!
-//! Standalone mode (`node-agent run`) works on one machine without Kubernetes.
-//! So far it discovers and prints the NUMA topology; running a Python program
-//! under the interposer arrives with the interposer.
+//! Standalone mode (`node-agent run -- python3 app.py`) works on one machine
+//! without Kubernetes: it prints the NUMA topology, runs the program under the
+//! interposer and prints what the interposer sees. Placement (moving memory
+//! between tiers) is not built yet.
 
+mod standalone;
 mod topology;
 
 use std::path::PathBuf;
@@ -22,11 +24,21 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Standalone mode: discover this machine's memory tiers (and, once the
-    /// interposer exists, run PROGRAM under it).
+    /// Standalone mode: print this machine's memory tiers, then run PROGRAM
+    /// (a Python command) under the interposer and print its statistics.
     Run {
         #[command(flatten)]
         topology: TopologyArgs,
+        /// Directory of the interposer shim (default: `pytier-shim` beside this
+        /// binary's directory, where `interposer/build-shim.sh` puts it).
+        #[arg(long, env = "PYTIER_SHIM")]
+        shim: Option<PathBuf>,
+        /// Interposer settings as JSON, e.g. '{"hotThreshold": 2}'.
+        #[arg(long)]
+        config: Option<String>,
+        /// Seconds between two statistics lines.
+        #[arg(long, default_value_t = 2.0)]
+        every: f64,
         /// The program to run, after `--`.
         #[arg(last = true)]
         program: Vec<String>,
@@ -86,21 +98,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { topology, program } => {
+        Command::Run { topology, shim, config, every, program } => {
             let nodes = topology.discover()?;
             print_table(&nodes);
             if !nodes.iter().any(|n| n.tier == pytier_crds::node::Tier::Cxl) {
                 println!("no CXL node found: nothing would be demoted on this machine");
             }
-            if !program.is_empty() {
-                eprintln!(
-                    "node-agent: running a program under the interposer is not implemented yet; \
-                     {:?} was not started",
-                    program.join(" ")
-                );
-                return Ok(ExitCode::from(2));
+            if program.is_empty() {
+                return Ok(ExitCode::SUCCESS);
             }
-            Ok(ExitCode::SUCCESS)
+            if every.is_nan() || every <= 0.0 {
+                anyhow::bail!("--every must be a positive number of seconds");
+            }
+            let shim = standalone::find_shim(shim)?;
+            standalone::run(&program, &shim, config.as_deref(), std::time::Duration::from_secs_f64(every))
         }
     }
 }
