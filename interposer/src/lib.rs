@@ -267,7 +267,8 @@ pub extern "C" fn pytier_stats() -> *mut c_char {
 }
 
 /// Classes of the objects at `addrs` as of the last pass, written to `out`:
-/// 0 cold, 1 warm, 2 hot, -1 not tracked. Returns 0, or -1 when not started.
+/// 0 cold, 1 warm, 2 hot, -1 not tracked. Returns 0, or -1 when not tracking
+/// (never started, or in a forked child).
 ///
 /// # Safety
 /// `addrs` and `out` point to `n` elements. Call with the GIL held or not:
@@ -275,6 +276,11 @@ pub extern "C" fn pytier_stats() -> *mut c_char {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn pytier_classify(addrs: *const usize, out: *mut i8, n: usize) -> i32 {
     catch_unwind(AssertUnwindSafe(|| {
+        // In a forked child the tracker may be locked by a thread that did
+        // not survive the fork.
+        if FORKED.load(Ordering::Acquire) {
+            return None;
+        }
         let shared = SHARED.get()?;
         let tracker = shared.tracker.lock().ok()?;
         let config = shared.config.lock().ok()?.clone();

@@ -31,7 +31,7 @@ pub fn find_shim(flag: Option<PathBuf>) -> Result<PathBuf> {
 /// Runs `program` with the shim first on PYTHONPATH (the user's PYTHONPATH
 /// kept after it), printing a stats line every `every` until it exits.
 pub fn run(program: &[String], shim: &Path, config: Option<&str>, every: Duration) -> Result<ExitCode> {
-    let socket_dir = tempfile_dir()?;
+    let socket_dir = socket_dir()?;
     let socket = socket_dir.join("app.sock");
     let pythonpath = match std::env::var_os("PYTHONPATH") {
         Some(user) if !user.is_empty() => {
@@ -71,7 +71,8 @@ pub fn run(program: &[String], shim: &Path, config: Option<&str>, every: Duratio
     }
 }
 
-fn tempfile_dir() -> Result<PathBuf> {
+/// A directory for the program's control socket, removed when it exits.
+fn socket_dir() -> Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("pytier-agent-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     Ok(dir)

@@ -167,7 +167,12 @@ def test_forked_child_runs_and_stops_tracking():
         if pid == 0:
             more = [str(i) * 2 for i in range(20000)]  # allocates arenas: the hook runs in the child
             s = pytier.stats()
-            os._exit(0 if (not s["active"] and "fork" in s["reason"] and len(more) == 20000) else 3)
+            try:
+                pytier.classify(data[:10])
+                classify_refused = False
+            except RuntimeError:
+                classify_refused = True
+            os._exit(0 if (not s["active"] and "fork" in s["reason"] and classify_refused and len(more) == 20000) else 3)
         _, status = os.waitpid(pid, 0)
         time.sleep(0.2)
         print(os.waitstatus_to_exitcode(status), pytier.stats()["active"])
