@@ -50,7 +50,8 @@ impl<const N: usize> AddrSet<N> {
     }
 
     pub fn contains(&self, addr: usize) -> bool {
-        self.snapshot().contains(&addr)
+        let high = self.high.load(Ordering::Acquire);
+        self.slots[..high].iter().any(|s| s.load(Ordering::Acquire) == addr)
     }
 
     pub fn snapshot(&self) -> Vec<usize> {

@@ -170,8 +170,9 @@ impl Tracker {
         // extent is not known exactly: read as much as an arena can span and
         // keep the pools that carry its index.
         let mut regions: Vec<(usize, usize, Option<u32>)> = arenas.iter().map(|a| (*a, arena_size, None)).collect();
-        report.arenas += EARLY_ARENAS.snapshot().len();
-        for first in EARLY_ARENAS.snapshot() {
+        let early = EARLY_ARENAS.snapshot();
+        report.arenas += early.len();
+        for first in early {
             let mut header = [0u8; 48];
             if read_self(first, &mut header).ok() == Some(48) {
                 regions.push((first, self.layout.arena_size, arena_index(&header)));
