@@ -7,7 +7,7 @@
 //! can never leave a lock held in the child.
 
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// A set of non-zero addresses, lock-free, fixed capacity.
 pub struct AddrSet<const N: usize> {
@@ -66,6 +66,8 @@ pub static ARENAS: AddrSet<16384> = AddrSet::new();
 pub static EARLY_ARENAS: AddrSet<4096> = AddrSet::new();
 /// Size of the arenas seen (the hook learns it; 1 MiB on 3.10+).
 pub static ARENA_SIZE: AtomicUsize = AtomicUsize::new(0);
+/// Arenas freed so far: when it moves, an address may now be a new arena.
+pub static ARENA_FREES: AtomicU64 = AtomicU64::new(0);
 
 /// CPython's `PyObjectArenaAllocator`.
 #[repr(C)]
@@ -102,6 +104,7 @@ unsafe extern "C" fn arena_free(_ctx: *mut c_void, ptr: *mut c_void, size: usize
     // Forget the arena before it is unmapped; the scanner's reads are safe
     // either way, but would read garbage.
     let start = ptr as usize;
+    ARENA_FREES.fetch_add(1, Ordering::Relaxed);
     ARENAS.remove_range(start, start + 1);
     EARLY_ARENAS.remove_range(start, start + size);
     let original = unsafe { ORIGINAL };

@@ -15,6 +15,9 @@ pub struct Config {
     /// Share of one CPU the scanner may use; scans are spaced further apart
     /// when a pass takes longer.
     pub max_cpu_fraction: f64,
+    /// Share of the program's time that page-write tracking may cost it (one
+    /// minor fault per written heap page per collection); 0 turns it off.
+    pub max_fault_fraction: f64,
     /// `enforce` or `observe`. Placement is not built yet, so both only observe.
     pub mode: String,
 }
@@ -26,6 +29,7 @@ impl Default for Config {
             hot_threshold: 1.0,
             decay_half_life_seconds: 10,
             max_cpu_fraction: 0.01,
+            max_fault_fraction: 0.005,
             mode: "enforce".into(),
         }
     }
@@ -53,6 +57,9 @@ impl Config {
         if !(self.max_cpu_fraction >= 0.001 && self.max_cpu_fraction <= 1.0) {
             return fail("maxCpuFraction must be between 0.001 and 1");
         }
+        if !(0.0..=0.5).contains(&self.max_fault_fraction) {
+            return fail("maxFaultFraction must be between 0 and 0.5");
+        }
         if self.mode != "enforce" && self.mode != "observe" {
             return fail("mode must be \"enforce\" or \"observe\"");
         }
@@ -73,5 +80,6 @@ mod tests {
         assert!(Config::from_json(r#"{"scanIntervalMillis": 0}"#).unwrap_err().contains("scanIntervalMillis"));
         assert!(Config::from_json(r#"{"mode": "fast"}"#).unwrap_err().contains("mode"));
         assert!(Config::from_json("not json").is_err());
+        assert!(Config::from_json(r#"{"maxFaultFraction": -1}"#).unwrap_err().contains("maxFaultFraction"));
     }
 }

@@ -17,6 +17,8 @@ pub mod control;
 pub mod layout;
 pub mod memory;
 pub mod objects;
+pub mod pages;
+pub mod pagewrites;
 pub mod scanner;
 pub mod temperature;
 
@@ -198,26 +200,44 @@ fn start(
     Ok(())
 }
 
-/// Scans, then sleeps so the scanner stays within its CPU budget.
+/// Every scan interval: collects page writes when their fault budget allows,
+/// and scans objects when the scanner's CPU budget allows (a pass over a big
+/// heap takes far longer than a page collection).
 fn scan_loop(shared: Arc<Shared>) {
-    let mut last = Instant::now();
+    let mut last_pass: Option<Instant> = None;
+    let mut next_pass = Instant::now();
     while !shared.stop.load(Ordering::Acquire) {
         let config = shared.config.lock().map(|c| c.clone()).unwrap_or_default();
-        let since_last = last.elapsed().as_secs_f64().max(config.scan_interval_millis as f64 / 1000.0);
-        last = Instant::now();
-        let rules = Rules::new(config.hot_threshold, config.decay_half_life_seconds as f64, since_last);
-        let Ok(report) = shared.tracker.lock().map(|mut t| t.scan(&rules)) else { return };
-        let took = report.scan_seconds;
-        shared.passes.fetch_add(1, Ordering::Relaxed);
+        let interval = config.scan_interval_millis as f64 / 1000.0;
+        let started = Instant::now();
+        let Ok(mut tracker) = shared.tracker.lock() else { return };
+        let pages = tracker.collect_page_writes(&config).clone();
+        let report = (started >= next_pass).then(|| {
+            let since_last = last_pass.map_or(interval, |at| at.elapsed().as_secs_f64());
+            last_pass = Some(Instant::now());
+            tracker.scan(&config, since_last)
+        });
+        drop(tracker);
+        let took = started.elapsed().as_secs_f64();
         shared.scan_nanos.fetch_add((took * 1e9) as u64, Ordering::Relaxed);
         if let Ok(mut latest) = shared.latest.lock() {
-            *latest = Some(report);
+            match report {
+                Some(report) => {
+                    shared.passes.fetch_add(1, Ordering::Relaxed);
+                    // The next pass waits until this one's cost fits the budget.
+                    let budget_gap = report.scan_seconds * (1.0 / config.max_cpu_fraction - 1.0);
+                    next_pass = Instant::now() + Duration::from_secs_f64(budget_gap.max(interval - took));
+                    *latest = Some(report);
+                }
+                None => {
+                    if let Some(latest) = latest.as_mut() {
+                        latest.page_writes = pages;
+                    }
+                }
+            }
         }
-        let budget_gap = took * (1.0 / config.max_cpu_fraction - 1.0);
-        let pause =
-            Duration::from_secs_f64((config.scan_interval_millis as f64 / 1000.0 - took).max(budget_gap).max(0.001));
-        let guard = shared.latest.lock();
-        if let Ok(guard) = guard {
+        let pause = Duration::from_secs_f64((interval - took).max(0.001));
+        if let Ok(guard) = shared.latest.lock() {
             let _ = shared.wake.wait_timeout_while(guard, pause, |_| !shared.stop.load(Ordering::Acquire));
         }
     }
@@ -267,14 +287,16 @@ pub extern "C" fn pytier_stats() -> *mut c_char {
 }
 
 /// Classes of the objects at `addrs` as of the last pass, written to `out`:
-/// 0 cold, 1 warm, 2 hot, -1 not tracked. Returns 0, or -1 when not tracking
-/// (never started, or in a forked child).
+/// 0 cold, 1 warm, 2 hot, -1 not tracked. With `by_page` set, the class of
+/// the page each address is on (from page writes) instead of the object's
+/// own. Returns 0, or -1 when not tracking (never started, or in a forked
+/// child).
 ///
 /// # Safety
 /// `addrs` and `out` point to `n` elements. Call with the GIL held or not:
 /// the scanner never takes it, so waiting for it cannot deadlock.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn pytier_classify(addrs: *const usize, out: *mut i8, n: usize) -> i32 {
+pub unsafe extern "C" fn pytier_classify(addrs: *const usize, out: *mut i8, n: usize, by_page: i32) -> i32 {
     catch_unwind(AssertUnwindSafe(|| {
         // In a forked child the tracker may be locked by a thread that did
         // not survive the fork.
@@ -287,7 +309,9 @@ pub unsafe extern "C" fn pytier_classify(addrs: *const usize, out: *mut i8, n: u
         let rules = Rules::new(config.hot_threshold, config.decay_half_life_seconds as f64, 1.0);
         let (addrs, out) = unsafe { (std::slice::from_raw_parts(addrs, n), std::slice::from_raw_parts_mut(out, n)) };
         for (addr, out) in addrs.iter().zip(out) {
-            *out = match tracker.class_of(*addr, &rules) {
+            let class =
+                if by_page != 0 { tracker.page_class_of(*addr, &rules) } else { tracker.class_of(*addr, &rules) };
+            *out = match class {
                 Some(Class::Cold) => 0,
                 Some(Class::Warm) => 1,
                 Some(Class::Hot) => 2,

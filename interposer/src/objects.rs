@@ -8,6 +8,7 @@
 //! freed object's count was zero.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::layout::{self, Layout, TPFLAGS_HAVE_GC, TPFLAGS_READY, TPFLAGS_TYPE_SUBCLASS, u64_at};
 use crate::memory::read_exact_self;
@@ -29,40 +30,88 @@ pub struct Found {
     pub refcnt: u64,
 }
 
-/// Candidate type addresses seen so far: `Some` for real types, `None` for
-/// words that turned out not to be types.
-pub struct TypeCache {
-    type_type: usize,
-    known: HashMap<usize, Option<TypeInfo>>,
+/// A hasher for addresses: one multiply. Addresses are not attacker-chosen
+/// keys, and the scanner looks one up per block.
+#[derive(Default)]
+pub struct AddrHasher(u64);
+
+impl Hasher for AddrHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ *b as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.0 = (n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(26);
+    }
 }
 
-/// Beyond this many cached non-types the negative entries are dropped, so
-/// random words cannot grow the cache without bound.
-const MAX_CACHED: usize = 1 << 16;
+pub type AddrMap<V> = HashMap<usize, V, BuildHasherDefault<AddrHasher>>;
+
+/// Type objects found so far, and words that turned out not to be types.
+///
+/// Checking an unknown word costs a system call, and most candidate words are
+/// not types (a GC object's first words are list links), so `find` tries the
+/// known types first and checks at most `VALIDATIONS_PER_PASS` unknown words
+/// per pass; an object of a type not yet checked is found a pass later.
+pub struct TypeCache {
+    type_type: usize,
+    types: AddrMap<TypeInfo>,
+    not_types: AddrMap<()>,
+    validations_left: u32,
+}
+
+/// Beyond this many cached non-types those entries are dropped, so random
+/// words cannot grow the cache without bound.
+const MAX_NOT_TYPES: usize = 1 << 15;
+const VALIDATIONS_PER_PASS: u32 = 4096;
 
 impl TypeCache {
     /// `type_type` is the address of `PyType_Type` (`id(type)`).
     pub fn new(type_type: usize) -> TypeCache {
-        TypeCache { type_type, known: HashMap::new() }
+        TypeCache {
+            type_type,
+            types: AddrMap::default(),
+            not_types: AddrMap::default(),
+            validations_left: VALIDATIONS_PER_PASS,
+        }
+    }
+
+    /// Renews the budget of unknown words to check.
+    pub fn new_pass(&mut self) {
+        self.validations_left = VALIDATIONS_PER_PASS;
     }
 
     pub fn get(&self, addr: usize) -> Option<&TypeInfo> {
-        self.known.get(&addr)?.as_ref()
+        self.types.get(&addr)
     }
 
-    /// Whether `addr` is a type object, reading it (safely) the first time.
+    /// Whether `addr` is a type object, reading it (safely) the first time,
+    /// within this pass's budget.
     pub fn lookup(&mut self, addr: usize) -> Option<&TypeInfo> {
-        if addr < 4096 || !addr.is_multiple_of(8) {
+        if self.types.contains_key(&addr) {
+            return self.types.get(&addr);
+        }
+        if addr < 4096 || !addr.is_multiple_of(8) || self.validations_left == 0 || self.not_types.contains_key(&addr) {
             return None;
         }
-        if !self.known.contains_key(&addr) {
-            if self.known.len() >= MAX_CACHED {
-                self.known.retain(|_, v| v.is_some());
+        self.validations_left -= 1;
+        match self.validate(addr, 3) {
+            Some(info) => {
+                self.types.insert(addr, info);
+                self.types.get(&addr)
             }
-            let info = self.validate(addr, 3);
-            self.known.insert(addr, info);
+            None => {
+                if self.not_types.len() >= MAX_NOT_TYPES {
+                    self.not_types.clear();
+                }
+                self.not_types.insert(addr, ());
+                None
+            }
         }
-        self.known.get(&addr)?.as_ref()
     }
 
     /// A type is an object whose own type is `type` or a metaclass (itself a
@@ -91,30 +140,46 @@ impl TypeCache {
     pub fn find(&mut self, layout: &Layout, block: &[u8]) -> Option<Found> {
         let gc = layout.gc_header_size;
         let managed = gc + layout.managed_dict_preheader;
-        for offset in [0, gc, managed] {
-            let Some(type_addr) = u64_at(block, offset + 8).map(|a| a as usize) else { continue };
-            let Some(info) = self.lookup(type_addr) else { continue };
-            let is_gc = info.flags & TPFLAGS_HAVE_GC != 0;
-            let is_managed = is_gc && info.flags & layout.managed_dict_flag != 0;
-            let expected = if !is_gc {
-                0
-            } else if is_managed {
-                managed
-            } else {
-                gc
-            };
-            if offset != expected || offset + info.basic_size > block.len() {
-                continue;
-            }
-            // A live count is positive; counts of 2^32 and more are pointers
-            // (a free-list link) or garbage. Immortals (3.12+) stay below.
-            let refcnt = u64_at(block, offset)?;
-            if refcnt == 0 || refcnt >= 1 << 32 {
-                return None;
-            }
-            return Some(Found { offset, type_addr, refcnt });
+        let offsets = [0, gc, managed];
+        // Known types first: no system call, and the usual case.
+        if let Some(found) = offsets.iter().find_map(|&o| self.object_at(layout, block, o, false)) {
+            return found;
         }
-        None
+        offsets.iter().find_map(|&o| self.object_at(layout, block, o, true)).flatten()
+    }
+
+    /// `None`: no type at this offset; `Some(None)`: a type, but the block
+    /// does not hold a live object of it; `Some(Some(_))`: found.
+    fn object_at(
+        &mut self,
+        layout: &Layout,
+        block: &[u8],
+        offset: usize,
+        check_unknown: bool,
+    ) -> Option<Option<Found>> {
+        let gc = layout.gc_header_size;
+        let managed = gc + layout.managed_dict_preheader;
+        let type_addr = u64_at(block, offset + 8)? as usize;
+        let info = if check_unknown { self.lookup(type_addr)? } else { self.types.get(&type_addr)? };
+        let is_gc = info.flags & TPFLAGS_HAVE_GC != 0;
+        let is_managed = is_gc && info.flags & layout.managed_dict_flag != 0;
+        let expected = if !is_gc {
+            0
+        } else if is_managed {
+            managed
+        } else {
+            gc
+        };
+        if offset != expected || offset + info.basic_size > block.len() {
+            return None;
+        }
+        // A live count is positive; counts of 2^32 and more are pointers
+        // (a free-list link) or garbage. Immortals (3.12+) stay below.
+        let refcnt = u64_at(block, offset)?;
+        if refcnt == 0 || refcnt >= 1 << 32 {
+            return Some(None);
+        }
+        Some(Some(Found { offset, type_addr, refcnt }))
     }
 }
 

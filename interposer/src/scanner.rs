@@ -1,16 +1,17 @@
 //! The Tracker: one pass copies every known pool (without the GIL), finds the
 //! live objects in it, feeds their reference counts to the temperature table,
-//! and summarises what it saw.
+//! collects the arenas' page writes (`pages`), and summarises what it saw.
 
-use std::collections::HashMap;
 use std::time::Instant;
 
 use serde::Serialize;
 
 use crate::arenas::{ARENA_SIZE, ARENAS, EARLY_ARENAS};
+use crate::config::Config;
 use crate::layout::{Layout, PoolHeader, arena_index};
 use crate::memory::read_self;
-use crate::objects::TypeCache;
+use crate::objects::{AddrMap, TypeCache};
+use crate::pages::{PageReport, PageTracker};
 use crate::temperature::{Class, Rules, Slot};
 
 const PAGE: usize = 4096;
@@ -26,9 +27,10 @@ struct PoolState {
 pub struct Tracker {
     layout: Layout,
     types: TypeCache,
-    pools: HashMap<usize, PoolState>,
+    pools: AddrMap<PoolState>,
     pass: u64,
     buf: Vec<u8>,
+    pages: PageTracker,
 }
 
 /// What one pass saw. Sizes are block sizes: what the allocator hands out.
@@ -60,6 +62,8 @@ pub struct PassReport {
     pub read_errors: u64,
     /// Memory the temperature table itself takes.
     pub table_bytes: u64,
+    /// Page temperatures from page writes, as of their last collection.
+    pub page_writes: PageReport,
 }
 
 #[derive(Debug, Default, Clone, Copy, Serialize, PartialEq, Eq)]
@@ -70,7 +74,7 @@ pub struct ByClass {
 }
 
 impl ByClass {
-    fn add(&mut self, class: Class, n: u64) {
+    pub fn add(&mut self, class: Class, n: u64) {
         match class {
             Class::Hot => self.hot += n,
             Class::Warm => self.warm += n,
@@ -90,16 +94,51 @@ pub struct TypeBytes {
     pub bytes: u64,
 }
 
-/// Per-page tally within one pass.
+/// Objects and bytes by class, per type, within one pass.
 #[derive(Default)]
+struct TypeTallies {
+    index: AddrMap<usize>,
+    tallies: Vec<(usize, ByClass, ByClass)>,
+    /// Neighbouring blocks often hold objects of one type: (type, index).
+    last: Option<(usize, usize)>,
+}
+
+impl TypeTallies {
+    fn of(&mut self, type_addr: usize) -> &mut (usize, ByClass, ByClass) {
+        let i = match self.last {
+            Some((t, i)) if t == type_addr => i,
+            _ => {
+                let next = self.tallies.len();
+                let i = *self.index.entry(type_addr).or_insert(next);
+                if i == next {
+                    self.tallies.push((type_addr, ByClass::default(), ByClass::default()));
+                }
+                self.last = Some((type_addr, i));
+                i
+            }
+        };
+        &mut self.tallies[i]
+    }
+}
+
+/// Per-page tally within one pool.
+#[derive(Default, Clone, Copy)]
 struct PageTally {
+    objects: bool,
     hot: bool,
     cold_bytes: u64,
 }
 
 impl Tracker {
     pub fn new(layout: Layout, type_type: usize) -> Tracker {
-        Tracker { layout, types: TypeCache::new(type_type), pools: HashMap::new(), pass: 0, buf: Vec::new() }
+        Tracker {
+            layout,
+            types: TypeCache::new(type_type),
+            pools: AddrMap::default(),
+            pass: 0,
+            buf: Vec::new(),
+            pages: PageTracker::new(),
+        }
     }
 
     /// Registers the arenas holding these addresses (objects alive at start,
@@ -155,29 +194,49 @@ impl Tracker {
         slot.is_present().then(|| slot.class(rules))
     }
 
-    /// One pass over every known pool.
-    pub fn scan(&mut self, rules: &Rules) -> PassReport {
-        let started = Instant::now();
-        self.pass += 1;
-        let mut report = PassReport::default();
-        let mut pages: HashMap<usize, PageTally> = HashMap::new();
-        let mut per_type: HashMap<usize, (ByClass, ByClass)> = HashMap::new();
-
+    /// Every known arena as (start, length, the arena index its pools must
+    /// carry). An early arena's extent is not known exactly: read as much as
+    /// an arena can span and keep the pools that carry its index.
+    fn regions(&self) -> Vec<(usize, usize, Option<u32>)> {
         let arena_size = ARENA_SIZE.load(std::sync::atomic::Ordering::Relaxed);
-        let arenas = ARENAS.snapshot();
-        report.arenas = arenas.len();
-        // (start, length, arena index its pools must carry). An early arena's
-        // extent is not known exactly: read as much as an arena can span and
-        // keep the pools that carry its index.
-        let mut regions: Vec<(usize, usize, Option<u32>)> = arenas.iter().map(|a| (*a, arena_size, None)).collect();
-        let early = EARLY_ARENAS.snapshot();
-        report.arenas += early.len();
-        for first in early {
+        let mut regions: Vec<(usize, usize, Option<u32>)> =
+            ARENAS.snapshot().into_iter().map(|a| (a, arena_size, None)).collect();
+        for first in EARLY_ARENAS.snapshot() {
             let mut header = [0u8; 48];
             if read_self(first, &mut header).ok() == Some(48) {
                 regions.push((first, self.layout.arena_size, arena_index(&header)));
             }
         }
+        regions
+    }
+
+    /// Collects page writes if the fault budget allows (see `pages`). Cheap
+    /// next to an object pass, so it runs on its own, more frequent, cadence.
+    pub fn collect_page_writes(&mut self, config: &Config) -> &PageReport {
+        let spans: Vec<(usize, usize)> = self.regions().into_iter().map(|(base, size, _)| (base, size)).collect();
+        let rules_for =
+            |interval: f64| Rules::new(config.hot_threshold, config.decay_half_life_seconds as f64, interval);
+        self.pages.maybe_collect(&spans, rules_for, config.max_fault_fraction);
+        self.pages.report()
+    }
+
+    /// The class of the page holding `addr`, from page writes.
+    pub fn page_class_of(&self, addr: usize, rules: &Rules) -> Option<Class> {
+        self.pages.class_of(addr, rules)
+    }
+
+    /// One pass over every known pool; `since_last` is the time since the
+    /// previous pass, in seconds.
+    pub fn scan(&mut self, config: &Config, since_last: f64) -> PassReport {
+        let rules = &Rules::new(config.hot_threshold, config.decay_half_life_seconds as f64, since_last);
+        let started = Instant::now();
+        self.pass += 1;
+        let mut report = PassReport::default();
+        let mut per_type = TypeTallies::default();
+        self.types.new_pass();
+        let regions = self.regions();
+        report.arenas = regions.len();
+        report.page_writes = self.pages.report().clone();
 
         let mut buf = std::mem::take(&mut self.buf);
         for (base, size, index) in regions {
@@ -198,7 +257,7 @@ impl Tracker {
                 if index.is_some() && arena_index(bytes) != index {
                     continue;
                 }
-                self.scan_pool(pool, bytes, rules, &mut report, &mut pages, &mut per_type);
+                self.scan_pool(pool, bytes, rules, &mut report, &mut per_type);
             }
         }
         self.buf = buf;
@@ -207,13 +266,10 @@ impl Tracker {
         let pass = self.pass;
         self.pools.retain(|_, p| p.seen == pass);
 
-        report.pages = pages.len() as u64;
-        report.hot_pages = pages.values().filter(|p| p.hot).count() as u64;
-        report.cold_bytes_on_hot_pages = pages.values().filter(|p| p.hot).map(|p| p.cold_bytes).sum();
         report.coverage =
             if report.used_bytes == 0 { 0.0 } else { report.bytes.total() as f64 / report.used_bytes as f64 };
-        report.top_types_by_cold_bytes = self.top_types(&per_type, |(_, bytes)| bytes.cold, |(n, _)| n.cold);
-        report.top_types_by_hot_bytes = self.top_types(&per_type, |(_, bytes)| bytes.hot, |(n, _)| n.hot);
+        report.top_types_by_cold_bytes = self.top_types(&per_type, |c| c.cold);
+        report.top_types_by_hot_bytes = self.top_types(&per_type, |c| c.hot);
         report.table_bytes =
             self.pools.values().map(|p| (p.slots.len() * std::mem::size_of::<Slot>()) as u64 + 48).sum();
         report.scan_seconds = started.elapsed().as_secs_f64();
@@ -226,8 +282,7 @@ impl Tracker {
         bytes: &[u8],
         rules: &Rules,
         report: &mut PassReport,
-        pages: &mut HashMap<usize, PageTally>,
-        per_type: &mut HashMap<usize, (ByClass, ByClass)>,
+        per_type: &mut TypeTallies,
     ) {
         let layout = self.layout;
         let Some(header) = PoolHeader::parse(&layout, bytes) else { return };
@@ -245,6 +300,8 @@ impl Tracker {
         report.used_blocks += header.used as u64;
         report.used_bytes += header.used as u64 * block_size as u64;
 
+        // Pools are page aligned; a block counts on the page it starts on.
+        let mut pages = [PageTally::default(); 16];
         let end = (header.next_offset as usize).min(layout.pool_size);
         for (i, start) in (layout.pool_header_size..end).step_by(block_size).enumerate() {
             if start + block_size > bytes.len() || i >= state.slots.len() {
@@ -263,55 +320,40 @@ impl Tracker {
             let size = block_size as u64;
             report.objects.add(class, 1);
             report.bytes.add(class, size);
-            report.histogram[histogram_bucket(slot.temperature())] += 1;
-            let entry = per_type.entry(found.type_addr).or_default();
-            entry.0.add(class, 1);
-            entry.1.add(class, size);
-            let page = pages.entry((pool + start) / PAGE).or_default();
+            report.histogram[slot.bucket()] += 1;
+            let entry = per_type.of(found.type_addr);
+            entry.1.add(class, 1);
+            entry.2.add(class, size);
+            let page = &mut pages[(start / PAGE).min(15)];
+            page.objects = true;
             match class {
                 Class::Hot => page.hot = true,
                 Class::Cold => page.cold_bytes += size,
                 Class::Warm => {}
             }
         }
+        for page in pages.iter().filter(|p| p.objects) {
+            report.pages += 1;
+            if page.hot {
+                report.hot_pages += 1;
+                report.cold_bytes_on_hot_pages += page.cold_bytes;
+            }
+        }
     }
 
-    fn top_types(
-        &self,
-        per_type: &HashMap<usize, (ByClass, ByClass)>,
-        bytes: impl Fn(&(ByClass, ByClass)) -> u64,
-        objects: impl Fn(&(ByClass, ByClass)) -> u64,
-    ) -> Vec<TypeBytes> {
+    fn top_types(&self, per_type: &TypeTallies, class: impl Fn(&ByClass) -> u64) -> Vec<TypeBytes> {
         let mut top: Vec<TypeBytes> = per_type
+            .tallies
             .iter()
-            .filter(|(_, v)| bytes(v) > 0)
-            .map(|(addr, v)| TypeBytes {
+            .filter(|(_, _, bytes)| class(bytes) > 0)
+            .map(|(addr, objects, bytes)| TypeBytes {
                 type_name: self.types.get(*addr).map_or_else(|| "?".into(), |t| t.name.clone()),
-                objects: objects(v),
-                bytes: bytes(v),
+                objects: class(objects),
+                bytes: class(bytes),
             })
             .collect();
         top.sort_by_key(|t| std::cmp::Reverse(t.bytes));
         top.truncate(10);
         top
-    }
-}
-
-/// Bucket 0 is below 1/8 change; each next bucket doubles.
-fn histogram_bucket(temperature: f64) -> usize {
-    if temperature < 0.125 { 0 } else { ((temperature * 8.0).log2() as usize + 1).min(9) }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn histogram_buckets_double() {
-        assert_eq!(histogram_bucket(0.0), 0);
-        assert_eq!(histogram_bucket(0.125), 1);
-        assert_eq!(histogram_bucket(0.3), 2);
-        assert_eq!(histogram_bucket(1.0), 4);
-        assert_eq!(histogram_bucket(63.0), 9);
     }
 }

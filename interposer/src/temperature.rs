@@ -1,8 +1,9 @@
-//! Object temperature: a decayed count of the scans in which an object's
-//! reference count was seen to change, with hot/warm/cold classes.
+//! Temperature: a decayed count of the passes in which an object's reference
+//! count was seen to change (or a page was seen written), with hot/warm/cold
+//! classes.
 //!
-//! Stored in 2 bytes per object next to 2 bytes of the last reading, so the
-//! table costs 4 bytes per tracked object (1/8 of a 32-byte block at most).
+//! Stored in 2 bytes, next to 2 bytes of the last reading for an object, so
+//! the table costs 4 bytes per tracked object (1/8 of a 32-byte block at most).
 
 /// Temperature is fixed point with 8 fractional bits, at most 63.99.
 const ONE: u16 = 256;
@@ -46,33 +47,74 @@ impl Rules {
     }
 }
 
-/// One object's state: its last reading and its temperature.
+/// A decayed count of the passes in which something (an object, a page) was
+/// seen in use, with its class. 2 bytes: 14 bits of temperature, a presence
+/// bit and the hot bit that carries the hysteresis.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Slot {
-    last_refcnt: u16,
-    bits: u16,
-}
+pub struct Temperature(u16);
 
-impl Slot {
-    /// Records this scan's reading of a live object and returns its class.
-    /// The first sighting only records: a change needs two readings.
-    pub fn observe(&mut self, refcnt: u64, rules: &Rules) -> Class {
-        let reading = refcnt as u16;
-        let mut temp = self.bits & TEMP_MASK;
-        if self.bits & PRESENT != 0 {
+impl Temperature {
+    /// Records one pass. The first only marks the thing present: whether it
+    /// was used needs a baseline to compare with.
+    pub fn record(&mut self, used: bool, rules: &Rules) -> Class {
+        let mut temp = self.0 & TEMP_MASK;
+        if self.0 & PRESENT != 0 {
             // Round to nearest, but always lose at least one unit so a small
             // temperature still reaches zero.
             let decayed = ((temp as u32 * rules.decay_q16 + 0x8000) >> 16) as u16;
             temp = if rules.decay_q16 < 65536 { decayed.min(temp.saturating_sub(1)) } else { decayed };
-            if reading != self.last_refcnt {
+            if used {
                 temp = (temp + ONE).min(TEMP_MASK);
             }
         }
-        let was_hot = self.bits & HOT != 0;
+        let was_hot = self.0 & HOT != 0;
         let hot = if was_hot { temp >= rules.hot_leave } else { temp >= rules.hot_enter };
-        self.last_refcnt = reading;
-        self.bits = temp | PRESENT | if hot { HOT } else { 0 };
+        self.0 = temp | PRESENT | if hot { HOT } else { 0 };
         self.class(rules)
+    }
+
+    pub fn class(&self, rules: &Rules) -> Class {
+        if self.0 & HOT != 0 {
+            Class::Hot
+        } else if self.0 & TEMP_MASK < rules.cold_below {
+            Class::Cold
+        } else {
+            Class::Warm
+        }
+    }
+
+    /// Whether anything was recorded since the last clear.
+    pub fn is_present(&self) -> bool {
+        self.0 & PRESENT != 0
+    }
+
+    /// In observed uses.
+    pub fn degrees(&self) -> f64 {
+        (self.0 & TEMP_MASK) as f64 / ONE as f64
+    }
+
+    /// Histogram bucket: 0 below 1/8 use, then one bucket per doubling, 9 from 32 up.
+    pub fn bucket(&self) -> usize {
+        let eighths = (self.0 & TEMP_MASK) >> 5;
+        ((16 - eighths.leading_zeros()) as usize).min(9)
+    }
+}
+
+/// One object's state: its last reference-count reading (low 16 bits) and its
+/// temperature, 4 bytes in all.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Slot {
+    last_refcnt: u16,
+    temp: Temperature,
+}
+
+impl Slot {
+    /// Records this scan's reading of a live object and returns its class.
+    pub fn observe(&mut self, refcnt: u64, rules: &Rules) -> Class {
+        let reading = refcnt as u16;
+        let changed = reading != self.last_refcnt;
+        self.last_refcnt = reading;
+        self.temp.record(changed, rules)
     }
 
     /// The block no longer holds a live object.
@@ -81,23 +123,21 @@ impl Slot {
     }
 
     pub fn class(&self, rules: &Rules) -> Class {
-        if self.bits & HOT != 0 {
-            Class::Hot
-        } else if self.bits & TEMP_MASK < rules.cold_below {
-            Class::Cold
-        } else {
-            Class::Warm
-        }
+        self.temp.class(rules)
     }
 
     /// Whether the last pass found a live object here.
     pub fn is_present(&self) -> bool {
-        self.bits & PRESENT != 0
+        self.temp.is_present()
     }
 
     /// Temperature in observed changes.
     pub fn temperature(&self) -> f64 {
-        (self.bits & TEMP_MASK) as f64 / ONE as f64
+        self.temp.degrees()
+    }
+
+    pub fn bucket(&self) -> usize {
+        self.temp.bucket()
     }
 }
 
@@ -155,6 +195,17 @@ mod tests {
         assert!(classes[..first_not_hot].iter().all(|(t, _)| *t >= 1.0), "{classes:?}");
         assert!(first_not_hot > 3, "stayed hot while between the thresholds: {classes:?}");
         assert_eq!(classes.last().unwrap().1, Class::Cold);
+    }
+
+    #[test]
+    fn histogram_buckets_double() {
+        let bucket = |degrees: f64| Temperature((degrees * ONE as f64) as u16).bucket();
+        assert_eq!(bucket(0.0), 0);
+        assert_eq!(bucket(0.12), 0);
+        assert_eq!(bucket(0.125), 1);
+        assert_eq!(bucket(0.3), 2);
+        assert_eq!(bucket(1.0), 4);
+        assert_eq!(bucket(63.0), 9);
     }
 
     #[test]

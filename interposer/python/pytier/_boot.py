@@ -64,7 +64,7 @@ def start():
     lib.pytier_stats.restype = ctypes.c_void_p
     lib.pytier_free.argtypes = [ctypes.c_void_p]
     lib.pytier_classify.restype = ctypes.c_int
-    lib.pytier_classify.argtypes = [ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_int8), ctypes.c_size_t]
+    lib.pytier_classify.argtypes = [ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_int8), ctypes.c_size_t, ctypes.c_int]
 
     free_threaded = bool(getattr(sys, "_is_gil_enabled", lambda: True)() is False)
     if free_threaded:
@@ -119,20 +119,24 @@ def stats():
 CLASSES = {0: "cold", 1: "warm", 2: "hot", -1: None}
 
 
-def classify(objects):
+def classify(objects, by="object"):
     """The class ("hot", "warm", "cold", or None if not tracked) of each object,
-    as of the last scan."""
-    return classify_ids([id(o) for o in objects])
+    as of the last scan: by="object" from its own reference-count changes,
+    by="page" from writes to the 4 KiB page it sits on (reads included, since
+    using an object writes its reference count)."""
+    return classify_ids([id(o) for o in objects], by)
 
 
-def classify_ids(ids):
+def classify_ids(ids, by="object"):
     """Like classify, by id(): a caller holding only ids does not itself change
     the reference counts it is measuring."""
+    if by not in ("object", "page"):
+        raise ValueError(f'by must be "object" or "page", not {by!r}')
     if _lib is None:
         raise RuntimeError(f"pytier is not active: {_reason}")
     n = len(ids)
     addrs = (ctypes.c_size_t * n)(*ids)
     out = (ctypes.c_int8 * n)()
-    if _lib.pytier_classify(addrs, out, n) != 0:
+    if _lib.pytier_classify(addrs, out, n, int(by == "page")) != 0:
         raise RuntimeError("pytier could not classify")
     return [CLASSES[c] for c in out]

@@ -3,10 +3,12 @@ distribution. Run under the shim (tests/bench/hotness/run does that):
 
 A dict of N small objects (floats) is read with Zipf(0.99)-distributed keys;
 halfway through, the ranking is reshuffled (the hot set shifts). Truth: the
-top 1% of keys by probability are hot. Reported per phase: precision and
-recall of pytier's hot class against that truth, the share of accesses that
-went to objects pytier calls hot (what placement could serve from DRAM), and
-after the shift the time until recall reaches half its level before it.
+top 1% of keys by probability are hot. Reported per phase, for the object
+classes (reference-count changes) and the page classes (page writes): the
+precision and recall of pytier's hot class against that truth, the share of
+objects called hot (what DRAM would have to hold), the share of accesses that
+went to objects called hot (what placement could serve from DRAM), and after
+the shift the time until the object recall reaches half its level before it.
 
 Two access styles: "read" (v = d[k]; total += v: reference counts go up and
 back down between scans) and "retain" (each read object is also kept in a
@@ -32,8 +34,8 @@ def zipf_cum_weights(n, s):
     return out
 
 
-def measure(ids_by_rank, hot_count, cum, total):
-    classes = pytier.classify_ids(ids_by_rank)
+def measure(ids_by_rank, hot_count, cum, total, by="object"):
+    classes = pytier.classify_ids(ids_by_rank, by)
     called_hot = [c == "hot" for c in classes]
     n_hot = sum(called_hot)
     true_pos = sum(called_hot[:hot_count])
@@ -48,6 +50,7 @@ def measure(ids_by_rank, hot_count, cum, total):
         "calledHot": n_hot,
         "precision": true_pos / n_hot if n_hot else 0.0,
         "recall": true_pos / hot_count,
+        "heapShareHot": n_hot / len(classes),
         "accessShareOnHot": mass / total,
         "tracked": sum(c is not None for c in classes) / len(classes),
     }
@@ -86,7 +89,13 @@ def run(n, seconds, style, seed):
         m = measure(by_rank, hot_count, cum, total)
         m["phase"] = name
         m["detectSeconds"] = detected
+        m["by"] = "object"
         rows.append(m)
+        p = measure(by_rank, hot_count, cum, total, by="page")
+        p["phase"] = name
+        p["detectSeconds"] = None
+        p["by"] = "page"
+        rows.append(p)
         return m
 
     ranking = keys[:]
@@ -114,8 +123,9 @@ def main():
     s = pytier.stats()
     last = s.get("last") or {}
     print(json.dumps({"style": args.style, "objects": args.objects, "rows": rows,
-                      "scannerCpuFraction": s["scannerCpuFraction"], "passes": s["passes"],
-                      "coverage": last.get("coverage"), "scanSeconds": last.get("scanSeconds")}))
+                      "scannerCpuFraction": s["scannerCpuFraction"], "passes": s["passes"], "uptime": s["uptimeSeconds"],
+                      "coverage": last.get("coverage"), "scanSeconds": last.get("scanSeconds"),
+                      "pageWrites": last.get("pageWrites")}))
 
 
 if __name__ == "__main__":
