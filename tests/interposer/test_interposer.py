@@ -69,6 +69,46 @@ def test_objects_whose_references_change_are_hot_and_untouched_ones_cold():
     assert untouched_cold >= 0.95, f"only {untouched_cold:.0%} of untouched objects are cold"
 
 
+def test_pages_of_objects_only_read_are_hot_and_untouched_pages_cold():
+    # Reading an object writes its reference count, so page writes see plain
+    # reads that reference-count snapshots miss. The two groups are allocated
+    # one after the other, so each fills pages of its own. Creating them wrote
+    # both; with a 1 s half-life that is forgotten (cold) after 3 s.
+    r = python("""
+        import pytier, time
+        read = [float(i) + 0.5 for i in range(20000)]
+        untouched = [float(i) + 0.25 for i in range(20000)]
+        end = time.monotonic() + 4
+        total = 0.0
+        while time.monotonic() < end:
+            for x in read:
+                total += x
+        s = pytier.stats()["last"]["pageWrites"]
+        assert s["offReason"] is None, s
+        assert s["collections"] >= 3, s
+        read_pages = pytier.classify(read, by="page")
+        untouched_pages = pytier.classify(untouched, by="page")
+        print(read_pages.count("hot") / len(read), untouched_pages.count("cold") / len(untouched))
+    """, env={"PYTIER_CONFIG": json.dumps({"scanIntervalMillis": 20, "maxCpuFraction": 0.5, "maxFaultFraction": 0.05,
+                                           "decayHalfLifeSeconds": 1})})
+    assert r.returncode == 0, r.stderr
+    read_hot, untouched_cold = map(float, r.stdout.split())
+    assert read_hot > 0.95, r.stdout
+    # The boundary pages hold both groups.
+    assert untouched_cold > 0.95, r.stdout
+
+
+def test_page_write_tracking_can_be_turned_off():
+    r = python("""
+        import pytier, time
+        time.sleep(0.3)
+        s = pytier.stats()["last"]["pageWrites"]
+        print(s["offReason"], s["collections"])
+    """, env={"PYTIER_CONFIG": json.dumps({"scanIntervalMillis": 20, "maxFaultFraction": 0})})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["turned", "off", "(maxFaultFraction", "is", "0)", "0"], r.stdout
+
+
 def test_control_socket_answers_and_survives_garbage(tmp_path):
     path = str(tmp_path / "pytier.sock")
     proc = subprocess.Popen(
@@ -112,6 +152,7 @@ def test_control_socket_answers_and_survives_garbage(tmp_path):
                              text=True, env=dict(os.environ, PYTHONPATH=SHIM, PYTIER_DISABLE="1"), timeout=30)
         assert cli.returncode == 0, cli.stderr
         assert "coverage" in cli.stdout and "top types by cold bytes" in cli.stdout
+        assert "page writes: " in cli.stdout and "pages watched" in cli.stdout, cli.stdout
 
         out, err = proc.communicate("go\n", timeout=30)
         assert proc.returncode == 0, err

@@ -39,6 +39,14 @@ def show(stats):
     for cls in ("hot", "warm", "cold"):
         print(f"  {cls:<5} {o[cls]:>10} objects {mib(b[cls]):>12}")
     print(f"pages {last['pages']} ({last['hotPages']} hot), cold bytes on hot pages: {mib(last['coldBytesOnHotPages'])}")
+    pw = last.get("pageWrites") or {}
+    if pw.get("offReason"):
+        print(f"page writes: off ({pw['offReason']})")
+    elif pw:
+        p = pw["pages"]
+        print(f"page writes: {pw['watchedPages']} pages watched: {p['hot']} hot, {p['warm']} warm, {p['cold']} cold; "
+              f"{pw['collections']} collections, fault cost {pw['faultSecondsTotal'] * 1e3:.1f} ms "
+              f"({pw['faultSecondsPerPage'] * 1e6:.2f} us/page)")
     print("top types by cold bytes:")
     for t in last["topTypesByColdBytes"]:
         print(f"  {t['type']:<30} {t['objects']:>10} {mib(t['bytes']):>12}")
