@@ -97,14 +97,15 @@ impl PageTracker {
         self.frees_seen = frees;
 
         // Forget arenas that are gone.
-        self.arenas.retain(|base, _| regions.iter().any(|(b, _)| b == base));
+        let present: std::collections::HashSet<usize> = regions.iter().map(|(base, _)| *base).collect();
+        self.arenas.retain(|base, _| present.contains(base));
         let mut report = PageReport {
             collections: self.report.collections + 1,
             fault_seconds_per_page: self.fault_seconds,
             fault_seconds_total: self.report.fault_seconds_total,
             ..Default::default()
         };
-        let mut written = vec![false; 0];
+        let mut written = Vec::new();
         for &(base, len) in regions {
             let pages = len / PAGE;
             let arena = self.arenas.entry(base).or_insert(ArenaPages { temps: Vec::new(), unwatchable: false });
