@@ -72,13 +72,16 @@ def test_objects_whose_references_change_are_hot_and_untouched_ones_cold():
 def test_pages_of_objects_only_read_are_hot_and_untouched_pages_cold():
     # Reading an object writes its reference count, so page writes see plain
     # reads that reference-count snapshots miss. The two groups are allocated
-    # one after the other, so each fills pages of its own. Creating them wrote
-    # both; with a 1 s half-life that is forgotten (cold) after 3 s.
+    # one after the other, so each fills pages of its own. Creating them (and
+    # taking their ids: iterating writes counts too) wrote both; with a 1 s
+    # half-life that is forgotten (cold) after a few seconds. The check goes
+    # by id so that it does not itself touch the objects.
     r = python("""
         import pytier, time
         read = [float(i) + 0.5 for i in range(20000)]
         untouched = [float(i) + 0.25 for i in range(20000)]
-        end = time.monotonic() + 4
+        read_ids, untouched_ids = [id(x) for x in read], [id(x) for x in untouched]
+        end = time.monotonic() + 5
         total = 0.0
         while time.monotonic() < end:
             for x in read:
@@ -86,8 +89,8 @@ def test_pages_of_objects_only_read_are_hot_and_untouched_pages_cold():
         s = pytier.stats()["last"]["pageWrites"]
         assert s["offReason"] is None, s
         assert s["collections"] >= 3, s
-        read_pages = pytier.classify(read, by="page")
-        untouched_pages = pytier.classify(untouched, by="page")
+        read_pages = pytier.classify_ids(read_ids, by="page")
+        untouched_pages = pytier.classify_ids(untouched_ids, by="page")
         print(read_pages.count("hot") / len(read), untouched_pages.count("cold") / len(untouched))
     """, env={"PYTIER_CONFIG": json.dumps({"scanIntervalMillis": 20, "maxCpuFraction": 0.5, "maxFaultFraction": 0.05,
                                            "decayHalfLifeSeconds": 1})})
