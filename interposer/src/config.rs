@@ -6,14 +6,17 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct Config {
-    /// Shortest time between the starts of two scans.
+    /// Shortest time between the starts of two scan cycles, and between two
+    /// page-write collections.
     pub scan_interval_millis: u32,
+    /// Longest a scan slice runs before the scanner pauses for its budget.
+    pub slice_millis: u32,
     /// Temperature (decayed count of observed changes) at which an object is hot.
     pub hot_threshold: f64,
     /// Seconds for an unused object's temperature to halve.
     pub decay_half_life_seconds: u32,
-    /// Share of one CPU the scanner may use; scans are spaced further apart
-    /// when a pass takes longer.
+    /// Share of one CPU the scanner may use: each slice is followed by a pause
+    /// that keeps its cost within it.
     pub max_cpu_fraction: f64,
     /// Share of the program's time that page-write tracking may cost it (one
     /// minor fault per written heap page per collection); 0 turns it off.
@@ -26,6 +29,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             scan_interval_millis: 100,
+            slice_millis: 10,
             hot_threshold: 1.0,
             decay_half_life_seconds: 10,
             max_cpu_fraction: 0.01,
@@ -47,6 +51,9 @@ impl Config {
         let fail = |what: &str| Err(format!("invalid pytier config: {what}"));
         if !(1..=60_000).contains(&self.scan_interval_millis) {
             return fail("scanIntervalMillis must be between 1 and 60000");
+        }
+        if !(1..=1000).contains(&self.slice_millis) {
+            return fail("sliceMillis must be between 1 and 1000");
         }
         if !(self.hot_threshold > 0.0 && self.hot_threshold <= 63.0) {
             return fail("hotThreshold must be greater than 0 and at most 63");

@@ -200,33 +200,38 @@ fn start(
     Ok(())
 }
 
-/// Every scan interval: collects page writes when their fault budget allows,
-/// and scans objects when the scanner's CPU budget allows (a pass over a big
-/// heap takes far longer than a page collection).
+/// Every scan interval: collects page writes (when their fault budget
+/// allows) and, when the CPU budget allows, scans a slice of the heap. A cycle
+/// over a big heap spans many slices; the next begins a scan interval after
+/// the start of the last at the earliest.
 fn scan_loop(shared: Arc<Shared>) {
-    let mut last_pass: Option<Instant> = None;
-    let mut next_pass = Instant::now();
+    let mut next_slice = Instant::now();
+    let mut next_cycle = Instant::now();
     while !shared.stop.load(Ordering::Acquire) {
         let config = shared.config.lock().map(|c| c.clone()).unwrap_or_default();
-        let interval = config.scan_interval_millis as f64 / 1000.0;
+        let interval = Duration::from_millis(config.scan_interval_millis as u64);
         let started = Instant::now();
         let Ok(mut tracker) = shared.tracker.lock() else { return };
         let pages = tracker.collect_page_writes(&config).clone();
-        let report = (started >= next_pass).then(|| {
-            let since_last = last_pass.map_or(interval, |at| at.elapsed().as_secs_f64());
-            last_pass = Some(Instant::now());
-            tracker.scan(&config, since_last)
-        });
+        let mut report = None;
+        let slice_due = if tracker.in_cycle() { next_slice } else { next_slice.max(next_cycle) };
+        if started >= slice_due {
+            if !tracker.in_cycle() {
+                next_cycle = started + interval;
+            }
+            report = tracker.scan_slice(&config, Duration::from_millis(config.slice_millis as u64));
+            // The pause after a slice keeps its cost within the CPU budget.
+            let slice = started.elapsed().as_secs_f64();
+            next_slice = Instant::now() + Duration::from_secs_f64(slice * (1.0 / config.max_cpu_fraction - 1.0));
+        }
+        let slice_due = if tracker.in_cycle() { next_slice } else { next_slice.max(next_cycle) };
         drop(tracker);
-        let took = started.elapsed().as_secs_f64();
-        shared.scan_nanos.fetch_add((took * 1e9) as u64, Ordering::Relaxed);
+        let took = started.elapsed();
+        shared.scan_nanos.fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
         if let Ok(mut latest) = shared.latest.lock() {
             match report {
                 Some(report) => {
                     shared.passes.fetch_add(1, Ordering::Relaxed);
-                    // The next pass waits until this one's cost fits the budget.
-                    let budget_gap = report.scan_seconds * (1.0 / config.max_cpu_fraction - 1.0);
-                    next_pass = Instant::now() + Duration::from_secs_f64(budget_gap.max(interval - took));
                     *latest = Some(report);
                 }
                 None => {
@@ -236,9 +241,10 @@ fn scan_loop(shared: Arc<Shared>) {
                 }
             }
         }
-        let pause = Duration::from_secs_f64((interval - took).max(0.001));
+        let now = Instant::now();
+        let wake = (started + interval).min(slice_due).max(now + Duration::from_millis(1));
         if let Ok(guard) = shared.latest.lock() {
-            let _ = shared.wake.wait_timeout_while(guard, pause, |_| !shared.stop.load(Ordering::Acquire));
+            let _ = shared.wake.wait_timeout_while(guard, wake - now, |_| !shared.stop.load(Ordering::Acquire));
         }
     }
 }

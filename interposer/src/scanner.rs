@@ -1,8 +1,15 @@
-//! The Tracker: one pass copies every known pool (without the GIL), finds the
+//! The Tracker: a cycle copies every known pool (without the GIL), finds the
 //! live objects in it, feeds their reference counts to the temperature table,
-//! collects the arenas' page writes (`pages`), and summarises what it saw.
+//! and summarises what it saw. It also collects the arenas' page writes
+//! (`pages`).
+//!
+//! A cycle runs in slices of whole arenas, each bounded by a time budget, so
+//! the scanner's CPU use is smooth and its budget can be kept on any heap.
+//! Arenas are visited oldest first: long-lived objects are the ones placement
+//! is about, and an arena born during a cycle waits for the next one (its
+//! objects are young and most will be gone by then).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -28,9 +35,37 @@ pub struct Tracker {
     layout: Layout,
     types: TypeCache,
     pools: AddrMap<PoolState>,
+    /// Cycles begun so far.
     pass: u64,
     buf: Vec<u8>,
     pages: PageTracker,
+    arenas: AddrMap<ArenaState>,
+    cycle: Option<Cycle>,
+}
+
+/// A known arena: `len` bytes at `base`; an early arena's pools must carry
+/// `index` (its extent is not known exactly).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Region {
+    base: usize,
+    len: usize,
+    index: Option<u32>,
+}
+
+struct ArenaState {
+    /// The cycle that first saw it: the order of visits.
+    born: u64,
+    /// When its pools were last read, for their temperatures' decay.
+    scanned_at: Option<Instant>,
+}
+
+/// A cycle in progress.
+struct Cycle {
+    queue: Vec<Region>,
+    next: usize,
+    started: Instant,
+    report: PassReport,
+    per_type: TypeTallies,
 }
 
 /// What one pass saw. Sizes are block sizes: what the allocator hands out.
@@ -57,7 +92,12 @@ pub struct PassReport {
     pub histogram: [u64; 10],
     pub top_types_by_cold_bytes: Vec<TypeBytes>,
     pub top_types_by_hot_bytes: Vec<TypeBytes>,
+    /// Time spent scanning in this cycle, its slices and the longest one,
+    /// and the wall-clock time from its start to its end.
     pub scan_seconds: f64,
+    pub slices: u64,
+    pub longest_slice_seconds: f64,
+    pub cycle_seconds: f64,
     pub bytes_read: u64,
     pub read_errors: u64,
     /// Memory the temperature table itself takes.
@@ -138,6 +178,8 @@ impl Tracker {
             pass: 0,
             buf: Vec::new(),
             pages: PageTracker::new(),
+            arenas: AddrMap::default(),
+            cycle: None,
         }
     }
 
@@ -197,14 +239,14 @@ impl Tracker {
     /// Every known arena as (start, length, the arena index its pools must
     /// carry). An early arena's extent is not known exactly: read as much as
     /// an arena can span and keep the pools that carry its index.
-    fn regions(&self) -> Vec<(usize, usize, Option<u32>)> {
+    fn regions(&self) -> Vec<Region> {
         let arena_size = ARENA_SIZE.load(std::sync::atomic::Ordering::Relaxed);
-        let mut regions: Vec<(usize, usize, Option<u32>)> =
-            ARENAS.snapshot().into_iter().map(|a| (a, arena_size, None)).collect();
+        let mut regions: Vec<Region> =
+            ARENAS.snapshot().into_iter().map(|base| Region { base, len: arena_size, index: None }).collect();
         for first in EARLY_ARENAS.snapshot() {
             let mut header = [0u8; 48];
             if read_self(first, &mut header).ok() == Some(48) {
-                regions.push((first, self.layout.arena_size, arena_index(&header)));
+                regions.push(Region { base: first, len: self.layout.arena_size, index: arena_index(&header) });
             }
         }
         regions
@@ -213,7 +255,7 @@ impl Tracker {
     /// Collects page writes if the fault budget allows (see `pages`). Cheap
     /// next to an object pass, so it runs on its own, more frequent, cadence.
     pub fn collect_page_writes(&mut self, config: &Config) -> &PageReport {
-        let spans: Vec<(usize, usize)> = self.regions().into_iter().map(|(base, size, _)| (base, size)).collect();
+        let spans: Vec<(usize, usize)> = self.regions().into_iter().map(|r| (r.base, r.len)).collect();
         let rules_for =
             |interval: f64| Rules::new(config.hot_threshold, config.decay_half_life_seconds as f64, interval);
         self.pages.maybe_collect(&spans, rules_for, config.max_fault_fraction);
@@ -225,43 +267,99 @@ impl Tracker {
         self.pages.class_of(addr, rules)
     }
 
-    /// One pass over every known pool; `since_last` is the time since the
-    /// previous pass, in seconds.
-    pub fn scan(&mut self, config: &Config, since_last: f64) -> PassReport {
-        let rules = &Rules::new(config.hot_threshold, config.decay_half_life_seconds as f64, since_last);
-        let started = Instant::now();
-        self.pass += 1;
-        let mut report = PassReport::default();
-        let mut per_type = TypeTallies::default();
-        self.types.new_pass();
-        let regions = self.regions();
-        report.arenas = regions.len();
-        report.page_writes = self.pages.report().clone();
+    /// Whether a cycle is under way (the next slice continues it).
+    pub fn in_cycle(&self) -> bool {
+        self.cycle.is_some()
+    }
 
+    /// Scans arenas for about `budget` (at least one arena), beginning a cycle
+    /// if none is under way. Returns the cycle's report when this slice ends it.
+    pub fn scan_slice(&mut self, config: &Config, budget: Duration) -> Option<PassReport> {
+        let started = Instant::now();
+        let mut cycle = match self.cycle.take() {
+            Some(cycle) => cycle,
+            None => self.begin_cycle(started),
+        };
         let mut buf = std::mem::take(&mut self.buf);
-        for (base, size, index) in regions {
-            buf.resize(size, 0);
-            match read_self(base, &mut buf) {
-                Ok(n) => {
-                    report.bytes_read += n as u64;
-                    buf.truncate(n);
-                }
-                Err(_) => {
-                    report.read_errors += 1;
-                    continue;
-                }
-            }
-            for pool in self.layout.pools_of_arena(base, buf.len()) {
-                let at = pool - base;
-                let bytes = &buf[at..at + self.layout.pool_size];
-                if index.is_some() && arena_index(bytes) != index {
-                    continue;
-                }
-                self.scan_pool(pool, bytes, rules, &mut report, &mut per_type);
+        while let Some(&region) = cycle.queue.get(cycle.next) {
+            cycle.next += 1;
+            self.scan_region(region, config, &mut buf, &mut cycle);
+            if started.elapsed() >= budget {
+                break;
             }
         }
         self.buf = buf;
+        let took = started.elapsed().as_secs_f64();
+        let report = &mut cycle.report;
+        report.scan_seconds += took;
+        report.slices += 1;
+        report.longest_slice_seconds = report.longest_slice_seconds.max(took);
+        if cycle.next < cycle.queue.len() {
+            self.cycle = Some(cycle);
+            return None;
+        }
+        Some(self.finish_cycle(cycle))
+    }
 
+    /// A whole cycle at once (tests, and callers without a budget).
+    pub fn scan(&mut self, config: &Config) -> PassReport {
+        loop {
+            if let Some(report) = self.scan_slice(config, Duration::MAX) {
+                return report;
+            }
+        }
+    }
+
+    fn begin_cycle(&mut self, now: Instant) -> Cycle {
+        self.pass += 1;
+        self.types.new_pass();
+        let mut queue = self.regions();
+        let pass = self.pass;
+        for region in &queue {
+            self.arenas.entry(region.base).or_insert(ArenaState { born: pass, scanned_at: None });
+        }
+        let live: std::collections::HashSet<usize> = queue.iter().map(|r| r.base).collect();
+        self.arenas.retain(|base, _| live.contains(base));
+        queue.sort_by_key(|r| (self.arenas[&r.base].born, r.base));
+        let report = PassReport { arenas: queue.len(), ..Default::default() };
+        Cycle { queue, next: 0, started: now, report, per_type: TypeTallies::default() }
+    }
+
+    fn scan_region(&mut self, region: Region, config: &Config, buf: &mut Vec<u8>, cycle: &mut Cycle) {
+        buf.resize(region.len, 0);
+        match read_self(region.base, buf) {
+            Ok(n) => {
+                cycle.report.bytes_read += n as u64;
+                buf.truncate(n);
+            }
+            Err(_) => {
+                cycle.report.read_errors += 1;
+                return;
+            }
+        }
+        // Decay by the time since this arena was last read.
+        let now = Instant::now();
+        let arena = self.arenas.get_mut(&region.base);
+        let since = arena
+            .as_ref()
+            .and_then(|a| a.scanned_at)
+            .map_or(config.scan_interval_millis as f64 / 1000.0, |at| (now - at).as_secs_f64());
+        if let Some(arena) = arena {
+            arena.scanned_at = Some(now);
+        }
+        let rules = Rules::new(config.hot_threshold, config.decay_half_life_seconds as f64, since);
+        for pool in self.layout.pools_of_arena(region.base, buf.len()) {
+            let at = pool - region.base;
+            let bytes = &buf[at..at + self.layout.pool_size];
+            if region.index.is_some() && arena_index(bytes) != region.index {
+                continue;
+            }
+            self.scan_pool(pool, bytes, &rules, &mut cycle.report, &mut cycle.per_type);
+        }
+    }
+
+    fn finish_cycle(&mut self, cycle: Cycle) -> PassReport {
+        let Cycle { started, mut report, per_type, .. } = cycle;
         // Forget pools that are gone (arena freed, pool emptied).
         let pass = self.pass;
         self.pools.retain(|_, p| p.seen == pass);
@@ -272,7 +370,8 @@ impl Tracker {
         report.top_types_by_hot_bytes = self.top_types(&per_type, |c| c.hot);
         report.table_bytes =
             self.pools.values().map(|p| (p.slots.len() * std::mem::size_of::<Slot>()) as u64 + 48).sum();
-        report.scan_seconds = started.elapsed().as_secs_f64();
+        report.page_writes = self.pages.report().clone();
+        report.cycle_seconds = started.elapsed().as_secs_f64();
         report
     }
 

@@ -47,6 +47,26 @@ def test_loads_and_reports_stats():
     assert "pytier" not in r.stderr
 
 
+def test_a_big_heap_is_scanned_in_slices_within_the_cpu_budget():
+    r = python("""
+        import pytier, time
+        data = [(float(i), str(i)) for i in range(400000)]  # ~60 arenas
+        time.sleep(3)
+        s = pytier.stats()
+        last = s["last"]
+        print(last["slices"], last["longestSliceSeconds"], last["arenas"], s["scannerCpuFraction"],
+              pytier.classify(data[:1000]).count(None))
+    """, env={"PYTIER_CONFIG": json.dumps({"sliceMillis": 1, "maxCpuFraction": 0.2, "scanIntervalMillis": 20})})
+    assert r.returncode == 0, r.stderr
+    slices, longest, arenas, cpu, untracked = r.stdout.split()
+    assert int(arenas) > 40
+    assert int(slices) > 5, "a cycle over many arenas takes many 1 ms slices"
+    # A slice stops after the arena that crosses its budget (~1.5 ms here).
+    assert float(longest) < 0.02
+    assert float(cpu) < 0.3, "the pauses between slices keep the scanner near its 20% budget"
+    assert int(untracked) == 0
+
+
 def test_objects_whose_references_change_are_hot_and_untouched_ones_cold():
     r = python("""
         import pytier, random, time
