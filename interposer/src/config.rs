@@ -21,6 +21,9 @@ pub struct Config {
     /// Share of the program's time that page-write tracking may cost it (one
     /// minor fault per written heap page per collection); 0 turns it off.
     pub max_fault_fraction: f64,
+    /// Wrap the RAW allocator to learn of blocks too big for pymalloc (big
+    /// objects and buffers). Read at start only.
+    pub allocator_view: bool,
     /// `enforce` or `observe`. Placement is not built yet, so both only observe.
     pub mode: String,
 }
@@ -34,6 +37,7 @@ impl Default for Config {
             decay_half_life_seconds: 10,
             max_cpu_fraction: 0.01,
             max_fault_fraction: 0.005,
+            allocator_view: true,
             mode: "enforce".into(),
         }
     }

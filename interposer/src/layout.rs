@@ -29,7 +29,15 @@ pub struct Layout {
 
 pub const TPFLAGS_HAVE_GC: u64 = 1 << 14;
 pub const TPFLAGS_READY: u64 = 1 << 12;
+pub const TPFLAGS_LIST_SUBCLASS: u64 = 1 << 25;
+pub const TPFLAGS_DICT_SUBCLASS: u64 = 1 << 29;
 pub const TPFLAGS_TYPE_SUBCLASS: u64 = 1 << 31;
+
+/// Buffer pointers in `PyListObject` (`ob_item`) and `PyDictObject`
+/// (`ma_keys`, `ma_values`), stable from 3.11 to 3.13.
+pub const LIST_ITEMS: usize = 24;
+pub const DICT_KEYS: usize = 32;
+pub const DICT_VALUES: usize = 40;
 
 /// Offsets into `PyTypeObject`, stable from 3.8 to 3.13.
 pub const TP_NAME: usize = 24;

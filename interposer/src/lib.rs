@@ -14,6 +14,7 @@
 pub mod arenas;
 pub mod config;
 pub mod control;
+pub mod large;
 pub mod layout;
 pub mod memory;
 pub mod objects;
@@ -162,6 +163,10 @@ fn start(
     // SAFETY: called with the GIL held, from inside CPython. Usually already
     // done by pytier_install_hook.
     unsafe { arenas::install_hook() };
+    if config.allocator_view {
+        // SAFETY: as above.
+        unsafe { large::install_hook() };
+    }
     let early_arenas = tracker.add_early_objects(early);
     unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
 

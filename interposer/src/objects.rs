@@ -136,16 +136,38 @@ impl TypeCache {
         Some(TypeInfo { flags, basic_size, name })
     }
 
+    /// Addresses of the buffers an object owns outright, read from its fields
+    /// (0 where none): a list's item array, a dict's keys table and values
+    /// array. Subclasses share the base layout; type flags name the base.
+    pub fn buffers_of(&self, type_addr: usize, object: &[u8]) -> [usize; 2] {
+        let flags = self.types.get(&type_addr).map_or(0, |t| t.flags);
+        let word = |at| u64_at(object, at).unwrap_or(0) as usize;
+        if flags & layout::TPFLAGS_LIST_SUBCLASS != 0 {
+            [word(layout::LIST_ITEMS), 0]
+        } else if flags & layout::TPFLAGS_DICT_SUBCLASS != 0 {
+            [word(layout::DICT_KEYS), word(layout::DICT_VALUES)]
+        } else {
+            [0, 0]
+        }
+    }
+
     /// The live object in `block`, if there is one.
     pub fn find(&mut self, layout: &Layout, block: &[u8]) -> Option<Found> {
+        self.find_in(layout, block, block.len())
+    }
+
+    /// The live object at the start of a block of `block_len` bytes, of which
+    /// `head` holds the first ones.
+    pub fn find_in(&mut self, layout: &Layout, head: &[u8], block_len: usize) -> Option<Found> {
+        let block = head;
         let gc = layout.gc_header_size;
         let managed = gc + layout.managed_dict_preheader;
         let offsets = [0, gc, managed];
         // Known types first: no system call, and the usual case.
-        if let Some(found) = offsets.iter().find_map(|&o| self.object_at(layout, block, o, false)) {
+        if let Some(found) = offsets.iter().find_map(|&o| self.object_at(layout, block, block_len, o, false)) {
             return found;
         }
-        offsets.iter().find_map(|&o| self.object_at(layout, block, o, true)).flatten()
+        offsets.iter().find_map(|&o| self.object_at(layout, block, block_len, o, true)).flatten()
     }
 
     /// `None`: no type at this offset; `Some(None)`: a type, but the block
@@ -154,6 +176,7 @@ impl TypeCache {
         &mut self,
         layout: &Layout,
         block: &[u8],
+        block_len: usize,
         offset: usize,
         check_unknown: bool,
     ) -> Option<Option<Found>> {
@@ -170,7 +193,7 @@ impl TypeCache {
         } else {
             gc
         };
-        if offset != expected || offset + info.basic_size > block.len() {
+        if offset != expected || offset + info.basic_size > block_len {
             return None;
         }
         // A live count is positive; counts of 2^32 and more are pointers

@@ -15,9 +15,10 @@ use serde::Serialize;
 
 use crate::arenas::{ARENA_SIZE, ARENAS, EARLY_ARENAS};
 use crate::config::Config;
+use crate::large::BIG_BLOCKS;
 use crate::layout::{Layout, PoolHeader, arena_index};
-use crate::memory::read_self;
-use crate::objects::{AddrMap, TypeCache};
+use crate::memory::{read_each, read_self};
+use crate::objects::{AddrMap, Found, TypeCache};
 use crate::pages::{PageReport, PageTracker};
 use crate::temperature::{Class, Rules, Slot};
 
@@ -40,8 +41,24 @@ pub struct Tracker {
     buf: Vec<u8>,
     pages: PageTracker,
     arenas: AddrMap<ArenaState>,
+    /// Temperatures of objects in big blocks (see `large`), by object address
+    /// (`id()`); entries not seen in a cycle are dropped at its end.
+    big: AddrMap<BigState>,
     cycle: Option<Cycle>,
 }
+
+struct BigState {
+    slot: Slot,
+    /// The cycle that last saw it.
+    seen: u64,
+    scanned_at: Instant,
+}
+
+/// Big blocks are read in batches of this many.
+const BIG_BATCH: usize = 1024;
+/// Bytes read from the start of a big block: enough for the headers of an
+/// object after a GC header and a managed-dict preheader.
+const BIG_HEAD: usize = 64;
 
 /// A known arena: `len` bytes at `base`; an early arena's pools must carry
 /// `index` (its extent is not known exactly).
@@ -63,6 +80,12 @@ struct ArenaState {
 struct Cycle {
     queue: Vec<Region>,
     next: usize,
+    big_queue: Vec<(usize, usize)>,
+    big_next: usize,
+    /// Big blocks by address, and the hottest class of an object seen owning
+    /// each (a list's item array, a dict's table), found while scanning pools.
+    big_index: AddrMap<usize>,
+    owner_class: Vec<Option<Class>>,
     started: Instant,
     report: PassReport,
     per_type: TypeTallies,
@@ -77,10 +100,10 @@ pub struct PassReport {
     /// Blocks in use in the scanned pools, and their bytes.
     pub used_blocks: u64,
     pub used_bytes: u64,
-    /// Objects recognised, by class.
+    /// Objects recognised (in pools and big blocks), by class.
     pub objects: ByClass,
     pub bytes: ByClass,
-    /// Share of used block bytes whose temperature is known.
+    /// Share of the heap's bytes (`heap_bytes`) whose temperature is known.
     pub coverage: f64,
     /// 4 KiB pages holding objects, pages holding a hot one, and the bytes of
     /// cold objects sitting on hot pages (what page-level tiering keeps in DRAM
@@ -104,6 +127,26 @@ pub struct PassReport {
     pub table_bytes: u64,
     /// Page temperatures from page writes, as of their last collection.
     pub page_writes: PageReport,
+    /// Allocations too big for pymalloc (the allocator view).
+    pub big_blocks: BigReport,
+    /// Bytes in pymalloc blocks and big blocks: the heap the coverage is of.
+    pub heap_bytes: u64,
+}
+
+/// What the allocator view saw in one cycle.
+#[derive(Debug, Default, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BigReport {
+    pub blocks: u64,
+    pub bytes: u64,
+    /// Blocks holding an object (the rest are buffers: list items, dict tables).
+    pub objects: ByClass,
+    pub object_bytes: ByClass,
+    /// Buffers whose owner was found (list item arrays, dict tables), by the
+    /// owner's class.
+    pub owned_bytes: ByClass,
+    /// Blocks the table had no room for since start.
+    pub dropped: u64,
 }
 
 #[derive(Debug, Default, Clone, Copy, Serialize, PartialEq, Eq)]
@@ -179,6 +222,7 @@ impl Tracker {
             buf: Vec::new(),
             pages: PageTracker::new(),
             arenas: AddrMap::default(),
+            big: AddrMap::default(),
             cycle: None,
         }
     }
@@ -229,6 +273,9 @@ impl Tracker {
 
     /// The class of the object at `addr`, if the last pass recognised one there.
     pub fn class_of(&self, addr: usize, rules: &Rules) -> Option<Class> {
+        if let Some(big) = self.big.get(&addr) {
+            return big.slot.is_present().then(|| big.slot.class(rules));
+        }
         let pool = self.layout.pool_of(addr);
         let state = self.pools.get(&pool)?;
         let offset = (addr - pool).checked_sub(self.layout.pool_header_size)?;
@@ -281,10 +328,13 @@ impl Tracker {
             None => self.begin_cycle(started),
         };
         let mut buf = std::mem::take(&mut self.buf);
-        while let Some(&region) = cycle.queue.get(cycle.next) {
-            cycle.next += 1;
-            self.scan_region(region, config, &mut buf, &mut cycle);
-            if started.elapsed() >= budget {
+        while started.elapsed() < budget {
+            if let Some(&region) = cycle.queue.get(cycle.next) {
+                cycle.next += 1;
+                self.scan_region(region, config, &mut buf, &mut cycle);
+            } else if cycle.big_next < cycle.big_queue.len() {
+                self.scan_big_blocks(config, &mut buf, &mut cycle);
+            } else {
                 break;
             }
         }
@@ -294,7 +344,7 @@ impl Tracker {
         report.scan_seconds += took;
         report.slices += 1;
         report.longest_slice_seconds = report.longest_slice_seconds.max(took);
-        if cycle.next < cycle.queue.len() {
+        if cycle.next < cycle.queue.len() || cycle.big_next < cycle.big_queue.len() {
             self.cycle = Some(cycle);
             return None;
         }
@@ -322,7 +372,20 @@ impl Tracker {
         self.arenas.retain(|base, _| live.contains(base));
         queue.sort_by_key(|r| (self.arenas[&r.base].born, r.base));
         let report = PassReport { arenas: queue.len(), ..Default::default() };
-        Cycle { queue, next: 0, started: now, report, per_type: TypeTallies::default() }
+        let big_queue = BIG_BLOCKS.snapshot();
+        let big_index = big_queue.iter().enumerate().map(|(i, (addr, _))| (*addr, i)).collect();
+        let owner_class = vec![None; big_queue.len()];
+        Cycle {
+            queue,
+            next: 0,
+            big_queue,
+            big_next: 0,
+            big_index,
+            owner_class,
+            started: now,
+            report,
+            per_type: TypeTallies::default(),
+        }
     }
 
     fn scan_region(&mut self, region: Region, config: &Config, buf: &mut Vec<u8>, cycle: &mut Cycle) {
@@ -354,7 +417,53 @@ impl Tracker {
             if region.index.is_some() && arena_index(bytes) != region.index {
                 continue;
             }
-            self.scan_pool(pool, bytes, &rules, &mut cycle.report, &mut cycle.per_type);
+            self.scan_pool(pool, bytes, &rules, cycle);
+        }
+    }
+
+    /// Reads the heads of the next batch of big blocks and tracks the objects
+    /// in them. A block freed since the snapshot reads as garbage or not at
+    /// all, and is then not an object.
+    fn scan_big_blocks(&mut self, config: &Config, buf: &mut Vec<u8>, cycle: &mut Cycle) {
+        let end = cycle.big_queue.len().min(cycle.big_next + BIG_BATCH);
+        let batch = &cycle.big_queue[cycle.big_next..end];
+        cycle.big_next = end;
+        let addrs: Vec<usize> = batch.iter().map(|(addr, _)| *addr).collect();
+        let read = read_each(&addrs, BIG_HEAD, buf);
+        let report = &mut cycle.report;
+        let now = Instant::now();
+        let interval = config.scan_interval_millis as f64 / 1000.0;
+        for (i, &(addr, size)) in batch.iter().enumerate() {
+            if !read[i] {
+                report.read_errors += 1;
+                continue;
+            }
+            report.big_blocks.blocks += 1;
+            report.big_blocks.bytes += size as u64;
+            let head = &buf[i * BIG_HEAD..(i + 1) * BIG_HEAD];
+            let Some(found) = self.types.find_in(&self.layout, head, size) else {
+                // A buffer: it is as hot as the object that owns it, if known.
+                if let Some(class) = cycle.owner_class[cycle.big_next - batch.len() + i] {
+                    report.big_blocks.owned_bytes.add(class, size as u64);
+                    report.bytes.add(class, size as u64);
+                }
+                continue;
+            };
+            let state = self.big.entry(addr + found.offset).or_insert(BigState {
+                slot: Slot::default(),
+                seen: 0,
+                scanned_at: now,
+            });
+            let since = if state.seen == 0 { interval } else { (now - state.scanned_at).as_secs_f64() };
+            state.seen = self.pass;
+            state.scanned_at = now;
+            let rules = Rules::new(config.hot_threshold, config.decay_half_life_seconds as f64, since);
+            let class = state.slot.observe(found.refcnt, &rules);
+            report.big_blocks.objects.add(class, 1);
+            report.big_blocks.object_bytes.add(class, size as u64);
+            report.objects.add(class, 1);
+            report.bytes.add(class, size as u64);
+            tally(report, &mut cycle.per_type, &found, &state.slot, class, size as u64);
         }
     }
 
@@ -363,26 +472,24 @@ impl Tracker {
         // Forget pools that are gone (arena freed, pool emptied).
         let pass = self.pass;
         self.pools.retain(|_, p| p.seen == pass);
+        self.big.retain(|_, b| b.seen == pass);
 
+        report.big_blocks.dropped = BIG_BLOCKS.dropped.load(std::sync::atomic::Ordering::Relaxed);
+        report.heap_bytes = report.used_bytes + report.big_blocks.bytes;
         report.coverage =
-            if report.used_bytes == 0 { 0.0 } else { report.bytes.total() as f64 / report.used_bytes as f64 };
+            if report.heap_bytes == 0 { 0.0 } else { report.bytes.total() as f64 / report.heap_bytes as f64 };
         report.top_types_by_cold_bytes = self.top_types(&per_type, |c| c.cold);
         report.top_types_by_hot_bytes = self.top_types(&per_type, |c| c.hot);
         report.table_bytes =
-            self.pools.values().map(|p| (p.slots.len() * std::mem::size_of::<Slot>()) as u64 + 48).sum();
+            self.pools.values().map(|p| (p.slots.len() * std::mem::size_of::<Slot>()) as u64 + 48).sum::<u64>()
+                + (self.big.len() * (std::mem::size_of::<BigState>() + 8)) as u64;
         report.page_writes = self.pages.report().clone();
         report.cycle_seconds = started.elapsed().as_secs_f64();
         report
     }
 
-    fn scan_pool(
-        &mut self,
-        pool: usize,
-        bytes: &[u8],
-        rules: &Rules,
-        report: &mut PassReport,
-        per_type: &mut TypeTallies,
-    ) {
+    fn scan_pool(&mut self, pool: usize, bytes: &[u8], rules: &Rules, cycle: &mut Cycle) {
+        let Cycle { report, per_type, big_index, owner_class, .. } = cycle;
         let layout = self.layout;
         let Some(header) = PoolHeader::parse(&layout, bytes) else { return };
         let block_size = layout.block_size(header.szidx);
@@ -419,10 +526,15 @@ impl Tracker {
             let size = block_size as u64;
             report.objects.add(class, 1);
             report.bytes.add(class, size);
-            report.histogram[slot.bucket()] += 1;
-            let entry = per_type.of(found.type_addr);
-            entry.1.add(class, 1);
-            entry.2.add(class, size);
+            tally(report, per_type, &found, slot, class, size);
+            if !big_index.is_empty() {
+                let object = &bytes[start + found.offset..start + block_size];
+                for buffer in self.types.buffers_of(found.type_addr, object) {
+                    if let Some(&i) = big_index.get(&buffer) {
+                        owner_class[i] = Some(owner_class[i].map_or(class, |c| c.hotter(class)));
+                    }
+                }
+            }
             let page = &mut pages[(start / PAGE).min(15)];
             page.objects = true;
             match class {
@@ -455,4 +567,12 @@ impl Tracker {
         top.truncate(10);
         top
     }
+}
+
+/// Adds an object to the histogram and its type's tallies.
+fn tally(report: &mut PassReport, per_type: &mut TypeTallies, found: &Found, slot: &Slot, class: Class, size: u64) {
+    report.histogram[slot.bucket()] += 1;
+    let entry = per_type.of(found.type_addr);
+    entry.1.add(class, 1);
+    entry.2.add(class, size);
 }

@@ -19,6 +19,17 @@ pub enum Class {
     Cold,
 }
 
+impl Class {
+    /// The hotter of two classes.
+    pub fn hotter(self, other: Class) -> Class {
+        match (self, other) {
+            (Class::Hot, _) | (_, Class::Hot) => Class::Hot,
+            (Class::Warm, _) | (_, Class::Warm) => Class::Warm,
+            _ => Class::Cold,
+        }
+    }
+}
+
 /// Thresholds and decay, from the tracking settings.
 #[derive(Debug, Clone, Copy)]
 pub struct Rules {

@@ -67,6 +67,32 @@ def test_a_big_heap_is_scanned_in_slices_within_the_cpu_budget():
     assert int(untracked) == 0
 
 
+def test_blocks_too_big_for_pymalloc_are_seen_through_the_allocator():
+    code = """
+        import pytier, time, json
+        strings = ["s%d" % i * 300 for i in range(1000)]   # ~1.2 KB each
+        tuples = [tuple(range(i, i + 100)) for i in range(1000)]
+        lists = [list(range(100)) for i in range(1000)]     # 800-byte item arrays
+        time.sleep(1)
+        big = pytier.stats()["last"]["bigBlocks"]
+        print(json.dumps(big), pytier.classify(strings + tuples).count(None))
+    """
+    r = python(code, env={"PYTIER_CONFIG": FAST})
+    assert r.returncode == 0, r.stderr
+    big, untracked = r.stdout.rsplit(" ", 1)
+    big = json.loads(big)
+    assert int(untracked) == 0, "every big string and tuple has a temperature"
+    assert sum(big["objects"].values()) >= 2000
+    # Each list's item array is attributed to its list.
+    assert sum(big["ownedBytes"].values()) >= 1000 * 800
+    assert big["dropped"] == 0
+
+    r = python(code, env={"PYTIER_CONFIG": json.dumps({"scanIntervalMillis": 20, "maxCpuFraction": 0.5, "allocatorView": False})})
+    assert r.returncode == 0, r.stderr
+    big, untracked = r.stdout.rsplit(" ", 1)
+    assert json.loads(big)["blocks"] == 0 and int(untracked) == 2000, "without the allocator view, big blocks are unseen"
+
+
 def test_objects_whose_references_change_are_hot_and_untouched_ones_cold():
     r = python("""
         import pytier, random, time
