@@ -153,7 +153,7 @@ def test_page_write_tracking_can_be_turned_off():
         time.sleep(0.3)
         s = pytier.stats()["last"]["pageWrites"]
         print(s["offReason"], s["collections"])
-    """, env={"PYTIER_CONFIG": json.dumps({"scanIntervalMillis": 20, "maxFaultFraction": 0})})
+    """, env={"PYTIER_CONFIG": json.dumps({"scanIntervalMillis": 20, "maxCpuFraction": 0.5, "maxFaultFraction": 0})})
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["turned", "off", "(maxFaultFraction", "is", "0)", "0"], r.stdout
 
