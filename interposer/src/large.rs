@@ -122,7 +122,7 @@ static mut ORIGINAL: MemAllocator =
 
 fn original() -> MemAllocator {
     // SAFETY: see ORIGINAL.
-    unsafe { *(&raw const ORIGINAL) }
+    unsafe { ORIGINAL }
 }
 
 // The wrappers are handed the original's context (see `install_hook`), whose

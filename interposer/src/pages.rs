@@ -48,6 +48,12 @@ pub struct PageReport {
     pub collect_seconds: f64,
 }
 
+impl Default for PageTracker {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl PageTracker {
     pub fn new() -> PageTracker {
         let writes = PageWrites::open();

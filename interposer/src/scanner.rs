@@ -351,15 +351,6 @@ impl Tracker {
         Some(self.finish_cycle(cycle))
     }
 
-    /// A whole cycle at once (tests, and callers without a budget).
-    pub fn scan(&mut self, config: &Config) -> PassReport {
-        loop {
-            if let Some(report) = self.scan_slice(config, Duration::MAX) {
-                return report;
-            }
-        }
-    }
-
     fn begin_cycle(&mut self, now: Instant) -> Cycle {
         self.pass += 1;
         self.types.new_pass();
@@ -425,8 +416,9 @@ impl Tracker {
     /// in them. A block freed since the snapshot reads as garbage or not at
     /// all, and is then not an object.
     fn scan_big_blocks(&mut self, config: &Config, buf: &mut Vec<u8>, cycle: &mut Cycle) {
-        let end = cycle.big_queue.len().min(cycle.big_next + BIG_BATCH);
-        let batch = &cycle.big_queue[cycle.big_next..end];
+        let first = cycle.big_next;
+        let end = cycle.big_queue.len().min(first + BIG_BATCH);
+        let batch = &cycle.big_queue[first..end];
         cycle.big_next = end;
         let addrs: Vec<usize> = batch.iter().map(|(addr, _)| *addr).collect();
         let read = read_each(&addrs, BIG_HEAD, buf);
@@ -443,7 +435,7 @@ impl Tracker {
             let head = &buf[i * BIG_HEAD..(i + 1) * BIG_HEAD];
             let Some(found) = self.types.find_in(&self.layout, head, size) else {
                 // A buffer: it is as hot as the object that owns it, if known.
-                if let Some(class) = cycle.owner_class[cycle.big_next - batch.len() + i] {
+                if let Some(class) = cycle.owner_class[first + i] {
                     report.big_blocks.owned_bytes.add(class, size as u64);
                     report.bytes.add(class, size as u64);
                 }
