@@ -27,7 +27,27 @@ pub struct Found {
     /// Offset of the object within its block.
     pub offset: usize,
     pub type_addr: usize,
+    /// The type's `tp_flags`.
+    pub type_flags: u64,
     pub refcnt: u64,
+}
+
+impl Found {
+    /// Addresses of the buffers an object owns outright, read from its fields
+    /// (0 where none): a list's item array, a dict's keys table and values
+    /// array. `object` holds its bytes. Subclasses share the base layout; type
+    /// flags name the base.
+    pub fn buffers(&self, object: &[u8]) -> [usize; 2] {
+        let flags = self.type_flags;
+        let word = |at| u64_at(object, at).unwrap_or(0) as usize;
+        if flags & layout::TPFLAGS_LIST_SUBCLASS != 0 {
+            [word(layout::LIST_ITEMS), 0]
+        } else if flags & layout::TPFLAGS_DICT_SUBCLASS != 0 {
+            [word(layout::DICT_KEYS), word(layout::DICT_VALUES)]
+        } else {
+            [0, 0]
+        }
+    }
 }
 
 /// A hasher for addresses: one multiply. Addresses are not attacker-chosen
@@ -136,21 +156,6 @@ impl TypeCache {
         Some(TypeInfo { flags, basic_size, name })
     }
 
-    /// Addresses of the buffers an object owns outright, read from its fields
-    /// (0 where none): a list's item array, a dict's keys table and values
-    /// array. Subclasses share the base layout; type flags name the base.
-    pub fn buffers_of(&self, type_addr: usize, object: &[u8]) -> [usize; 2] {
-        let flags = self.types.get(&type_addr).map_or(0, |t| t.flags);
-        let word = |at| u64_at(object, at).unwrap_or(0) as usize;
-        if flags & layout::TPFLAGS_LIST_SUBCLASS != 0 {
-            [word(layout::LIST_ITEMS), 0]
-        } else if flags & layout::TPFLAGS_DICT_SUBCLASS != 0 {
-            [word(layout::DICT_KEYS), word(layout::DICT_VALUES)]
-        } else {
-            [0, 0]
-        }
-    }
-
     /// The live object in `block`, if there is one.
     pub fn find(&mut self, layout: &Layout, block: &[u8]) -> Option<Found> {
         self.find_in(layout, block, block.len())
@@ -202,7 +207,7 @@ impl TypeCache {
         if refcnt == 0 || refcnt >= 1 << 32 {
             return Some(None);
         }
-        Some(Some(Found { offset, type_addr, refcnt }))
+        Some(Some(Found { offset, type_addr, type_flags: info.flags, refcnt }))
     }
 }
 

@@ -521,7 +521,7 @@ impl Tracker {
             tally(report, per_type, &found, slot, class, size);
             if !big_index.is_empty() {
                 let object = &bytes[start + found.offset..start + block_size];
-                for buffer in self.types.buffers_of(found.type_addr, object) {
+                for buffer in found.buffers(object) {
                     if let Some(&i) = big_index.get(&buffer) {
                         owner_class[i] = Some(owner_class[i].map_or(class, |c| c.hotter(class)));
                     }
