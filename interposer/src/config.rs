@@ -36,7 +36,7 @@ impl Default for Config {
             hot_threshold: 1.0,
             decay_half_life_seconds: 10,
             max_cpu_fraction: 0.01,
-            max_fault_fraction: 0.005,
+            max_fault_fraction: 0.002,
             allocator_view: true,
             mode: "enforce".into(),
         }
