@@ -7,7 +7,7 @@
 //! can never leave a lock held in the child.
 
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
 
 /// A set of non-zero addresses, lock-free, fixed capacity.
 pub struct AddrSet<const N: usize> {
@@ -68,6 +68,9 @@ pub static EARLY_ARENAS: AddrSet<4096> = AddrSet::new();
 pub static ARENA_SIZE: AtomicUsize = AtomicUsize::new(0);
 /// Arenas freed so far: when it moves, an address may now be a new arena.
 pub static ARENA_FREES: AtomicU64 = AtomicU64::new(0);
+/// The NUMA node new arenas should land on (placement sets it to a DRAM
+/// node), or -1 to leave them to the process's memory policy.
+pub static PREFERRED_NODE: AtomicI32 = AtomicI32::new(-1);
 
 /// CPython's `PyObjectArenaAllocator`.
 #[repr(C)]
@@ -96,6 +99,12 @@ unsafe extern "C" fn arena_alloc(_ctx: *mut c_void, size: usize) -> *mut c_void 
     if !ptr.is_null() {
         ARENA_SIZE.store(size, Ordering::Relaxed);
         ARENAS.insert(ptr as usize);
+        let node = PREFERRED_NODE.load(Ordering::Relaxed);
+        if node >= 0 {
+            // Before the first touch, so the pages land there; a failure only
+            // leaves the arena to the default policy.
+            let _ = crate::mover::prefer_node(ptr as usize, size, node);
+        }
     }
     ptr
 }

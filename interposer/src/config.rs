@@ -1,5 +1,6 @@
-//! Interposer settings: the `tracking` part of a TieringPolicy, plus the
-//! scanner's CPU budget. Same JSON field names as the TieringPolicy API.
+//! Interposer settings: a TieringPolicy's `tracking` (flattened), `mode`,
+//! `tiers`, `dramBudget` and `migration`, plus the scanner's budgets. Same
+//! JSON field names as the TieringPolicy API.
 
 use serde::{Deserialize, Serialize};
 
@@ -24,8 +25,66 @@ pub struct Config {
     /// Wrap the RAW allocator to learn of blocks too big for pymalloc (big
     /// objects and buffers). Read at start only.
     pub allocator_view: bool,
-    /// `enforce` or `observe`. Placement is not built yet, so both only observe.
+    /// `enforce` moves pages between tiers; `observe` decides and reports
+    /// the same, moving nothing.
     pub mode: String,
+    pub tiers: Tiers,
+    pub dram_budget: DramBudget,
+    pub migration: Migration,
+}
+
+/// NUMA nodes to treat as DRAM or CXL; others are classified by whether they
+/// have CPUs (see `numa`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Tiers {
+    pub dram_nodes: Option<Vec<u32>>,
+    pub cxl_nodes: Option<Vec<u32>>,
+}
+
+/// DRAM budget per process: `bytes`, or a fraction of the Python heap.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DramBudget {
+    #[serde(default)]
+    pub bytes: Option<u64>,
+    #[serde(default)]
+    pub heap_fraction: Option<f64>,
+}
+
+impl Default for DramBudget {
+    fn default() -> Self {
+        DramBudget { bytes: None, heap_fraction: Some(0.25) }
+    }
+}
+
+impl DramBudget {
+    pub fn bytes_for(&self, heap_bytes: u64) -> u64 {
+        match (self.bytes, self.heap_fraction) {
+            (Some(bytes), _) => bytes,
+            (None, Some(fraction)) => (heap_bytes as f64 * fraction) as u64,
+            (None, None) => heap_bytes,
+        }
+    }
+}
+
+/// When and how fast pages move.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Migration {
+    pub promote: bool,
+    pub demote: bool,
+    /// Both directions together.
+    pub max_bytes_per_second: u64,
+    /// How long a page must be unwanted on DRAM before it makes room for
+    /// another, and how long a page that moved stays put.
+    pub hysteresis_seconds: u32,
+}
+
+impl Default for Migration {
+    fn default() -> Self {
+        Migration { promote: true, demote: true, max_bytes_per_second: 64 << 20, hysteresis_seconds: 30 }
+    }
 }
 
 impl Default for Config {
@@ -39,6 +98,9 @@ impl Default for Config {
             max_fault_fraction: 0.002,
             allocator_view: true,
             mode: "enforce".into(),
+            tiers: Tiers::default(),
+            dram_budget: DramBudget::default(),
+            migration: Migration::default(),
         }
     }
 }
@@ -74,6 +136,25 @@ impl Config {
         if self.mode != "enforce" && self.mode != "observe" {
             return fail("mode must be \"enforce\" or \"observe\"");
         }
+        match (self.dram_budget.bytes, self.dram_budget.heap_fraction) {
+            (Some(_), Some(_)) | (None, None) => return fail("set exactly one of dramBudget.bytes or dramBudget.heapFraction"),
+            (Some(bytes), None) if bytes < 4096 => return fail("dramBudget.bytes must be at least 4096"),
+            (None, Some(f)) if !(0.0..=1.0).contains(&f) => return fail("dramBudget.heapFraction must be between 0 and 1"),
+            _ => {}
+        }
+        if self.migration.max_bytes_per_second < 4096 {
+            return fail("migration.maxBytesPerSecond must be at least 4096");
+        }
+        if self.migration.hysteresis_seconds > 3600 {
+            return fail("migration.hysteresisSeconds must be at most 3600");
+        }
+        let listed = |l: &Option<Vec<u32>>| l.clone().unwrap_or_default();
+        if listed(&self.tiers.dram_nodes).iter().any(|n| listed(&self.tiers.cxl_nodes).contains(n)) {
+            return fail("a NUMA node cannot be in both tiers.dramNodes and tiers.cxlNodes");
+        }
+        if listed(&self.tiers.dram_nodes).iter().chain(&listed(&self.tiers.cxl_nodes)).any(|n| *n > 63) {
+            return fail("NUMA node ids above 63 are not supported");
+        }
         Ok(())
     }
 }
@@ -92,5 +173,14 @@ mod tests {
         assert!(Config::from_json(r#"{"mode": "fast"}"#).unwrap_err().contains("mode"));
         assert!(Config::from_json("not json").is_err());
         assert!(Config::from_json(r#"{"maxFaultFraction": -1}"#).unwrap_err().contains("maxFaultFraction"));
+        let both = r#"{"dramBudget": {"bytes": 8192, "heapFraction": 0.5}}"#;
+        assert!(Config::from_json(both).unwrap_err().contains("exactly one"));
+        let bytes = Config::from_json(r#"{"dramBudget": {"bytes": 8192}}"#).unwrap();
+        assert_eq!(bytes.dram_budget.bytes_for(1 << 30), 8192);
+        assert_eq!(Config::default().dram_budget.bytes_for(1000), 250);
+        let overlap = r#"{"tiers": {"dramNodes": [0, 1], "cxlNodes": [1]}}"#;
+        assert!(Config::from_json(overlap).unwrap_err().contains("both"));
+        let partial = Config::from_json(r#"{"migration": {"hysteresisSeconds": 2}}"#).unwrap();
+        assert_eq!((partial.migration.hysteresis_seconds, partial.migration.promote), (2, true));
     }
 }

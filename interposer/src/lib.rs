@@ -17,9 +17,13 @@ pub mod control;
 pub mod large;
 pub mod layout;
 pub mod memory;
+pub mod mover;
+pub mod numa;
 pub mod objects;
 pub mod pages;
 pub mod pagewrites;
+pub mod placement;
+pub mod policy;
 pub mod scanner;
 pub mod temperature;
 
@@ -36,6 +40,7 @@ use serde_json::{Value, json};
 
 use config::Config;
 use layout::Layout;
+use placement::Placement;
 use scanner::{PassReport, Tracker};
 use temperature::{Class, Rules};
 
@@ -206,12 +211,14 @@ fn start(
 }
 
 /// Every scan interval: collects page writes (when their fault budget
-/// allows) and, when the CPU budget allows, scans a slice of the heap. A cycle
+/// allows) and, when the CPU budget allows, scans a slice of the heap; after
+/// the last slice of a cycle, places the heap's pages. A cycle
 /// over a big heap spans many slices; the next begins a scan interval after
 /// the start of the last at the earliest.
 fn scan_loop(shared: Arc<Shared>) {
     let mut next_slice = Instant::now();
     let mut next_cycle = Instant::now();
+    let mut placement = Placement::default();
     while !shared.stop.load(Ordering::Acquire) {
         let config = shared.config.lock().map(|c| c.clone()).unwrap_or_default();
         let interval = Duration::from_millis(config.scan_interval_millis as u64);
@@ -225,6 +232,10 @@ fn scan_loop(shared: Arc<Shared>) {
                 next_cycle = started + interval;
             }
             report = tracker.scan_slice(&config, Duration::from_millis(config.slice_millis as u64));
+            if let Some(report) = report.as_mut() {
+                // The cycle is complete: place its pages (within the same budget).
+                report.placement = placement.round(tracker.page_heat(), report.heap_bytes, &config).clone();
+            }
             // The pause after a slice keeps its cost within the CPU budget.
             let slice = started.elapsed().as_secs_f64();
             next_slice = Instant::now() + Duration::from_secs_f64(slice * (1.0 / config.max_cpu_fraction - 1.0));

@@ -146,6 +146,12 @@ impl PageTracker {
         &self.report
     }
 
+    /// The write temperature of the page holding `addr` (0 when not watched).
+    pub fn degrees_at(&self, addr: usize) -> f32 {
+        let Some((base, arena)) = self.arenas.range(..=addr).next_back() else { return 0.0 };
+        arena.temps.get((addr - base) / PAGE).map_or(0.0, |t| t.degrees() as f32)
+    }
+
     /// The class of the page holding `addr`, if it is watched.
     pub fn class_of(&self, addr: usize, rules: &Rules) -> Option<Class> {
         let (base, arena) = self.arenas.range(..=addr).next_back()?;

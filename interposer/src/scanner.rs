@@ -20,6 +20,7 @@ use crate::layout::{Layout, PoolHeader, arena_index};
 use crate::memory::{read_each, read_self};
 use crate::objects::{AddrMap, Found, TypeCache};
 use crate::pages::{PageReport, PageTracker};
+use crate::placement::PlacementReport;
 use crate::temperature::{Class, Rules, Slot};
 
 const PAGE: usize = 4096;
@@ -45,6 +46,8 @@ pub struct Tracker {
     /// (`id()`); entries not seen in a cycle are dropped at its end.
     big: AddrMap<BigState>,
     cycle: Option<Cycle>,
+    /// Heat of every heap page as of the last complete cycle (see `Cycle::heat`).
+    heat: AddrMap<f32>,
 }
 
 struct BigState {
@@ -86,6 +89,12 @@ struct Cycle {
     /// each (a list's item array, a dict's table), found while scanning pools.
     big_index: AddrMap<usize>,
     owner_class: Vec<Option<Class>>,
+    /// And the highest temperature among those owners.
+    owner_heat: Vec<f32>,
+    /// Every heap page seen (arena pages and pages of big blocks) and its heat:
+    /// the summed temperatures of the objects starting on it (a buffer takes
+    /// its owner's), plus the page's own write temperature when tracked.
+    heat: AddrMap<f32>,
     started: Instant,
     report: PassReport,
     per_type: TypeTallies,
@@ -131,6 +140,8 @@ pub struct PassReport {
     pub big_blocks: BigReport,
     /// Bytes in pymalloc blocks and big blocks: the heap the coverage is of.
     pub heap_bytes: u64,
+    /// Where the heap's pages are and what moved (after this cycle).
+    pub placement: PlacementReport,
 }
 
 /// What the allocator view saw in one cycle.
@@ -224,6 +235,7 @@ impl Tracker {
             arenas: AddrMap::default(),
             big: AddrMap::default(),
             cycle: None,
+            heat: AddrMap::default(),
         }
     }
 
@@ -314,6 +326,11 @@ impl Tracker {
         self.pages.class_of(addr, rules)
     }
 
+    /// Heap pages and their heat, as of the last complete cycle.
+    pub fn page_heat(&self) -> &AddrMap<f32> {
+        &self.heat
+    }
+
     /// Whether a cycle is under way (the next slice continues it).
     pub fn in_cycle(&self) -> bool {
         self.cycle.is_some()
@@ -366,6 +383,7 @@ impl Tracker {
         let big_queue = BIG_BLOCKS.snapshot();
         let big_index = big_queue.iter().enumerate().map(|(i, (addr, _))| (*addr, i)).collect();
         let owner_class = vec![None; big_queue.len()];
+        let owner_heat = vec![0.0; big_queue.len()];
         Cycle {
             queue,
             next: 0,
@@ -373,6 +391,8 @@ impl Tracker {
             big_next: 0,
             big_index,
             owner_class,
+            owner_heat,
+            heat: AddrMap::default(),
             started: now,
             report,
             per_type: TypeTallies::default(),
@@ -402,6 +422,12 @@ impl Tracker {
             arena.scanned_at = Some(now);
         }
         let rules = Rules::new(config.hot_threshold, config.decay_half_life_seconds as f64, since);
+        if region.index.is_none() {
+            // A whole arena: its free pools are heap pages too.
+            for page in (region.base..region.base + buf.len()).step_by(PAGE) {
+                cycle.heat.entry(page).or_insert(0.0);
+            }
+        }
         for pool in self.layout.pools_of_arena(region.base, buf.len()) {
             let at = pool - region.base;
             let bytes = &buf[at..at + self.layout.pool_size];
@@ -439,6 +465,7 @@ impl Tracker {
                     report.big_blocks.owned_bytes.add(class, size as u64);
                     report.bytes.add(class, size as u64);
                 }
+                add_heat(&mut cycle.heat, addr, size, cycle.owner_heat[first + i]);
                 continue;
             };
             let state = self.big.entry(addr + found.offset).or_insert(BigState {
@@ -456,11 +483,16 @@ impl Tracker {
             report.objects.add(class, 1);
             report.bytes.add(class, size as u64);
             tally(report, &mut cycle.per_type, &found, &state.slot, class, size as u64);
+            add_heat(&mut cycle.heat, addr, size, state.slot.temperature() as f32);
         }
     }
 
     fn finish_cycle(&mut self, cycle: Cycle) -> PassReport {
-        let Cycle { started, mut report, per_type, .. } = cycle;
+        let Cycle { started, mut report, per_type, mut heat, .. } = cycle;
+        for (page, h) in heat.iter_mut() {
+            *h += self.pages.degrees_at(*page);
+        }
+        self.heat = heat;
         // Forget pools that are gone (arena freed, pool emptied).
         let pass = self.pass;
         self.pools.retain(|_, p| p.seen == pass);
@@ -481,7 +513,7 @@ impl Tracker {
     }
 
     fn scan_pool(&mut self, pool: usize, bytes: &[u8], rules: &Rules, cycle: &mut Cycle) {
-        let Cycle { report, per_type, big_index, owner_class, .. } = cycle;
+        let Cycle { report, per_type, big_index, owner_class, owner_heat, heat, .. } = cycle;
         let layout = self.layout;
         let Some(header) = PoolHeader::parse(&layout, bytes) else { return };
         let block_size = layout.block_size(header.szidx);
@@ -500,6 +532,7 @@ impl Tracker {
 
         // Pools are page aligned; a block counts on the page it starts on.
         let mut pages = [PageTally::default(); 16];
+        let mut page_heat = [0f32; 16];
         let end = (header.next_offset as usize).min(layout.pool_size);
         for (i, start) in (layout.pool_header_size..end).step_by(block_size).enumerate() {
             if start + block_size > bytes.len() || i >= state.slots.len() {
@@ -524,9 +557,11 @@ impl Tracker {
                 for buffer in found.buffers(object) {
                     if let Some(&i) = big_index.get(&buffer) {
                         owner_class[i] = Some(owner_class[i].map_or(class, |c| c.hotter(class)));
+                        owner_heat[i] = owner_heat[i].max(slot.temperature() as f32);
                     }
                 }
             }
+            page_heat[(start / PAGE).min(15)] += slot.temperature() as f32;
             let page = &mut pages[(start / PAGE).min(15)];
             page.objects = true;
             match class {
@@ -534,6 +569,9 @@ impl Tracker {
                 Class::Cold => page.cold_bytes += size,
                 Class::Warm => {}
             }
+        }
+        for (i, h) in page_heat.iter().take(layout.pool_size.div_ceil(PAGE)).enumerate() {
+            *heat.entry(pool + i * PAGE).or_insert(0.0) += h;
         }
         for page in pages.iter().filter(|p| p.objects) {
             report.pages += 1;
@@ -558,6 +596,13 @@ impl Tracker {
         top.sort_by_key(|t| std::cmp::Reverse(t.bytes));
         top.truncate(10);
         top
+    }
+}
+
+/// Adds `degrees` to every page of the block at `[addr, addr + size)`.
+fn add_heat(heat: &mut AddrMap<f32>, addr: usize, size: usize, degrees: f32) {
+    for page in ((addr & !(PAGE - 1))..addr + size).step_by(PAGE) {
+        *heat.entry(page).or_insert(0.0) += degrees;
     }
 }
 

@@ -1,0 +1,95 @@
+//! Which NUMA nodes are DRAM and which CXL, for a process on its own (the
+//! node agent, which knows better, passes `tiers` in the config): a node with
+//! memory and CPUs is DRAM, a node with memory and no CPUs is CXL. Nodes the
+//! config lists keep the tier it gives them.
+
+use std::path::Path;
+
+use crate::config::Tiers;
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Topology {
+    pub dram: Vec<i32>,
+    pub cxl: Vec<i32>,
+}
+
+impl Topology {
+    /// Reads `/sys/devices/system/node` and applies the configured tiers.
+    pub fn discover(config: &Tiers) -> Topology {
+        Topology::from_sysfs(Path::new("/sys/devices/system/node"), config)
+    }
+
+    pub fn from_sysfs(root: &Path, config: &Tiers) -> Topology {
+        let with_memory = std::fs::read_to_string(root.join("has_memory")).map(|s| parse_list(&s)).unwrap_or_default();
+        let mut topology = Topology::default();
+        for node in with_memory {
+            let listed_dram = config.dram_nodes.as_ref().is_some_and(|l| l.contains(&(node as u32)));
+            let listed_cxl = config.cxl_nodes.as_ref().is_some_and(|l| l.contains(&(node as u32)));
+            let has_cpus = std::fs::read_to_string(root.join(format!("node{node}/cpulist")))
+                .is_ok_and(|s| !parse_list(&s).is_empty());
+            if listed_dram || (!listed_cxl && has_cpus) {
+                topology.dram.push(node);
+            } else {
+                topology.cxl.push(node);
+            }
+        }
+        // Listed nodes the kernel does not show are kept: moves to them then
+        // fail visibly (counted) rather than silently going elsewhere.
+        for (list, tier) in [(&config.dram_nodes, &mut topology.dram), (&config.cxl_nodes, &mut topology.cxl)] {
+            for &node in list.iter().flatten() {
+                if !tier.contains(&(node as i32)) {
+                    tier.push(node as i32);
+                }
+            }
+        }
+        topology
+    }
+}
+
+/// Parses a kernel list such as `0-3,8,10-11`.
+pub fn parse_list(text: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for part in text.trim().split(',').filter(|p| !p.is_empty()) {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        if let (Ok(a), Ok(b)) = (a.parse::<i32>(), b.parse::<i32>()) {
+            out.extend(a..=b);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `/sys/devices/system/node` look-alike with these nodes and CPU lists.
+    fn fake_sysfs(nodes: &[(i32, &str)]) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("pytier-numa-{}-{}", std::process::id(), nodes.len()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let ids: Vec<String> = nodes.iter().map(|(n, _)| n.to_string()).collect();
+        std::fs::write(dir.join("has_memory"), format!("{}\n", ids.join(","))).unwrap();
+        for (node, cpus) in nodes {
+            let d = dir.join(format!("node{node}"));
+            std::fs::create_dir(&d).unwrap();
+            std::fs::write(d.join("cpulist"), format!("{cpus}\n")).unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn parses_kernel_lists() {
+        assert_eq!(parse_list("0-3,8,10-11\n"), vec![0, 1, 2, 3, 8, 10, 11]);
+        assert!(parse_list("\n").is_empty());
+    }
+
+    #[test]
+    fn cpu_less_nodes_are_cxl_unless_listed() {
+        let sys = fake_sysfs(&[(0, "0-1"), (1, ""), (2, "")]);
+        let auto = Topology::from_sysfs(&sys, &Tiers::default());
+        assert_eq!(auto, Topology { dram: vec![0], cxl: vec![1, 2] });
+        let listed = Tiers { dram_nodes: Some(vec![2]), cxl_nodes: Some(vec![5]) };
+        assert_eq!(Topology::from_sysfs(&sys, &listed), Topology { dram: vec![0, 2], cxl: vec![1, 5] });
+        std::fs::remove_dir_all(sys).unwrap();
+    }
+}

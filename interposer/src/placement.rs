@@ -1,0 +1,156 @@
+//! Placement: after each scan cycle, asks the kernel where every heap page is,
+//! lets the Policy decide, and has the Mover carry it out (in `enforce` mode)
+//! within the migration rate limit. Reports bytes per tier as the kernel
+//! sees them, not as bookkeeping says they should be.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::arenas::PREFERRED_NODE;
+use crate::config::Config;
+use crate::mover::{self, Moved};
+use crate::numa::Topology;
+use crate::objects::AddrMap;
+use crate::policy::{Decisions, Page, Policy, Settings, Tier};
+
+const PAGE: u64 = 4096;
+
+#[derive(Default)]
+pub struct Placement {
+    policy: Policy,
+    last_round: Option<Instant>,
+    report: PlacementReport,
+    status: Vec<i32>,
+}
+
+/// Placement as of the last round. Page counts are 4 KiB pages.
+#[derive(Debug, Default, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlacementReport {
+    /// Null when placing (or observing); else why not.
+    pub off_reason: Option<String>,
+    pub mode: String,
+    pub dram_nodes: Vec<i32>,
+    pub cxl_nodes: Vec<i32>,
+    pub budget_bytes: u64,
+    /// Heap pages (arenas and big blocks) and the bytes of them resident on
+    /// each tier, from `move_pages` queries; `otherBytes` are on nodes in no tier.
+    pub heap_pages: u64,
+    pub dram_bytes: u64,
+    pub cxl_bytes: u64,
+    pub other_bytes: u64,
+    /// Pages the Policy wants on DRAM (the hottest, at most the budget).
+    pub wanted_pages: u64,
+    /// Decided but not moved: rate-limited, or everything in `observe` mode.
+    pub pending_promote_pages: u64,
+    pub pending_demote_pages: u64,
+    /// Since start.
+    pub promoted: MoveTotals,
+    pub demoted: MoveTotals,
+    pub rounds: u64,
+    pub round_seconds: f64,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MoveTotals {
+    pub pages: u64,
+    pub bytes: u64,
+    pub failed_pages: u64,
+    /// Failed pages by error (ENOMEM: the target node is full, ...).
+    pub errors: BTreeMap<String, u64>,
+}
+
+impl MoveTotals {
+    fn add(&mut self, moved: &Moved) {
+        self.pages += moved.pages;
+        self.bytes += moved.pages * PAGE;
+        self.failed_pages += moved.failed;
+        for (e, n) in &moved.errors {
+            *self.errors.entry(e.clone()).or_default() += n;
+        }
+    }
+}
+
+impl Placement {
+    /// One round over the heap pages and their heat from the last cycle.
+    pub fn round(&mut self, heat: &AddrMap<f32>, heap_bytes: u64, config: &Config) -> &PlacementReport {
+        let started = Instant::now();
+        let topology = Topology::discover(&config.tiers);
+        let report = &mut self.report;
+        report.mode = config.mode.clone();
+        report.dram_nodes = topology.dram.clone();
+        report.cxl_nodes = topology.cxl.clone();
+        report.off_reason = match (topology.dram.first(), topology.cxl.first()) {
+            (None, _) => Some("no DRAM NUMA node (set tiers.dramNodes)".into()),
+            (_, None) => Some("no CXL NUMA node: every node with memory has CPUs (set tiers.cxlNodes)".into()),
+            _ => None,
+        };
+        let enforce = report.off_reason.is_none() && config.mode == "enforce";
+        // New arenas prefer DRAM from their first touch.
+        PREFERRED_NODE.store(if enforce { topology.dram[0] } else { -1 }, Ordering::Relaxed);
+        if report.off_reason.is_some() {
+            return &self.report;
+        }
+
+        let addrs: Vec<usize> = heat.keys().copied().collect();
+        if let Err(e) = mover::where_are(&addrs, &mut self.status) {
+            self.report.off_reason = Some(format!("move_pages cannot query page locations: {e}"));
+            return &self.report;
+        }
+        let mut pages = Vec::with_capacity(addrs.len());
+        let (mut dram, mut cxl, mut other) = (0, 0, 0);
+        for (addr, &node) in addrs.iter().zip(&self.status) {
+            let tier = if topology.dram.contains(&node) {
+                dram += 1;
+                Tier::Dram
+            } else if topology.cxl.contains(&node) {
+                cxl += 1;
+                Tier::Cxl
+            } else {
+                other += (node >= 0) as u64;
+                continue; // not resident, or on a node in no tier
+            };
+            pages.push(Page { addr: *addr, heat: heat[addr], tier });
+        }
+        let report = &mut self.report;
+        report.heap_pages = addrs.len() as u64;
+        (report.dram_bytes, report.cxl_bytes, report.other_bytes) = (dram * PAGE, cxl * PAGE, other * PAGE);
+        report.budget_bytes = config.dram_budget.bytes_for(heap_bytes);
+
+        let now = Instant::now();
+        let elapsed = self.last_round.map_or(1.0, |at| now.duration_since(at).as_secs_f64().min(1.0));
+        self.last_round = Some(now);
+        let settings = Settings {
+            budget_pages: (report.budget_bytes / PAGE) as usize,
+            promote: config.migration.promote,
+            demote: config.migration.demote,
+            hysteresis: Duration::from_secs(config.migration.hysteresis_seconds as u64),
+            max_pages: if enforce {
+                (config.migration.max_bytes_per_second as f64 * elapsed / PAGE as f64) as usize
+            } else {
+                0
+            },
+        };
+        let Decisions { promote, demote, pending_promote, pending_demote, wanted } =
+            self.policy.decide(&pages, &settings, now);
+        // Demote first: it makes the room promotions fill.
+        let demoted = mover::move_to(&demote, topology.cxl[0]);
+        let promoted = mover::move_to(&promote, topology.dram[0]);
+        self.policy.moved(&demote, now);
+        self.policy.moved(&promote, now);
+
+        let report = &mut self.report;
+        report.wanted_pages = wanted as u64;
+        report.pending_promote_pages = pending_promote as u64;
+        report.pending_demote_pages = pending_demote as u64;
+        report.demoted.add(&demoted);
+        report.promoted.add(&promoted);
+        report.rounds += 1;
+        report.round_seconds = started.elapsed().as_secs_f64();
+        &self.report
+    }
+}

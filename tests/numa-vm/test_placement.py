@@ -1,0 +1,125 @@
+"""Placement on a real NUMA topology: run inside the VM of tests/numa-vm/run
+(node 0 DRAM with the CPUs, node 1 CPU-less), where `move_pages` tells where
+each object's page really is. tests/run starts it as
+    tests/numa-vm/run -- python3 -m pytest -p no:cacheprovider tests/numa-vm
+PYTIER_SHIM names the built shim directory."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+SHIM = os.environ.get("PYTIER_SHIM")
+
+
+def cpu_less_node():
+    """Id of a CPU-less NUMA node with memory, or None."""
+    try:
+        with open("/sys/devices/system/node/has_memory") as f:
+            text = f.read().strip()
+    except OSError:
+        return None
+    for node in text.replace("-", ",").split(","):
+        with open(f"/sys/devices/system/node/node{node}/cpulist") as f:
+            if not f.read().strip():
+                return int(node)
+    return None
+
+
+pytestmark = [
+    pytest.mark.skipif(not SHIM, reason="PYTIER_SHIM not set; run tests/run"),
+    pytest.mark.skipif(cpu_less_node() is None, reason="no CPU-less NUMA node: run inside tests/numa-vm/run"),
+]
+
+# The workload: a big cold heap allocated first, a small hot set after it
+# (so they sit in different arenas), the hot set's reference counts kept
+# moving, and at the end where every object's page is and a checksum.
+WORKLOAD = """
+    import ctypes, json, random, sys, time
+    import pytier
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    SYS_move_pages = 279  # x86_64
+
+    def nodes_of(objects):
+        pages = sorted({id(o) & ~4095 for o in objects})
+        n = len(pages)
+        addrs = (ctypes.c_void_p * n)(*pages)
+        status = (ctypes.c_int * n)()
+        if libc.syscall(SYS_move_pages, 0, ctypes.c_ulong(n), addrs, None, status, 0) != 0:
+            raise OSError(ctypes.get_errno(), "move_pages")
+        return list(status)
+
+    def share(nodes, node):
+        return sum(1 for s in nodes if s == node) / len(nodes)
+
+    cold = [(float(i), float(-i)) for i in range({cold})]
+    hot = [float(i) + 0.5 for i in range({hot})]
+    checksum = sum(a - b for a, b in cold) + sum(hot)
+    end = time.monotonic() + {seconds}
+    while time.monotonic() < end:
+        holders = [x for x in hot if random.random() < 0.5]
+        time.sleep(0.05)
+    del holders
+    stats = pytier.stats()
+    intact = sum(a - b for a, b in cold) + sum(hot) == checksum
+    print(json.dumps({{
+        "hot_on_dram": share(nodes_of(hot), 0),
+        "cold_on_cxl": share(nodes_of(cold[::7] + [x for t in cold[::7] for x in t]), {cxl}),
+        "placement": stats["last"]["placement"],
+        "intact": intact,
+    }}))
+"""
+
+
+def run(config, cold=200_000, hot=20_000, seconds=12):
+    code = textwrap.dedent(WORKLOAD).format(cold=cold, hot=hot, seconds=seconds, cxl=cpu_less_node())
+    base = {"scanIntervalMillis": 200, "maxCpuFraction": 0.5, "migration": {"hysteresisSeconds": 1}}
+    env = dict(os.environ, PYTHONPATH=SHIM, PYTIER_SOCKET="", PYTIER_CONFIG=json.dumps({**base, **config}))
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_cold_objects_pages_go_to_cxl_and_hot_ones_stay_on_dram():
+    out = run({"dramBudget": {"bytes": 8 << 20}})
+    placement = out["placement"]
+    assert placement["offReason"] is None, placement
+    assert out["intact"], "values changed under migration"
+    assert out["cold_on_cxl"] >= 0.9, out
+    assert out["hot_on_dram"] >= 0.9, out
+    assert placement["demoted"]["pages"] > 0 and placement["demoted"]["failedPages"] == 0, placement
+
+
+def test_the_dram_budget_is_respected():
+    budget = 4 << 20
+    out = run({"dramBudget": {"bytes": budget}})
+    placement = out["placement"]
+    assert placement["budgetBytes"] == budget
+    # As the kernel reported it at the start of the last round; the round's
+    # own moves are in flight by then, hence one round's worth of slack.
+    assert placement["dramBytes"] <= budget + 1024 * 4096, placement
+    assert placement["heapPages"] * 4096 > 4 * budget, "the heap is bigger than the budget"
+
+
+def test_observe_mode_moves_nothing_and_reports_what_it_would_move():
+    out = run({"mode": "observe", "dramBudget": {"bytes": 4 << 20}}, seconds=6)
+    placement = out["placement"]
+    assert placement["demoted"]["pages"] == 0 and placement["promoted"]["pages"] == 0, placement
+    assert placement["pendingDemotePages"] > 0, placement
+    assert out["cold_on_cxl"] == 0.0, "nothing moved to the CXL node"
+
+
+def test_failed_moves_are_counted_and_the_program_runs_on():
+    # Node 1 counted as DRAM and a CXL node 7 that does not exist: every
+    # demotion fails, and says why.
+    tiers = {"dramNodes": [0, cpu_less_node()], "cxlNodes": [7]}
+    out = run({"tiers": tiers, "dramBudget": {"bytes": 4 << 20}}, seconds=6)
+    placement = out["placement"]
+    assert out["intact"]
+    assert placement["demoted"]["pages"] == 0, placement
+    assert placement["demoted"]["failedPages"] > 0, placement
+    assert placement["demoted"]["errors"], placement
