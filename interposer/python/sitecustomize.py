@@ -15,19 +15,31 @@ except BaseException as error:  # noqa: BLE001 - never take the program down
 
 
 def _chain_next_sitecustomize():
-    import importlib.machinery
-    import importlib.util
+    # Found with the import system's own path finders, not importlib: every
+    # module imported here stays for the program's life, and a full
+    # gc.collect() traverses its objects.
     import os
     import sys
 
     here = os.path.dirname(os.path.abspath(__file__))
-    rest = [p for p in sys.path if os.path.abspath(p or ".") != here]
-    spec = importlib.machinery.PathFinder.find_spec("sitecustomize", rest)
-    if spec is None or spec.loader is None:
-        return
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["sitecustomize"] = module
-    spec.loader.exec_module(module)
+    for entry in sys.path:
+        if os.path.abspath(entry or ".") == here:
+            continue
+        finder = sys.path_importer_cache.get(entry)
+        if finder is None:
+            for hook in sys.path_hooks:
+                try:
+                    finder = hook(entry)
+                    break
+                except ImportError:
+                    continue
+        spec = finder.find_spec("sitecustomize") if hasattr(finder, "find_spec") else None
+        if spec is not None and spec.loader is not None:
+            module = type(sys)(spec.name)
+            module.__spec__, module.__loader__, module.__file__ = spec, spec.loader, spec.origin
+            sys.modules["sitecustomize"] = module
+            spec.loader.exec_module(module)
+            return
 
 
 try:
