@@ -137,9 +137,13 @@ impl Config {
             return fail("mode must be \"enforce\" or \"observe\"");
         }
         match (self.dram_budget.bytes, self.dram_budget.heap_fraction) {
-            (Some(_), Some(_)) | (None, None) => return fail("set exactly one of dramBudget.bytes or dramBudget.heapFraction"),
+            (Some(_), Some(_)) | (None, None) => {
+                return fail("set exactly one of dramBudget.bytes or dramBudget.heapFraction");
+            }
             (Some(bytes), None) if bytes < 4096 => return fail("dramBudget.bytes must be at least 4096"),
-            (None, Some(f)) if !(0.0..=1.0).contains(&f) => return fail("dramBudget.heapFraction must be between 0 and 1"),
+            (None, Some(f)) if !(0.0..=1.0).contains(&f) => {
+                return fail("dramBudget.heapFraction must be between 0 and 1");
+            }
             _ => {}
         }
         if self.migration.max_bytes_per_second < 4096 {

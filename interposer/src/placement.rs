@@ -3,13 +3,13 @@
 //! within the migration rate limit. Reports bytes per tier as the kernel
 //! sees them, not as bookkeeping says they should be.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::arenas::PREFERRED_NODE;
+use crate::arenas::{ARENA_SIZE, ARENAS, PREFERRED_NODE};
 use crate::config::Config;
 use crate::mover::{self, Moved};
 use crate::numa::Topology;
@@ -21,6 +21,8 @@ const PAGE: u64 = 4096;
 #[derive(Default)]
 pub struct Placement {
     policy: Policy,
+    /// Arenas given an explicit memory policy (see `claim_arenas`).
+    claimed: HashSet<usize>,
     last_round: Option<Instant>,
     report: PlacementReport,
     status: Vec<i32>,
@@ -76,6 +78,23 @@ impl MoveTotals {
 }
 
 impl Placement {
+    /// Gives every arena an explicit memory policy (prefer DRAM), as new
+    /// arenas get in the allocator hook. Besides placing future pages, this
+    /// takes the arenas out of the kernel's NUMA balancing, which only scans
+    /// memory under the default policy: otherwise it would move demoted pages
+    /// back to the CPUs' node as soon as anything (our own scans included)
+    /// reads them. Existing pages do not move.
+    fn claim_arenas(&mut self, node: i32) {
+        let size = ARENA_SIZE.load(Ordering::Relaxed);
+        let arenas: HashSet<usize> = ARENAS.snapshot().into_iter().collect();
+        self.claimed.retain(|a| arenas.contains(a));
+        for arena in arenas {
+            if self.claimed.insert(arena) {
+                let _ = mover::prefer_node(arena, size, node);
+            }
+        }
+    }
+
     /// One round over the heap pages and their heat from the last cycle.
     pub fn round(&mut self, heat: &AddrMap<f32>, heap_bytes: u64, config: &Config) -> &PlacementReport {
         let started = Instant::now();
@@ -94,6 +113,9 @@ impl Placement {
         PREFERRED_NODE.store(if enforce { topology.dram[0] } else { -1 }, Ordering::Relaxed);
         if report.off_reason.is_some() {
             return &self.report;
+        }
+        if enforce {
+            self.claim_arenas(topology.dram[0]);
         }
 
         let addrs: Vec<usize> = heat.keys().copied().collect();

@@ -67,7 +67,9 @@ pub struct Policy {
 impl Policy {
     pub fn decide(&mut self, pages: &[Page], settings: &Settings, now: Instant) -> Decisions {
         let mut order: Vec<&Page> = pages.iter().collect();
-        order.sort_by(|a, b| b.heat.total_cmp(&a.heat).then_with(|| (a.tier != Tier::Dram).cmp(&(b.tier != Tier::Dram))));
+        order.sort_by(|a, b| {
+            b.heat.total_cmp(&a.heat).then_with(|| (a.tier != Tier::Dram).cmp(&(b.tier != Tier::Dram)))
+        });
         let wanted = order.iter().take(settings.budget_pages).take_while(|p| p.heat > 0.0).count();
 
         let present: std::collections::HashSet<usize> = pages.iter().map(|p| p.addr).collect();
@@ -169,7 +171,8 @@ mod tests {
 
     #[test]
     fn the_hottest_pages_are_promoted_into_free_room() {
-        let pages = [page(1, 5.0, Tier::Cxl), page(2, 0.5, Tier::Cxl), page(3, 9.0, Tier::Cxl), page(4, 0.0, Tier::Cxl)];
+        let pages =
+            [page(1, 5.0, Tier::Cxl), page(2, 0.5, Tier::Cxl), page(3, 9.0, Tier::Cxl), page(4, 0.0, Tier::Cxl)];
         let d = Policy::default().decide(&pages, &settings(2), Instant::now());
         assert_eq!(d.promote, vec![3, 1]);
         assert!(d.demote.is_empty());

@@ -56,27 +56,30 @@ WORKLOAD = """
     def share(nodes, node):
         return sum(1 for s in nodes if s == node) / len(nodes)
 
-    cold = [(float(i), float(-i)) for i in range({cold})]
-    hot = [float(i) + 0.5 for i in range({hot})]
+    cold = [(float(i), float(-i)) for i in range(COLD)]
+    hot = [float(i) + 0.5 for i in range(HOT)]
     checksum = sum(a - b for a, b in cold) + sum(hot)
-    end = time.monotonic() + {seconds}
+    end = time.monotonic() + SECONDS
     while time.monotonic() < end:
         holders = [x for x in hot if random.random() < 0.5]
         time.sleep(0.05)
     del holders
     stats = pytier.stats()
     intact = sum(a - b for a, b in cold) + sum(hot) == checksum
-    print(json.dumps({{
+    print(json.dumps({
         "hot_on_dram": share(nodes_of(hot), 0),
-        "cold_on_cxl": share(nodes_of(cold[::7] + [x for t in cold[::7] for x in t]), {cxl}),
+        "cold_on_cxl": share(nodes_of(cold[::7] + [x for t in cold[::7] for x in t]), CXL),
         "placement": stats["last"]["placement"],
         "intact": intact,
-    }}))
+    }))
 """
 
 
 def run(config, cold=200_000, hot=20_000, seconds=12):
-    code = textwrap.dedent(WORKLOAD).format(cold=cold, hot=hot, seconds=seconds, cxl=cpu_less_node())
+    values = {"COLD": cold, "HOT": hot, "SECONDS": seconds, "CXL": cpu_less_node()}
+    code = textwrap.dedent(WORKLOAD)
+    for name, value in values.items():
+        code = code.replace(name, str(value))
     base = {"scanIntervalMillis": 200, "maxCpuFraction": 0.5, "migration": {"hysteresisSeconds": 1}}
     env = dict(os.environ, PYTHONPATH=SHIM, PYTIER_SOCKET="", PYTIER_CONFIG=json.dumps({**base, **config}))
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
@@ -85,7 +88,10 @@ def run(config, cold=200_000, hot=20_000, seconds=12):
 
 
 def test_cold_objects_pages_go_to_cxl_and_hot_ones_stay_on_dram():
-    out = run({"dramBudget": {"bytes": 8 << 20}})
+    # The hot set and the interpreter's busy pages fit in 2 MiB; the ~30 MiB
+    # cold heap does not (demotion is lazy: cold pages may stay where the
+    # budget has room).
+    out = run({"dramBudget": {"bytes": 2 << 20}})
     placement = out["placement"]
     assert placement["offReason"] is None, placement
     assert out["intact"], "values changed under migration"
