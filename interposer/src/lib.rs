@@ -1,9 +1,11 @@
 //! pytier interposer: the code that runs inside each Python process.
 //!
 //! In memtierd's vocabulary: the **Tracker** (`scanner`, `objects`, `arenas`)
-//! reads reference counts of live objects, the **Policy** (`temperature`)
-//! turns their changes into temperatures and classes, and the Mover (placing
-//! pages on DRAM or CXL nodes) is not built yet.
+//! reads reference counts of live objects and turns their changes into
+//! temperatures (`temperature`) and page heat; the **Policy** (`policy`)
+//! decides which pages belong on DRAM under the budget; the **Mover**
+//! (`mover`) moves them with `move_pages`. `placement` runs the two after
+//! each scan cycle.
 //!
 //! The scanner never holds the GIL: it copies pymalloc pools with
 //! `process_vm_readv` (see `memory`) and recognises objects in the copies.
