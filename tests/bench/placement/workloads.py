@@ -1,0 +1,273 @@
+"""Workloads with a known access distribution, for tests/bench/placement.
+
+Each workload builds its data, then runs one or two phases of accesses drawn
+from a distribution it knows exactly: every accessed object has a probability.
+At the end of each phase it asks the kernel (`move_pages`) where each object's
+page is and reports the share of accesses that DRAM served, next to the
+oracle's share: the hottest pages by true access probability, as many as the
+DRAM budget holds. In the second phase of a shifting workload it also samples
+that share every second, to time the re-convergence. Each workload checks its
+data at the end.
+
+    python3 workloads.py NAME --seconds S --dram-fraction F [--scale K]
+prints one JSON report on stdout. Runs as is or under the pytier shim; what
+places its memory (nothing, the kernel, pytier) is the caller's business.
+"""
+
+import argparse
+import ctypes
+import itertools
+import json
+import random
+import time
+
+PAGE = 4096
+DRAM_NODE = 0
+SYS_move_pages = 279  # x86_64
+libc = ctypes.CDLL(None, use_errno=True)
+
+
+def zipf_weights(n, s=0.99):
+    return [1.0 / rank**s for rank in range(1, n + 1)]
+
+
+def anon_rss_bytes():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no RssAnon in /proc/self/status")
+
+
+def nodes_of_pages(pages):
+    """Node of each page (negative errno where it has none), by move_pages."""
+    n = len(pages)
+    addrs = (ctypes.c_void_p * n)(*pages)
+    status = (ctypes.c_int * n)()
+    if libc.syscall(SYS_move_pages, 0, ctypes.c_ulong(n), addrs, None, status, 0) != 0:
+        raise OSError(ctypes.get_errno(), "move_pages")
+    return list(status)
+
+
+class Truth:
+    """Access probability per page, from the objects' probabilities."""
+
+    def __init__(self, objects, weights):
+        total = sum(weights)
+        mass = {}
+        for obj, w in zip(objects, weights):
+            page = id(obj) & ~(PAGE - 1)
+            mass[page] = mass.get(page, 0.0) + w / total
+        self.pages = list(mass)
+        self.mass = [mass[p] for p in self.pages]
+
+    def dram_share(self):
+        nodes = nodes_of_pages(self.pages)
+        return sum(m for m, node in zip(self.mass, nodes) if node == DRAM_NODE)
+
+    def oracle_share(self, budget_pages):
+        return sum(sorted(self.mass, reverse=True)[:budget_pages])
+
+
+class Sampler:
+    """Draws object indices with given weights, from a precomputed pool
+    (drawing in Python per access would dominate the workload)."""
+
+    def __init__(self, weights, rng, pool=1 << 16):
+        self.pool = rng.choices(range(len(weights)), weights=weights, k=pool)
+
+    def __iter__(self):
+        return itertools.cycle(self.pool)
+
+
+class Slot:
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+
+# Each workload: build(rng, scale) -> state; phases(state, rng) -> list of
+# (objects, weights, run) where run(deadline) does accesses until the
+# deadline; check(state) -> bool.
+
+def zipf_dict(rng, scale, writes):
+    n = 200_000 * scale
+    values = [Slot(float(i)) if writes else float(i) for i in range(n)]
+    keys = list(range(n))
+    d = dict(zip(keys, values))
+    return {"d": d, "n": n, "writes": writes, "done": 0}
+
+
+def zipf_phase(state, rng):
+    """Zipf(0.99) over the keys in a fresh random rank order, so that the hot
+    keys are scattered over the heap, as they are in real programs. An access
+    touches the key object (its hash is read) and the value."""
+    d, n = state["d"], state["n"]
+    ranked = list(d)
+    rng.shuffle(ranked)
+    weights = zipf_weights(n)
+    objects = ranked + [d[k] for k in ranked]
+    draws = Sampler(weights, rng)
+    weights = weights + weights
+
+    def run(deadline):
+        keys = (ranked[i] for i in draws)
+        total = 0.0
+        while time.monotonic() < deadline:
+            for k in itertools.islice(keys, 4096):
+                if state["writes"]:
+                    d[k].value += 1.0
+                else:
+                    total += d[k]
+            state["done"] += 4096
+        return total
+
+    return objects, weights, run
+
+
+def zipf_check(state):
+    d = state["d"]
+    if state["writes"]:
+        return sum(s.value for s in d.values()) == sum(range(state["n"])) + state["done"]
+    return all(v == float(k) for k, v in d.items())
+
+
+def records(rng, scale):
+    """A few big cold containers of records and a small hot index."""
+    n = 50_000 * scale
+    tables = [[(i, f"name-{t}-{i}", float(i)) for i in range(n)] for t in range(4)]
+    index = {f"key-{i}": [i, 0] for i in range(2_000)}
+    return {"tables": tables, "index": index, "done": 0}
+
+
+def records_phase(state, rng):
+    """98% of accesses update entries of the hot index (uniformly; the key
+    and the entry are touched), 2% read a record anywhere in the tables."""
+    tables, index = state["tables"], state["index"]
+    hot_keys = list(index)
+    hot = hot_keys + list(index.values())
+    cold = [r for table in tables for r in table]
+    weights = [0.98 / len(hot)] * len(hot) + [0.02 / len(cold)] * len(cold)
+    objects = hot + cold
+
+    def run(deadline):
+        total = 0.0
+        while time.monotonic() < deadline:
+            for _ in range(4096):
+                if rng.random() < 0.98:
+                    index[hot_keys[rng.randrange(len(hot_keys))]][1] += 1
+                    state["done"] += 1
+                else:
+                    total += rng.choice(tables[rng.randrange(4)])[2]
+        return total
+
+    return objects, weights, run
+
+
+def records_check(state):
+    tables, index = state["tables"], state["index"]
+    rows = all(r[0] == i and r[2] == float(i) for table in tables for i, r in enumerate(table))
+    return rows and sum(v[1] for v in index.values()) == state["done"]
+
+
+def mixed(rng, scale):
+    """A service-like mix: a store of small documents looked up with Zipf
+    keys, each lookup rendered with json.dumps, and short-lived garbage."""
+    n = 100_000 * scale
+    store = {i: {"id": i, "name": f"user{i}", "score": float(i), "tags": ["a", "b"]} for i in range(n)}
+    return {"d": store, "n": n, "done": 0}
+
+
+def mixed_phase(state, rng):
+    """Zipf(0.99) over the documents; an access touches the key, the document
+    and its own fields (json.dumps reads them all)."""
+    d, n = state["d"], state["n"]
+    ranked = list(d)
+    rng.shuffle(ranked)
+    weights = zipf_weights(n)
+    docs = [d[k] for k in ranked]
+    objects = ranked + docs + [doc["name"] for doc in docs] + [doc["score"] for doc in docs]
+    draws = Sampler(weights, rng)
+    weights = weights * 4
+
+    def run(deadline):
+        keys = (ranked[i] for i in draws)
+        size = 0
+        while time.monotonic() < deadline:
+            scratch = []
+            for k in itertools.islice(keys, 1024):
+                doc = d[k]
+                size += len(json.dumps(doc))
+                scratch.append((doc["id"], doc["score"]))
+            del scratch
+            state["done"] += 1024
+        return size
+
+    return objects, weights, run
+
+
+def mixed_check(state):
+    return all(doc["id"] == k and doc["score"] == float(k) for k, doc in state["d"].items())
+
+
+WORKLOADS = {
+    # name: (build, phase, check, phases)
+    "zipf-read": (lambda rng, s: zipf_dict(rng, s, False), zipf_phase, zipf_check, 1),
+    "zipf-write": (lambda rng, s: zipf_dict(rng, s, True), zipf_phase, zipf_check, 1),
+    "zipf-shift": (lambda rng, s: zipf_dict(rng, s, False), zipf_phase, zipf_check, 2),
+    "records": (records, records_phase, records_check, 1),
+    "mixed": (mixed, mixed_phase, mixed_check, 1),
+}
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("name", choices=sorted(WORKLOADS))
+    parser.add_argument("--seconds", type=float, default=30, help="length of each phase")
+    parser.add_argument("--dram-fraction", type=float, default=0.25)
+    parser.add_argument("--scale", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--build-only", action="store_true", help="report the heap size and stop")
+    args = parser.parse_args()
+    build, phase, check, phases = WORKLOADS[args.name]
+    rng = random.Random(args.seed)
+
+    state = build(rng, args.scale)
+    heap = anon_rss_bytes()
+    report = {"workload": args.name, "heapBytes": heap}
+    if args.build_only:
+        print(json.dumps(report))
+        return
+    budget_pages = int(args.dram_fraction * heap) // PAGE
+    report["phases"] = []
+    for number in range(phases):
+        objects, weights, run = phase(state, rng)
+        truth = Truth(objects, weights)
+        del objects
+        start = time.monotonic()
+        deadline = start + args.seconds
+        converged_after = None
+        target = report["phases"][-1]["dramShare"] * 0.9 if report["phases"] else None
+        while time.monotonic() < deadline:
+            run(min(deadline, time.monotonic() + 1.0))
+            if target is not None and converged_after is None and truth.dram_share() >= target:
+                converged_after = time.monotonic() - start
+        report["phases"].append({
+            "dramShare": truth.dram_share(),
+            "oracleShare": truth.oracle_share(budget_pages),
+            "pages": len(truth.pages),
+            "convergedAfterSeconds": converged_after,
+        })
+    report["accesses"] = state["done"]
+    report["intact"] = check(state)
+    try:
+        import pytier  # present when the shim is loaded
+        report["pytier"] = pytier.stats()["last"].get("placement")
+    except ImportError:
+        pass
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
