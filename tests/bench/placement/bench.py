@@ -8,40 +8,25 @@ workload's heap, runs it under
 and reports the share of accesses DRAM served, next to the oracle's (the
 hottest pages by true access probability, as many as the budget holds).
 
-DRAM is limited with a balloon: a process that binds and locks node-0 memory
-until only the budget (plus the kernel's low watermark, below which it
-allocates elsewhere) is free. The budget is DRAM_FRACTION of the workload's
-anonymous memory, measured by a build-only run first. pytier is given the
-same fraction as its dramBudget.
+DRAM is limited with a balloon (see Balloon) to a budget: DRAM_FRACTION of
+the workload's anonymous memory, measured by a build-only run first. pytier
+is given the same budget in bytes as its dramBudget.
 """
 
 import argparse
+import ctypes
 import json
+import mmap
 import os
 import subprocess
 import sys
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIGS = ("first-touch", "kernel", "pytier")
-BALLOON = r"""
-import ctypes, mmap, sys
-size = int(sys.argv[1])
+SYS_mbind, SYS_move_pages, MPOL_PREFERRED = 237, 279, 1  # x86_64
 libc = ctypes.CDLL(None, use_errno=True)
-m = mmap.mmap(-1, size)
-addr = ctypes.addressof(ctypes.c_char.from_buffer(m))
-mask = ctypes.c_ulong(1)  # node 0
-SYS_mbind, MPOL_BIND = 237, 2
-if libc.syscall(SYS_mbind, ctypes.c_void_p(addr), ctypes.c_ulong(size), MPOL_BIND,
-                ctypes.byref(mask), ctypes.c_ulong(64), 0) != 0:
-    sys.exit(f"balloon: mbind: errno {ctypes.get_errno()}")
-if libc.mlock(ctypes.c_void_p(addr), ctypes.c_size_t(size)) != 0:
-    sys.exit(f"balloon: mlock: errno {ctypes.get_errno()}")
-print("ready", flush=True)
-sys.stdin.read()
-"""
-
-
 def write(path, value):
     with open(path, "w") as f:
         f.write(str(value))
@@ -55,14 +40,20 @@ def node0_free_bytes():
     raise RuntimeError("no MemFree for node 0")
 
 
-def node0_low_watermark_bytes():
+def anon_node0_bytes(pid):
+    with open(f"/proc/{pid}/numa_maps") as f:
+        return sum(int(field[3:]) * 4096 for line in f if "anon=" in line
+                   for field in line.split() if field.startswith("N0="))
+
+
+def node0_watermark_bytes(which):
     pages, node = 0, None
     with open("/proc/zoneinfo") as f:
         for line in f:
             words = line.split()
             if words[:1] == ["Node"]:
                 node = words[1].rstrip(",")
-            elif node == "0" and words[:1] == ["low"]:
+            elif node == "0" and words[:1] == [which]:
                 pages += int(words[1])
     return pages * 4096
 
@@ -81,22 +72,81 @@ MIGRATED_PAGES = ("pgpromote_success", "pgdemote_kswapd", "pgdemote_direct", "pg
 
 
 class Balloon:
-    """Holds node-0 memory so that about `leave` bytes stay free."""
+    """Limits the DRAM a workload can use to `budget` bytes, whatever else
+    the kernel frees meanwhile.
 
-    def __init__(self, leave):
-        size = node0_free_bytes() - leave - node0_low_watermark_bytes()
-        self.proc = None
-        if size <= 0:
-            return
-        self.proc = subprocess.Popen([sys.executable, "-c", BALLOON, str(size & ~4095)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        if self.proc.stdout.readline().strip() != "ready":
-            raise RuntimeError("the balloon did not inflate")
+    Every 20 ms: the workload's usable DRAM is what it holds on node 0 plus
+    node 0's free memory above the high watermark (the kernel's reserve,
+    which kernel tiering also needs free to promote). The balloon binds and
+    locks node-0 memory in 1 MiB chunks to take any excess, and gives chunks
+    back when the workload's own memory on node 0 shrinks (a demotion), so
+    room it frees stays its own."""
+
+    CHUNK = 1 << 20
+
+    def __init__(self, budget):
+        write("/proc/sys/vm/drop_caches", 3)
+        self.budget = budget
+        self.low_watermark = node0_watermark_bytes("low")
+        self.high_watermark = node0_watermark_bytes("high")
+        self.chunks = []
+        self.pid = None
+        self.stop = threading.Event()
+        self.adjust()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def adjust(self):
+        # The budget counts free memory above the high watermark, where the
+        # kernel's reclaim stops. Chunks are taken down to the low one, where
+        # user allocations fall back to the other node: kswapd keeps freeing
+        # page cache up to the high one, and that must not go to the workload.
+        # Never below the low watermark: the kernel's own allocations can only
+        # use node 0 (node 1 is movable memory) and would OOM-kill someone.
+        free = node0_free_bytes()
+        held = anon_node0_bytes(self.pid) if self.pid else 0
+        excess = held + free - self.high_watermark - self.budget
+        room = free - self.low_watermark
+        while excess >= self.CHUNK and room >= 2 * self.CHUNK and self.take():
+            excess -= self.CHUNK
+            room -= self.CHUNK
+        while excess < -self.CHUNK and self.chunks:
+            self.chunks.pop().close()
+            excess += self.CHUNK
+
+    def take(self):
+        """Locks a chunk that prefers node 0 (a bound one could get the
+        balloon OOM-killed when the room went meanwhile); keeps it only if
+        it all landed on node 0."""
+        chunk = mmap.mmap(-1, self.CHUNK)
+        addr = ctypes.addressof(ctypes.c_char.from_buffer(chunk))
+        node0 = ctypes.c_ulong(1)
+        if libc.syscall(SYS_mbind, ctypes.c_void_p(addr), ctypes.c_ulong(self.CHUNK), MPOL_PREFERRED,
+                        ctypes.byref(node0), ctypes.c_ulong(64), 0) \
+                or libc.mlock(ctypes.c_void_p(addr), ctypes.c_size_t(self.CHUNK)):
+            raise OSError(ctypes.get_errno(), "balloon: mbind/mlock")
+        n = self.CHUNK // 4096
+        pages = (ctypes.c_void_p * n)(*range(addr, addr + self.CHUNK, 4096))
+        status = (ctypes.c_int * n)()
+        libc.syscall(SYS_move_pages, 0, ctypes.c_ulong(n), pages, None, status, 0)
+        if any(s != 0 for s in status):
+            chunk.close()
+            return False
+        self.chunks.append(chunk)
+        return True
+
+    def run(self):
+        while not self.stop.wait(0.02):
+            try:
+                self.adjust()
+            except (OSError, ProcessLookupError, FileNotFoundError):
+                pass  # the workload exited, or node 0 is too tight for a chunk: next round
 
     def close(self):
-        if self.proc:
-            self.proc.stdin.close()
-            self.proc.wait()
+        self.stop.set()
+        self.thread.join()
+        for chunk in self.chunks:
+            chunk.close()
 
 
 def set_kernel_tiering(on):
@@ -104,7 +154,7 @@ def set_kernel_tiering(on):
     write("/sys/kernel/mm/numa/demotion_enabled", 1 if on else 0)
 
 
-def run_workload(name, args, config, heap):
+def run_workload(name, args, config, budget):
     argv = [sys.executable, os.path.join(HERE, "workloads.py"), name, "--seconds", str(args.seconds),
             "--dram-fraction", str(args.dram_fraction), "--scale", str(args.scale)]
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTIER_CONFIG")}
@@ -112,22 +162,27 @@ def run_workload(name, args, config, heap):
         env["PYTHONPATH"] = args.shim
         env["PYTIER_SOCKET"] = ""
         env["PYTIER_CONFIG"] = json.dumps({
-            "dramBudget": {"heapFraction": args.dram_fraction},
+            "dramBudget": {"bytes": budget},
             "migration": {"hysteresisSeconds": args.hysteresis},
+            "maxCpuFraction": args.pytier_cpu,
         })
     set_kernel_tiering(config == "kernel")
-    balloon = Balloon(int(args.dram_fraction * heap))
+    balloon = Balloon(budget)
     migrated_before = vmstat(*MIGRATED_PAGES)
     try:
-        out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=30 * args.seconds + 300)
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        balloon.pid = proc.pid
+        stdout, stderr = proc.communicate(timeout=30 * args.seconds + 300)
     finally:
         balloon.close()
         set_kernel_tiering(False)
-    if out.returncode != 0:
-        raise RuntimeError(f"{name} under {config} failed:\n{out.stderr}")
-    report = json.loads(out.stdout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{name} under {config} failed:\n{stderr}")
+    report = json.loads(stdout)
     if config == "pytier":
-        placement = report.get("pytier") or {}
+        placement = report.get("pytier")
+        if placement is None:
+            raise RuntimeError("pytier finished no scan cycle")
         if placement.get("offReason"):
             raise RuntimeError(f"pytier placement is off: {placement['offReason']}")
         moved = placement.get("promoted", {}).get("bytes", 0) + placement.get("demoted", {}).get("bytes", 0)
@@ -148,6 +203,9 @@ def main():
     parser.add_argument("--seconds", type=float, default=30, help="length of each workload phase")
     parser.add_argument("--dram-fraction", type=float, default=0.25)
     parser.add_argument("--hysteresis", type=float, default=5, help="pytier's migration.hysteresisSeconds")
+    parser.add_argument("--pytier-cpu", type=float, default=0.2,
+                        help="pytier's maxCpuFraction: TCG runs some 30 times slower than the "
+                             "hardware, so the default 0.01 would scan 30 times less per access")
     parser.add_argument("--scale", type=int, default=1)
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("workloads", nargs="*", default=["zipf-read", "zipf-write", "zipf-shift", "records", "mixed"])
@@ -155,16 +213,18 @@ def main():
     if not os.path.exists("/sys/kernel/mm/numa/demotion_enabled"):
         sys.exit("placement bench: no memory tiering in this kernel (run it through ./run)")
 
+    print("dram-hit: share of the accesses served from DRAM at the end (of the last phase);"
+          " on DRAM: the workload's anonymous memory on node 0 then")
     print(f"DRAM = {args.dram_fraction:.0%} of each workload's heap; phases of {args.seconds:.0f} s; "
-          f"pytier hysteresis {args.hysteresis:.0f} s")
+          f"pytier hysteresis {args.hysteresis:.0f} s, maxCpuFraction {args.pytier_cpu}")
     print(f"{'workload':<11} {'config':<12} {'dram-hit':>8} {'oracle':>7} {'vs oracle':>9} "
-          f"{'migrated':>10} {'reconverge':>10} {'intact':>6}")
+          f"{'migrated':>10} {'reconverge':>10} {'intact':>6} {'on DRAM':>8}")
     summary = {}
     for name in args.workloads:
         heap = heap_bytes(name, args)
         for config in args.configs.split(","):
             started = time.monotonic()
-            report = run_workload(name, args, config, heap)
+            report = run_workload(name, args, config, int(args.dram_fraction * heap))
             last = report["phases"][-1]
             hit, oracle = last["dramShare"], last["oracleShare"]
             summary[name, config] = (hit, oracle)
@@ -172,9 +232,12 @@ def main():
             reconverge = "-" if len(report["phases"]) < 2 else ("never" if after is None else f"{after:.1f}s")
             print(f"{name:<11} {config:<12} {hit:>8.3f} {oracle:>7.3f} {hit / oracle:>9.2f} "
                   f"{report['migratedBytes'] / 2**20:>8.1f}Mi {reconverge:>10} "
-                  f"{'yes' if report['intact'] else 'NO':>6}", flush=True)
+                  f"{'yes' if report['intact'] else 'NO':>6} "
+                  f"{report['anonBytesByNode'].get('0', 0) / 2**20:>6.1f}Mi", flush=True)
             print(f"  ({config}: heap {heap / 2**20:.1f} MiB, {report['accesses']} accesses, "
                   f"{time.monotonic() - started:.0f} s)", file=sys.stderr, flush=True)
+            if report.get("pytier"):
+                print(f"  (pytier placement: {json.dumps(report['pytier'])})", file=sys.stderr)
     if ("zipf-read", "pytier") in summary and ("zipf-read", "kernel") in summary:
         pytier, oracle = summary["zipf-read", "pytier"]
         kernel, _ = summary["zipf-read", "kernel"]

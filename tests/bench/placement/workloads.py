@@ -39,6 +39,22 @@ def anon_rss_bytes():
     raise RuntimeError("no RssAnon in /proc/self/status")
 
 
+def anon_bytes_by_node():
+    """The process's anonymous memory per NUMA node, from /proc/self/numa_maps."""
+    by_node = {}
+    with open("/proc/self/numa_maps") as f:
+        for line in f:
+            fields = line.split()
+            if not any(f.startswith("anon=") for f in fields):
+                continue
+            page_kib = next((int(f.split("=")[1]) for f in fields if f.startswith("kernelpagesize_kB=")), 4)
+            for f in fields:
+                if f[0] == "N" and "=" in f:
+                    node, pages = f[1:].split("=")
+                    by_node[int(node)] = by_node.get(int(node), 0) + int(pages) * page_kib * 1024
+    return by_node
+
+
 def nodes_of_pages(pages):
     """Node of each page (negative errno where it has none), by move_pages."""
     n = len(pages)
@@ -64,6 +80,9 @@ class Truth:
     def dram_share(self):
         nodes = nodes_of_pages(self.pages)
         return sum(m for m, node in zip(self.mass, nodes) if node == DRAM_NODE)
+
+    def dram_pages(self):
+        return sum(node == DRAM_NODE for node in nodes_of_pages(self.pages))
 
     def oracle_share(self, budget_pages):
         return sum(sorted(self.mass, reverse=True)[:budget_pages])
@@ -257,13 +276,17 @@ def main():
             "dramShare": truth.dram_share(),
             "oracleShare": truth.oracle_share(budget_pages),
             "pages": len(truth.pages),
+            "dramPages": truth.dram_pages(),
+            "budgetPages": budget_pages,
             "convergedAfterSeconds": converged_after,
         })
+    report["anonBytesByNode"] = anon_bytes_by_node()
     report["accesses"] = state["done"]
     report["intact"] = check(state)
     try:
         import pytier  # present when the shim is loaded
-        report["pytier"] = pytier.stats()["last"].get("placement")
+        last = pytier.stats()["last"]
+        report["pytier"] = last and last.get("placement")
     except ImportError:
         pass
     print(json.dumps(report))
