@@ -23,9 +23,11 @@ import sys
 import threading
 import time
 
+from workloads import anon_bytes_by_node, nodes_of_pages
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIGS = ("first-touch", "kernel", "pytier")
-SYS_mbind, SYS_move_pages, MPOL_PREFERRED = 237, 279, 1  # x86_64
+SYS_mbind, MPOL_PREFERRED = 237, 1  # x86_64
 libc = ctypes.CDLL(None, use_errno=True)
 def write(path, value):
     with open(path, "w") as f:
@@ -38,12 +40,6 @@ def node0_free_bytes():
             if "MemFree:" in line:
                 return int(line.split()[-2]) * 1024
     raise RuntimeError("no MemFree for node 0")
-
-
-def anon_node0_bytes(pid):
-    with open(f"/proc/{pid}/numa_maps") as f:
-        return sum(int(field[3:]) * 4096 for line in f if "anon=" in line
-                   for field in line.split() if field.startswith("N0="))
 
 
 def node0_watermark_bytes(which):
@@ -104,7 +100,7 @@ class Balloon:
         # Never below the low watermark: the kernel's own allocations can only
         # use node 0 (node 1 is movable memory) and would OOM-kill someone.
         free = node0_free_bytes()
-        held = anon_node0_bytes(self.pid) if self.pid else 0
+        held = anon_bytes_by_node(self.pid).get(0, 0) if self.pid else 0
         excess = held + free - self.high_watermark - self.budget
         room = free - self.low_watermark
         while excess >= self.CHUNK and room >= 2 * self.CHUNK and self.take():
@@ -125,11 +121,7 @@ class Balloon:
                         ctypes.byref(node0), ctypes.c_ulong(64), 0) \
                 or libc.mlock(ctypes.c_void_p(addr), ctypes.c_size_t(self.CHUNK)):
             raise OSError(ctypes.get_errno(), "balloon: mbind/mlock")
-        n = self.CHUNK // 4096
-        pages = (ctypes.c_void_p * n)(*range(addr, addr + self.CHUNK, 4096))
-        status = (ctypes.c_int * n)()
-        libc.syscall(SYS_move_pages, 0, ctypes.c_ulong(n), pages, None, status, 0)
-        if any(s != 0 for s in status):
+        if any(node != 0 for node in nodes_of_pages(range(addr, addr + self.CHUNK, 4096))):
             chunk.close()
             return False
         self.chunks.append(chunk)

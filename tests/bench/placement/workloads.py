@@ -39,10 +39,10 @@ def anon_rss_bytes():
     raise RuntimeError("no RssAnon in /proc/self/status")
 
 
-def anon_bytes_by_node():
-    """The process's anonymous memory per NUMA node, from /proc/self/numa_maps."""
+def anon_bytes_by_node(pid="self"):
+    """A process's anonymous memory per NUMA node, from its numa_maps."""
     by_node = {}
-    with open("/proc/self/numa_maps") as f:
+    with open(f"/proc/{pid}/numa_maps") as f:
         for line in f:
             fields = line.split()
             if not any(f.startswith("anon=") for f in fields):
