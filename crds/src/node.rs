@@ -142,6 +142,12 @@ pub struct PodStatus {
     /// Python processes of the pod running the interposer.
     #[serde(default)]
     pub processes: u32,
+    /// Bytes of the pod's tiered memory resident on DRAM nodes, when last read.
+    #[serde(default)]
+    pub dram_bytes: u64,
+    /// Bytes of the pod's tiered memory resident on CXL nodes, when last read.
+    #[serde(default)]
+    pub cxl_bytes: u64,
 }
 
 /// The agent's state for one pod.

@@ -260,15 +260,27 @@ pub struct TieringPolicyStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 
-    /// Pods this policy selects.
+    /// Running pods this policy governs: it selects them and no older policy
+    /// does (see the Degraded condition for conflicts).
     #[serde(default)]
     pub matched_pods: u32,
 
-    /// Selected pods whose Python processes run the interposer.
+    /// Governed pods whose Python processes run the interposer, as the node
+    /// agents report.
     #[serde(default)]
     pub injected_pods: u32,
 
-    /// Selected pods that could not be tiered (see the Degraded condition).
+    /// Governed pods that could not be tiered (see the Degraded condition).
     #[serde(default)]
     pub failed_pods: u32,
+
+    /// Bytes of the governed pods' tiered memory on DRAM nodes, summed over
+    /// what the node agents last reported.
+    #[serde(default)]
+    pub dram_bytes: u64,
+
+    /// Bytes of the governed pods' tiered memory on CXL nodes, summed over
+    /// what the node agents last reported.
+    #[serde(default)]
+    pub cxl_bytes: u64,
 }

@@ -1,0 +1,65 @@
+//! A minimal HTTP/1.1 server (optionally TLS) for the webhook and the
+//! metrics/health endpoints. Handlers are synchronous: each answers from
+//! memory without waiting on anything.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tracing::debug;
+
+/// An answer: status, content type and body.
+pub type Reply = (StatusCode, &'static str, Vec<u8>);
+pub type Handler = Arc<dyn Fn(&Method, &str, &[u8]) -> Reply + Send + Sync>;
+
+/// Larger bodies are refused; an AdmissionReview of a pod is a few KiB.
+const MAX_BODY: usize = 4 << 20;
+
+/// Serves connections from `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, handler: Handler) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                debug!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let (handler, tls) = (handler.clone(), tls.clone());
+        tokio::spawn(async move {
+            let service = service_fn(move |request: Request<Incoming>| answer(request, handler.clone()));
+            let result = match tls {
+                Some(acceptor) => match acceptor.accept(stream).await {
+                    Ok(stream) => http1::Builder::new().serve_connection(TokioIo::new(stream), service).await,
+                    Err(e) => return debug!(error = %e, "TLS handshake failed"),
+                },
+                None => http1::Builder::new().serve_connection(TokioIo::new(stream), service).await,
+            };
+            if let Err(e) = result {
+                debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
+
+async fn answer(request: Request<Incoming>, handler: Handler) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (parts, body) = request.into_parts();
+    let (status, content_type, body) = match Limited::new(body, MAX_BODY).collect().await {
+        Ok(body) => handler(&parts.method, parts.uri.path(), &body.to_bytes()),
+        Err(e) => (StatusCode::PAYLOAD_TOO_LARGE, "text/plain", e.to_string().into_bytes()),
+    };
+    let response = Response::builder()
+        .status(status)
+        .header(hyper::header::CONTENT_TYPE, content_type)
+        .body(Full::new(Bytes::from(body)))
+        .expect("a response from valid parts");
+    Ok(response)
+}

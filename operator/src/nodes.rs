@@ -1,0 +1,139 @@
+//! The TieringNode controller: one TieringNode per Kubernetes node, whose spec
+//! lists the pods on that node that a policy governs, with that policy's
+//! settings. Written with server-side apply by this controller alone; owned by
+//! the Node so it goes when the node goes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action, Config, Controller};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+use pytier_crds::node::PodTiering;
+use pytier_crds::{TieringNode, TieringPolicy};
+use serde_json::json;
+use tracing::{debug, warn};
+
+use crate::Context;
+use crate::cache::{NODES, NodeMeta};
+use crate::selection;
+
+/// Field manager of the operator's server-side applies.
+pub const MANAGER: &str = "pytier-operator";
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write TieringNode {node}: {source}")]
+pub struct Error {
+    node: String,
+    source: kube::Error,
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(
+    ctx: Arc<Context>,
+    requests: impl futures::Stream<Item = ObjectRef<NodeMeta>> + Send + 'static,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let store = ctx.stores.nodes.clone();
+    // All triggers come from the shared cache (see `cache`), none from a watch of our own.
+    Controller::for_stream(futures::stream::pending(), store)
+        .with_config(Config::default().concurrency(32).debounce(Duration::from_millis(50)))
+        .reconcile_on(requests)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                debug!(controller = NODES, error = %e, "reconcile not run");
+            }
+        })
+        .await;
+}
+
+async fn reconcile(node: Arc<NodeMeta>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.queues.nodes.started(&ObjectRef::from_obj(&*node));
+    let timer = ctx.metrics.reconcile(NODES);
+    let result = apply(&node, &ctx).await;
+    timer.done(&result);
+    result.map(|()| Action::requeue(Duration::from_secs(600)))
+}
+
+fn error_policy(node: Arc<NodeMeta>, error: &Error, _ctx: Arc<Context>) -> Action {
+    warn!(node = node.name_any(), %error, "reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(2))
+}
+
+pub async fn apply(node: &NodeMeta, ctx: &Context) -> Result<(), Error> {
+    let name = node.name_any();
+    let pods = desired_pods(&name, &ctx.stores.pods.state(), &ctx.stores.policies.state());
+    let current = ctx.stores.tiering_nodes.get(&ObjectRef::new(&name));
+    if current.is_some_and(|tn| tn.spec.pods == pods) {
+        return Ok(());
+    }
+    let owner = json!({
+        "apiVersion": "v1", "kind": "Node", "name": name, "uid": node.uid(),
+    });
+    let tn = json!({
+        "apiVersion": TieringNode::api_version(&()),
+        "kind": TieringNode::kind(&()),
+        "metadata": { "name": name, "ownerReferences": [owner] },
+        "spec": { "pods": pods },
+    });
+    let api: Api<TieringNode> = Api::all(ctx.client.clone());
+    api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&tn))
+        .await
+        .map_err(|source| Error { node: name.clone(), source })?;
+    debug!(node = name, pods = pods.len(), "TieringNode applied");
+    Ok(())
+}
+
+/// The pods on `node` that a policy governs, sorted by namespace and name.
+pub fn desired_pods(node: &str, pods: &[Arc<Pod>], policies: &[Arc<TieringPolicy>]) -> Vec<PodTiering> {
+    let mut out: Vec<PodTiering> = pods
+        .iter()
+        .filter(|p| selection::node_name(p) == Some(node) && selection::is_active(p))
+        .filter_map(|pod| {
+            let policy = *selection::selecting_policies(pod, policies).first()?;
+            Some(PodTiering {
+                namespace: pod.namespace()?,
+                name: pod.name_any(),
+                uid: pod.uid()?,
+                policy: policy.name_any(),
+                settings: policy.spec.settings.clone(),
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::selection::tests::{pod, policy};
+
+    fn on(node: &str, mut p: Pod) -> Arc<Pod> {
+        p.spec = Some(k8s_openapi::api::core::v1::PodSpec { node_name: Some(node.into()), ..Default::default() });
+        Arc::new(p)
+    }
+
+    #[test]
+    fn a_node_lists_its_governed_pods_with_the_governing_policy() {
+        let pods = vec![
+            on("n1", pod("a", "web-2", &[("app", "web")], &[])),
+            on("n1", pod("a", "web-1", &[("app", "web")], &[])),
+            on("n1", pod("a", "db", &[("app", "db")], &[])),
+            on("n2", pod("a", "web-3", &[("app", "web")], &[])),
+        ];
+        let mut fast = (*policy("a", "fast", 20, Some(("app", "web")))).clone();
+        fast.spec.settings.mode = pytier_crds::policy::Mode::Observe;
+        let policies = vec![Arc::new(fast), policy("a", "first", 10, Some(("app", "web")))];
+        let listed = desired_pods("n1", &pods, &policies);
+        let names: Vec<_> = listed.iter().map(|p| (p.name.as_str(), p.policy.as_str())).collect();
+        assert_eq!(names, [("web-1", "first"), ("web-2", "first")]);
+        assert_eq!(listed[0].uid, "uid-web-1");
+        assert_eq!(listed[0].settings, policies[1].spec.settings);
+    }
+}
