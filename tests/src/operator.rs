@@ -1,0 +1,157 @@
+//! The real operator binary, run as a process against a test control plane.
+
+use std::fs;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::ControlPlane;
+
+/// A running `operator run`, killed when dropped.
+pub struct Operator {
+    child: Child,
+    log: PathBuf,
+    pub metrics_addr: String,
+    pub webhook_addr: String,
+}
+
+impl Operator {
+    /// Starts the operator with `args` appended to the defaults for tests:
+    /// loopback ports picked here, namespace `pytier-system`, the given identity.
+    pub fn start(plane: &ControlPlane, identity: &str, args: &[&str]) -> Result<Operator> {
+        let metrics_addr = format!("127.0.0.1:{}", free_port()?);
+        let webhook_addr = format!("127.0.0.1:{}", free_port()?);
+        let log = plane.data_dir().join(format!("operator-{identity}.log"));
+        let out = fs::File::create(&log)?;
+        let mut cmd = Command::new(binary()?);
+        cmd.arg("run")
+            .args(["--namespace", "pytier-system", "--identity", identity])
+            .args(["--metrics-addr", &metrics_addr, "--webhook-addr", &webhook_addr])
+            .args(args)
+            .env("KUBECONFIG", plane.kubeconfig())
+            .env("RUST_LOG", "info,pytier_operator=debug")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out);
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().context("cannot start the operator")?;
+        Ok(Operator { child, log, metrics_addr, webhook_addr })
+    }
+
+    /// The body of an endpoint of the metrics server (`/metrics`, `/readyz`).
+    pub fn get(&self, path: &str) -> Result<String> {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&self.metrics_addr)?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: operator\r\n\r\n")?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        let (head, body) = response.split_once("\r\n\r\n").context("no HTTP header")?;
+        if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+            bail!("GET {path}: {}", head.lines().next().unwrap_or(""));
+        }
+        Ok(body.to_string())
+    }
+
+    /// Waits until `/readyz` answers ok.
+    pub fn wait_ready(&mut self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.get("/readyz").is_err() {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("operator exited with {status}:\n{}", self.log_text());
+            }
+            if Instant::now() > deadline {
+                bail!("operator not ready after 60s:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
+    /// The value of an unlabelled metric, if exported.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let text = self.get("/metrics").ok()?;
+        text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            let text = self.log_text();
+            let lines: Vec<&str> = text.lines().collect();
+            eprintln!(
+                "--- last lines of {}:\n{}",
+                self.log.display(),
+                lines[lines.len().saturating_sub(40)..].join("\n")
+            );
+        }
+    }
+}
+
+/// The operator binary, built once per test process.
+pub fn binary() -> Result<PathBuf> {
+    static BIN: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
+    BIN.get_or_init(|| build().map_err(|e| format!("{e:#}"))).clone().map_err(anyhow::Error::msg)
+}
+
+fn build() -> Result<PathBuf> {
+    let root = crate::repo_root();
+    let status = Command::new(std::env::var("CARGO").unwrap_or("cargo".into()))
+        .args(["build", "-q", "--locked", "-p", "pytier-operator", "--bin", "operator"])
+        .current_dir(&root)
+        .status()?;
+    if !status.success() {
+        bail!("cargo build -p pytier-operator failed");
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let bin = target.join("debug/operator");
+    if !Path::new(&bin).exists() {
+        bail!("{} not found after building", bin.display());
+    }
+    Ok(bin)
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Polls `check` until it returns Some, or fails after `timeout` saying what
+/// was awaited and what `check` last saw.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(last) if Instant::now() > deadline => panic!("{what}: not within {timeout:?}; last seen: {last}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
