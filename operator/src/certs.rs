@@ -65,16 +65,37 @@ struct Bundle {
 /// Loads (making it if needed) the certificate into `serving`, then keeps it
 /// current until the process ends.
 pub async fn maintain(client: Client, config: CertConfig, serving: Arc<ServingCert>) {
+    let mut warned = false;
     loop {
-        if let Err(e) = refresh(&client, &config, &serving).await {
-            warn!(error = format!("{e:#}"), "webhook certificate not refreshed; retrying in a minute");
-        }
-        tokio::time::sleep(Duration::from_secs(60)).await;
+        // Until the webhook configuration exists (it may be installed after the
+        // operator starts), look for it often: no pod is injected without it.
+        let pause = match refresh(&client, &config, &serving).await {
+            Ok(Webhook::Configured) => Duration::from_secs(60),
+            Ok(Webhook::Missing) => {
+                if !std::mem::replace(&mut warned, true) {
+                    let name = config.webhook_config.as_deref().unwrap_or_default();
+                    warn!(name, "MutatingWebhookConfiguration not found; the API server will not call the webhook");
+                }
+                Duration::from_secs(2)
+            }
+            Err(e) => {
+                warn!(error = format!("{e:#}"), "webhook certificate not refreshed; retrying in a minute");
+                Duration::from_secs(60)
+            }
+        };
+        tokio::time::sleep(pause).await;
     }
 }
 
+/// Whether the MutatingWebhookConfiguration was there to carry the caBundle.
+#[derive(Debug, PartialEq)]
+pub enum Webhook {
+    Configured,
+    Missing,
+}
+
 /// One round of `maintain`; the first call must succeed before serving.
-pub async fn refresh(client: &Client, config: &CertConfig, serving: &ServingCert) -> Result<()> {
+pub async fn refresh(client: &Client, config: &CertConfig, serving: &ServingCert) -> Result<Webhook> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &config.namespace);
     let bundle = loop {
         let existing = secrets.get_opt(&config.secret).await.context("cannot read the webhook certificate Secret")?;
@@ -97,10 +118,10 @@ pub async fn refresh(client: &Client, config: &CertConfig, serving: &ServingCert
         }
     };
     *serving.0.write().unwrap() = Some(Arc::new(certified_key(&bundle)?));
-    if let Some(name) = &config.webhook_config {
-        patch_ca_bundle(client, name, &bundle.ca_cert).await?;
+    match &config.webhook_config {
+        Some(name) => patch_ca_bundle(client, name, &bundle.ca_cert).await,
+        None => Ok(Webhook::Configured),
     }
-    Ok(())
 }
 
 fn needs_renewal(b: &Bundle, config: &CertConfig) -> bool {
@@ -206,12 +227,9 @@ fn certified_key(b: &Bundle) -> Result<CertifiedKey> {
 }
 
 /// Sets the caBundle of every webhook in the named configuration.
-async fn patch_ca_bundle(client: &Client, name: &str, ca_pem: &str) -> Result<()> {
+async fn patch_ca_bundle(client: &Client, name: &str, ca_pem: &str) -> Result<Webhook> {
     let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-    let Some(mut config) = api.get_opt(name).await? else {
-        warn!(name, "MutatingWebhookConfiguration not found; the API server will not call the webhook");
-        return Ok(());
-    };
+    let Some(mut config) = api.get_opt(name).await? else { return Ok(Webhook::Missing) };
     let bundle = ByteString(ca_pem.as_bytes().to_vec());
     let mut changed = false;
     for webhook in config.webhooks.iter_mut().flatten() {
@@ -226,5 +244,5 @@ async fn patch_ca_bundle(client: &Client, name: &str, ca_pem: &str) -> Result<()
             .with_context(|| format!("cannot set the caBundle of MutatingWebhookConfiguration {name}"))?;
         info!(name, "caBundle updated");
     }
-    Ok(())
+    Ok(Webhook::Configured)
 }

@@ -7,7 +7,6 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::events::v1::Event;
@@ -16,7 +15,7 @@ use kube::{Client, ResourceExt};
 use pytier_crds::node::{PodState, PodStatus};
 use pytier_crds::{TieringNode, TieringNodeStatus, TieringPolicy};
 use pytier_tests::ControlPlane;
-use pytier_tests::operator::{Operator, eventually};
+use pytier_tests::operator::{Operator, eventually, install_rbac, install_webhook};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -95,17 +94,31 @@ async fn wait_condition(client: &Client, ns: &str, name: &str, type_: &str, reas
     .await
 }
 
+/// Starts the operator with only the rights `deploy/operator/rbac.yaml` grants.
 async fn start_operator(plane: &ControlPlane, identity: &str, args: &[&str]) -> Operator {
-    let mut op = Operator::start(plane, identity, args).unwrap();
+    let kubeconfig = install_rbac(plane).await.unwrap();
+    let mut op = Operator::start_with(plane, &kubeconfig, identity, args).unwrap();
     op.wait_ready().unwrap();
     op
+}
+
+#[tokio::test]
+async fn deploy_manifests_apply_cleanly() {
+    let plane = ControlPlane::start().await.unwrap();
+    let deploy = pytier_tests::repo_root().join("deploy/operator");
+    for file in ["namespace.yaml", "rbac.yaml", "operator.yaml", "webhook.yaml"] {
+        plane.apply_manifests(&deploy.join(file)).await.unwrap();
+    }
+    let kustomization = std::fs::read_to_string(deploy.join("kustomization.yaml")).unwrap();
+    for file in ["namespace.yaml", "rbac.yaml", "operator.yaml", "webhook.yaml"] {
+        assert!(kustomization.contains(file), "kustomization.yaml misses {file}");
+    }
 }
 
 #[tokio::test]
 async fn policies_become_tiering_node_specs() {
     let plane = ControlPlane::start().await.unwrap();
     let c = plane.client();
-    namespace(&c, "pytier-system", json!({})).await;
     namespace(&c, "shop", json!({})).await;
     for n in ["n1", "n2", "n3"] {
         node(&c, n).await;
@@ -169,7 +182,6 @@ async fn policies_become_tiering_node_specs() {
 async fn policy_status_aggregates_agent_reports() {
     let plane = ControlPlane::start().await.unwrap();
     let c = plane.client();
-    namespace(&c, "pytier-system", json!({})).await;
     namespace(&c, "ml", json!({})).await;
     node(&c, "n1").await;
     pod(&c, "ml", "train-1", "n1", json!({"app": "train"}), json!({})).await;
@@ -243,33 +255,13 @@ async fn policy_status_aggregates_agent_reports() {
 async fn webhook_injects_opted_in_pods_over_tls() {
     let plane = ControlPlane::start().await.unwrap();
     let c = plane.client();
-    namespace(&c, "pytier-system", json!({})).await;
     namespace(&c, "app", json!({})).await;
     namespace(&c, "labelled", json!({"pytier.dev/inject": "true"})).await;
-    let mut op = Operator::start(&plane, "solo", &["--webhook-dns-names", "127.0.0.1"]).unwrap();
-    // The configuration the chart installs, pointed at the test operator.
-    let config = json!({
-        "metadata": {"name": "pytier-operator"},
-        "webhooks": [{
-            "name": "inject.pytier.dev",
-            "clientConfig": {"url": format!("https://{}/mutate", op.webhook_addr)},
-            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"]}],
-            "failurePolicy": "Ignore",
-            "timeoutSeconds": 5,
-            "sideEffects": "None",
-            "admissionReviewVersions": ["v1"],
-            "namespaceSelector": {"matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system", "pytier-system"]}]},
-        }],
-    });
-    let configs = Api::<MutatingWebhookConfiguration>::all(c.clone());
-    create(&configs, config).await;
+    let kubeconfig = install_rbac(&plane).await.unwrap();
+    let mut op = Operator::start_with(&plane, &kubeconfig, "solo", &["--webhook-dns-names", "127.0.0.1"]).unwrap();
     op.wait_ready().unwrap();
-    eventually("caBundle set by the operator", WAIT, || async {
-        let config = configs.get("pytier-operator").await.map_err(|e| e.to_string())?;
-        let set = config.webhooks.unwrap_or_default().iter().all(|w| w.client_config.ca_bundle.is_some());
-        if set { Ok(()) } else { Err("no caBundle".into()) }
-    })
-    .await;
+    // deploy/operator/webhook.yaml, pointed at the test operator; the operator sets its caBundle.
+    install_webhook(&plane, &op).await.unwrap();
 
     let pods = Api::<Pod>::namespaced(c.clone(), "app");
     let annotated = json!({"pytier.dev/inject": "true"});
@@ -359,12 +351,14 @@ async fn webhook_injects_opted_in_pods_over_tls() {
 async fn a_follower_takes_over_when_the_leader_dies() {
     let plane = ControlPlane::start().await.unwrap();
     let c = plane.client();
-    namespace(&c, "pytier-system", json!({})).await;
     namespace(&c, "shop", json!({})).await;
     node(&c, "n1").await;
     let args = ["--no-webhook", "--lease-duration-seconds", "3"];
-    let mut a = start_operator(&plane, "replica-a", &args).await;
-    let mut b = start_operator(&plane, "replica-b", &args).await;
+    let kubeconfig = install_rbac(&plane).await.unwrap();
+    let mut a = Operator::start_with(&plane, &kubeconfig, "replica-a", &args).unwrap();
+    let mut b = Operator::start_with(&plane, &kubeconfig, "replica-b", &args).unwrap();
+    a.wait_ready().unwrap();
+    b.wait_ready().unwrap();
     let leases = Api::<Lease>::namespaced(c.clone(), "pytier-system");
     let holder = || async {
         let lease = leases.get_opt("pytier-operator").await.map_err(|e| e.to_string())?.ok_or("no lease")?;

@@ -15,10 +15,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, Patch, PatchParams};
+use kube::ResourceExt;
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::core::GroupVersionKind;
+use kube::discovery::Scope;
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, Config};
+use serde::Deserialize;
 
 use crate::pki::{TestCa, key_pair_pem};
 
@@ -127,6 +131,48 @@ impl ControlPlane {
     /// Path of a kubeconfig for this control plane (for processes under test).
     pub fn kubeconfig(&self) -> &Path {
         &self.kubeconfig
+    }
+
+    /// Path of a kubeconfig that acts as a service account, through
+    /// impersonation: a process using it has exactly that account's RBAC rights.
+    pub fn kubeconfig_as_service_account(&self, namespace: &str, name: &str) -> Result<PathBuf> {
+        let admin = fs::read_to_string(&self.kubeconfig)?;
+        let user = format!("system:serviceaccount:{namespace}:{name}");
+        let groups = format!("[system:serviceaccounts, \"system:serviceaccounts:{namespace}\", system:authenticated]");
+        let text = admin.replace(
+            &format!("    token: {ADMIN_TOKEN}\n"),
+            &format!("    token: {ADMIN_TOKEN}\n    as: \"{user}\"\n    as-groups: {groups}\n"),
+        );
+        let path = self.dir.path().join(format!("kubeconfig-{namespace}-{name}"));
+        fs::write(&path, text)?;
+        Ok(path)
+    }
+
+    /// Applies every object of a multi-document YAML file with server-side
+    /// apply, as `kubectl apply --server-side` would.
+    pub async fn apply_manifests(&self, path: &Path) -> Result<()> {
+        let text = fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        for document in serde_norway::Deserializer::from_str(&text) {
+            let value = serde_json::Value::deserialize(document)?;
+            if value.is_null() {
+                continue;
+            }
+            let obj: DynamicObject = serde_json::from_value(value)?;
+            let types =
+                obj.types.as_ref().with_context(|| format!("{}: object without apiVersion/kind", path.display()))?;
+            let gvk = GroupVersionKind::try_from(types)?;
+            let (resource, caps) = kube::discovery::pinned_kind(&self.client, &gvk).await?;
+            let api: Api<DynamicObject> = match (caps.scope, obj.namespace()) {
+                (Scope::Namespaced, Some(ns)) => Api::namespaced_with(self.client(), &ns, &resource),
+                _ => Api::all_with(self.client(), &resource),
+            };
+            api.patch(&obj.name_any(), &PatchParams::apply("pytier-tests").force(), &Patch::Apply(&obj))
+                .await
+                .with_context(|| {
+                    format!("{}: the API server refused {} {}", path.display(), gvk.kind, obj.name_any())
+                })?;
+        }
+        Ok(())
     }
 
     /// Process ids of etcd and kube-apiserver.
@@ -271,7 +317,7 @@ fn kubeconfig_yaml(port: u16, ca_file: &Path) -> String {
 }
 
 /// A TCP port that was free a moment ago.
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 

@@ -2,6 +2,7 @@
 //! the upstream etcd and kube-apiserver binaries built from their Go modules.
 
 pub mod controlplane;
+pub mod kwok;
 pub mod operator;
 pub mod pki;
 

@@ -8,6 +8,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use kube::api::{Api, PostParams};
 
 use crate::ControlPlane;
 
@@ -23,6 +25,11 @@ impl Operator {
     /// Starts the operator with `args` appended to the defaults for tests:
     /// loopback ports picked here, namespace `pytier-system`, the given identity.
     pub fn start(plane: &ControlPlane, identity: &str, args: &[&str]) -> Result<Operator> {
+        Self::start_with(plane, plane.kubeconfig(), identity, args)
+    }
+
+    /// As `start`, connecting with the given kubeconfig.
+    pub fn start_with(plane: &ControlPlane, kubeconfig: &Path, identity: &str, args: &[&str]) -> Result<Operator> {
         let metrics_addr = format!("127.0.0.1:{}", free_port()?);
         let webhook_addr = format!("127.0.0.1:{}", free_port()?);
         let log = plane.data_dir().join(format!("operator-{identity}.log"));
@@ -32,8 +39,8 @@ impl Operator {
             .args(["--namespace", "pytier-system", "--identity", identity])
             .args(["--metrics-addr", &metrics_addr, "--webhook-addr", &webhook_addr])
             .args(args)
-            .env("KUBECONFIG", plane.kubeconfig())
-            .env("RUST_LOG", "info,pytier_operator=debug")
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or("info,pytier_operator=debug".into()))
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out);
@@ -112,10 +119,51 @@ impl Drop for Operator {
     }
 }
 
-/// The operator binary, built once per test process.
+/// The operator binary: `$PYTIER_OPERATOR_BIN`, or else the debug build,
+/// built once per test process.
 pub fn binary() -> Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("PYTIER_OPERATOR_BIN") {
+        return Ok(PathBuf::from(bin));
+    }
     static BIN: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
     BIN.get_or_init(|| build().map_err(|e| format!("{e:#}"))).clone().map_err(anyhow::Error::msg)
+}
+
+/// Installs the operator's namespace and RBAC from `deploy/operator` and
+/// returns a kubeconfig acting as its service account, so an operator started
+/// with it has exactly the rights the shipped manifests grant.
+pub async fn install_rbac(plane: &ControlPlane) -> Result<PathBuf> {
+    let deploy = crate::repo_root().join("deploy/operator");
+    for file in ["namespace.yaml", "rbac.yaml"] {
+        plane.apply_manifests(&deploy.join(file)).await?;
+    }
+    plane.kubeconfig_as_service_account("pytier-system", "pytier-operator")
+}
+
+/// Installs `deploy/operator/webhook.yaml` with the API server calling `op`
+/// at its loopback address (a Service would need a cluster network), and
+/// waits until the operator has set the caBundle.
+pub async fn install_webhook(plane: &ControlPlane, op: &Operator) -> Result<()> {
+    let path = crate::repo_root().join("deploy/operator/webhook.yaml");
+    let mut config: serde_json::Value = serde_norway::from_str(&fs::read_to_string(&path)?)?;
+    for webhook in config["webhooks"].as_array_mut().context("webhook.yaml has no webhooks")? {
+        webhook["clientConfig"] = serde_json::json!({"url": format!("https://{}/mutate", op.webhook_addr)});
+    }
+    let config: MutatingWebhookConfiguration = serde_json::from_value(config)?;
+    let name = config.metadata.name.clone().context("webhook.yaml: no name")?;
+    let api = Api::<MutatingWebhookConfiguration>::all(plane.client());
+    api.create(&PostParams::default(), &config).await.context("cannot create the webhook configuration")?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let config = api.get(&name).await?;
+        if config.webhooks.iter().flatten().all(|w| w.client_config.ca_bundle.is_some()) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the operator did not set the caBundle of {name} within 30s:\n{}", op.log_text());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 fn build() -> Result<PathBuf> {
