@@ -55,7 +55,9 @@ impl Args {
                 "--edits" => args.edits = value()?.parse()?,
                 "--rate" => args.rate = value()?.parse()?,
                 "-h" | "--help" => {
-                    println!("usage: scale-bench [--nodes N] [--pods N] [--policies N] [--edits N] [--rate PODS_PER_S]");
+                    println!(
+                        "usage: scale-bench [--nodes N] [--pods N] [--policies N] [--edits N] [--rate PODS_PER_S]"
+                    );
                     std::process::exit(0);
                 }
                 other => bail!("unknown argument {other} (see --help)"),
@@ -69,7 +71,8 @@ impl Args {
 }
 
 /// The synthetic cluster: pod `i` lives in namespace `i % policies` on node
-/// `i % nodes`, so every policy governs pods spread over many nodes. Even
+/// `i * nodes / pods`, so each node runs pods of several namespaces and every
+/// policy governs pods spread over many nodes (500 of 1000 by default). Even
 /// namespaces' pods name their policy by annotation; odd namespaces' pods
 /// opt in by annotation and are picked by the policy's podSelector.
 struct Cluster {
@@ -80,8 +83,11 @@ impl Cluster {
     fn namespace(&self, i: usize) -> String {
         format!("team-{:02}", i % self.args.policies)
     }
-    fn node(&self, i: usize) -> String {
-        format!("kwok-node-{:04}", i % self.args.nodes)
+    fn node(&self, j: usize) -> String {
+        format!("kwok-node-{j:04}")
+    }
+    fn node_of_pod(&self, i: usize) -> String {
+        self.node(i * self.args.nodes / self.args.pods.max(self.args.nodes))
     }
     fn pod(&self, i: usize) -> String {
         format!("py-{i:05}")
@@ -102,7 +108,7 @@ impl Cluster {
         json!({
             "metadata": {"name": self.pod(i), "labels": labels, "annotations": annotations},
             "spec": {
-                "nodeName": self.node(i),
+                "nodeName": self.node_of_pod(i),
                 "containers": [{"name": "app", "image": "python:3.11", "env": env}],
             },
         })
@@ -125,7 +131,7 @@ impl Cluster {
     fn expected_pods(&self) -> HashMap<String, Vec<(String, String)>> {
         let mut by_node: HashMap<String, Vec<(String, String)>> = HashMap::new();
         for i in 0..self.args.pods {
-            by_node.entry(self.node(i)).or_default().push((self.namespace(i), self.pod(i)));
+            by_node.entry(self.node_of_pod(i)).or_default().push((self.namespace(i), self.pod(i)));
         }
         for pods in by_node.values_mut() {
             pods.sort();
@@ -217,14 +223,11 @@ async fn main() -> Result<()> {
     futures::stream::iter(0..a.nodes)
         .map(|i| {
             let nodes = nodes.clone();
-            let node = json!({
-                "metadata": {
-                    "name": cluster.node(i),
-                    "annotations": {FAKE_NODE_ANNOTATION.0: FAKE_NODE_ANNOTATION.1},
-                    "labels": {"type": "kwok"},
-                },
-            });
-            async move { nodes.create(&PostParams::default(), &serde_json::from_value(node)?).await.map(drop) }
+            let mut node = Node::default();
+            node.metadata.name = Some(cluster.node(i));
+            let (key, value) = FAKE_NODE_ANNOTATION;
+            node.metadata.annotations = Some([(key.to_string(), value.to_string())].into());
+            async move { nodes.create(&PostParams::default(), &node).await.map(drop) }
         })
         .buffer_unordered(32)
         .collect::<Vec<_>>()
@@ -295,6 +298,7 @@ async fn main() -> Result<()> {
         edits.push(tns.converged(&want, &settings, t, Duration::from_secs(120)).await?.as_secs_f64());
     }
 
+    let (ready_nodes, running_pods) = kwok_progress(&client).await?;
     let rss = peak_rss_bytes(op.pid())?;
     let cpu = cpu_seconds(op.pid())? - cpu_start;
     let nodes_per_policy = want.values().filter(|pods| pods.iter().any(|(ns, _)| *ns == cluster.namespace(0))).count();
@@ -334,6 +338,7 @@ async fn main() -> Result<()> {
         "policy edit -> its TieringNodes",
         edits.iter().cloned().fold(0.0, f64::max)
     );
+    println!("{:<34} {ready_nodes} nodes Ready, {running_pods} pods Running", "kwok at the end");
     println!("{:<34} peak RSS {rss_mib:.0} MiB, CPU {cpu:.1} s", "operator");
     println!("scale: edit p99 {e99:.2}s, webhook p99 {:.0}ms, rss {rss_mib:.0}MiB", w99 * 1e3);
     Ok(())
@@ -411,6 +416,22 @@ impl Histogram {
 async fn apiserver_webhook_histogram(client: &Client) -> Result<Histogram> {
     let text = client.request_text(http::Request::get("/metrics").body(Vec::new())?).await?;
     Histogram::parse(&text, "apiserver_admission_webhook_admission_duration_seconds", &[("name", WEBHOOK)])
+}
+
+/// Nodes kwok made Ready and pods it made Running: the fake cluster is alive.
+async fn kwok_progress(client: &Client) -> Result<(usize, usize)> {
+    let nodes = Api::<Node>::all(client.clone()).list(&Default::default()).await?;
+    let ready = nodes
+        .items
+        .iter()
+        .filter(|n| {
+            let conditions = n.status.as_ref().and_then(|s| s.conditions.as_ref());
+            conditions.is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        })
+        .count();
+    let running = kube::api::ListParams::default().fields("status.phase=Running");
+    let pods = Api::<Pod>::all(client.clone()).list_metadata(&running).await?;
+    Ok((ready, pods.items.len()))
 }
 
 /// Peak resident set size (VmHWM) of a process.
