@@ -46,6 +46,38 @@ impl Topology {
     }
 }
 
+/// Pages a node can still take before the kernel starts reclaiming on it:
+/// its free memory above its zones' high watermarks. None if unknown.
+pub fn room_pages(node: i32) -> Option<u64> {
+    let meminfo = std::fs::read_to_string(format!("/sys/devices/system/node/node{node}/meminfo")).ok()?;
+    let zoneinfo = std::fs::read_to_string("/proc/zoneinfo").ok()?;
+    let free_kib = meminfo_value(&meminfo, "MemFree:")?;
+    Some((free_kib / 4).saturating_sub(high_watermark_pages(&zoneinfo, node)))
+}
+
+/// A value (in kB) from a node's `meminfo` ("Node 0 MemFree:  123 kB").
+fn meminfo_value(meminfo: &str, key: &str) -> Option<u64> {
+    meminfo.lines().find_map(|line| {
+        let mut words = line.split_whitespace().skip_while(|w| *w != key).skip(1);
+        words.next()?.parse().ok()
+    })
+}
+
+/// The sum of the high watermarks of a node's zones, from `/proc/zoneinfo`.
+fn high_watermark_pages(zoneinfo: &str, node: i32) -> u64 {
+    let mut in_node = false;
+    let mut pages = 0;
+    for line in zoneinfo.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["Node", n, "zone", ..] => in_node = n.trim_end_matches(',') == node.to_string(),
+            ["high", value] if in_node => pages += value.parse::<u64>().unwrap_or(0),
+            _ => {}
+        }
+    }
+    pages
+}
+
 /// Parses a kernel list such as `0-3,8,10-11`.
 pub fn parse_list(text: &str) -> Vec<i32> {
     let mut out = Vec::new();
@@ -75,6 +107,18 @@ mod tests {
             std::fs::write(d.join("cpulist"), format!("{cpus}\n")).unwrap();
         }
         dir
+    }
+
+    #[test]
+    fn room_is_free_memory_above_the_high_watermarks() {
+        let meminfo = "Node 1 MemTotal:  1048576 kB\nNode 1 MemFree:   40000 kB\n";
+        assert_eq!(meminfo_value(meminfo, "MemFree:"), Some(40000));
+        let zoneinfo = "Node 0, zone   Normal\n  pages free     5\n        min      1\n        low      2\n        high     3\n\
+                        Node 1, zone    DMA32\n  pages free     9\n        high     100\n\
+                        Node 1, zone  Movable\n        high     20\n";
+        assert_eq!(high_watermark_pages(zoneinfo, 1), 120);
+        assert_eq!(high_watermark_pages(zoneinfo, 0), 3);
+        assert!(room_pages(0).is_some(), "node 0 exists on every Linux machine");
     }
 
     #[test]

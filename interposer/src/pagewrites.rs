@@ -139,13 +139,29 @@ impl PageWrites {
     /// Calls `written(page)` for every watched page in `[start, start + len)`
     /// written since the last call (or since `watch`), and protects them
     /// again. Returns how many pages were written.
-    pub fn take_written(&mut self, start: usize, len: usize, mut written: impl FnMut(usize)) -> io::Result<usize> {
+    pub fn take_written(&mut self, start: usize, len: usize, written: impl FnMut(usize)) -> io::Result<usize> {
+        self.written(start, len, true, written)
+    }
+
+    /// As `take_written`, but protects nothing: the pages stay written, and
+    /// the program pays no fault.
+    pub fn peek_written(&mut self, start: usize, len: usize, written: impl FnMut(usize)) -> io::Result<usize> {
+        self.written(start, len, false, written)
+    }
+
+    fn written(
+        &mut self,
+        start: usize,
+        len: usize,
+        protect: bool,
+        mut written: impl FnMut(usize),
+    ) -> io::Result<usize> {
         let end = start + len;
         let mut at = start;
         let mut count = 0;
         let mut regions = std::mem::take(&mut self.regions);
         let result = loop {
-            let (n, walk_end) = match self.scan(at, end, true, &mut regions) {
+            let (n, walk_end) = match self.scan(at, end, protect, &mut regions) {
                 Ok(done) => done,
                 Err(e) => break Err(e),
             };

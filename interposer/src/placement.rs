@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::arenas::{ARENA_SIZE, ARENAS, PREFERRED_NODE};
 use crate::config::Config;
 use crate::mover::{self, Moved};
-use crate::numa::Topology;
+use crate::numa::{self, Topology};
 use crate::objects::AddrMap;
 use crate::policy::{Decisions, Page, Policy, Settings, Tier};
 
@@ -151,6 +151,7 @@ impl Placement {
             promote: config.migration.promote,
             demote: config.migration.demote,
             hysteresis: Duration::from_secs(config.migration.hysteresis_seconds as u64),
+            dram_room_pages: numa::room_pages(topology.dram[0]).map_or(usize::MAX, |p| p as usize),
             max_pages: if enforce {
                 (config.migration.max_bytes_per_second as f64 * elapsed / PAGE as f64) as usize
             } else {

@@ -6,6 +6,9 @@
 //! - The hottest pages, up to the DRAM budget, are *wanted* on DRAM (ties go
 //!   to pages already there). A page nothing was seen using is never wanted.
 //! - Over budget, the coldest DRAM pages are demoted until it holds.
+//! - Promotions fill the room left under the budget, and on the DRAM node
+//!   itself (other memory may fill it first); beyond it they swap places
+//!   with DRAM pages cold long enough.
 //! - Demotion is lazy: a DRAM page that is not wanted stays while the budget
 //!   has room, and makes room for a promotion only once it has been unwanted
 //!   for the hysteresis time. A page that moved stays put for that time too,
@@ -40,6 +43,10 @@ pub struct Settings {
     pub hysteresis: Duration,
     /// Moves allowed this round, both directions together.
     pub max_pages: usize,
+    /// Pages the DRAM node can still take (other memory, of this process or
+    /// others, may fill it before the budget does): beyond that, a promotion
+    /// needs a demotion to make room.
+    pub dram_room_pages: usize,
 }
 
 /// What to move this round, and what had to wait for the rate limit.
@@ -70,7 +77,10 @@ impl Policy {
         order.sort_by(|a, b| {
             b.heat.total_cmp(&a.heat).then_with(|| (a.tier != Tier::Dram).cmp(&(b.tier != Tier::Dram)))
         });
-        let wanted = order.iter().take(settings.budget_pages).take_while(|p| p.heat > 0.0).count();
+        // What DRAM can hold of ours: the budget, unless the node fills first.
+        let on_dram = pages.iter().filter(|p| p.tier == Tier::Dram).count();
+        let capacity = settings.budget_pages.min(on_dram.saturating_add(settings.dram_room_pages));
+        let wanted = order.iter().take(capacity).take_while(|p| p.heat > 0.0).count();
 
         let present: std::collections::HashSet<usize> = pages.iter().map(|p| p.addr).collect();
         self.pages.retain(|addr, _| present.contains(addr));
@@ -105,9 +115,8 @@ impl Policy {
         }
         demotable.reverse();
 
-        let on_dram = pages.iter().filter(|p| p.tier == Tier::Dram).count();
         let over = on_dram.saturating_sub(settings.budget_pages);
-        let mut room = settings.budget_pages.saturating_sub(on_dram);
+        let mut room = settings.budget_pages.saturating_sub(on_dram).min(settings.dram_room_pages);
         if !settings.promote {
             promote.clear();
         }
@@ -162,7 +171,14 @@ mod tests {
     use super::*;
 
     fn settings(budget_pages: usize) -> Settings {
-        Settings { budget_pages, promote: true, demote: true, hysteresis: Duration::from_secs(10), max_pages: 1000 }
+        Settings {
+            budget_pages,
+            promote: true,
+            demote: true,
+            hysteresis: Duration::from_secs(10),
+            max_pages: 1000,
+            dram_room_pages: usize::MAX,
+        }
     }
 
     fn page(addr: usize, heat: f32, tier: Tier) -> Page {
@@ -204,6 +220,22 @@ mod tests {
         assert!(d.promote.is_empty() && d.demote.is_empty(), "page 1 was unwanted only now: {d:?}");
         let d = policy.decide(&pages, &settings(1), t0 + Duration::from_secs(11));
         assert_eq!((d.promote, d.demote), (vec![2], vec![1]));
+    }
+
+    #[test]
+    fn a_full_dram_node_makes_promotions_swap_with_cold_pages() {
+        let t0 = Instant::now();
+        let mut policy = Policy::default();
+        // Under budget, but the node itself has room for one page only.
+        let pages = [page(1, 0.1, Tier::Dram), page(2, 4.0, Tier::Cxl), page(3, 3.0, Tier::Cxl)];
+        let mut s = settings(3);
+        s.dram_room_pages = 1;
+        let d = policy.decide(&pages, &s, t0);
+        assert_eq!((d.promote, d.demote), (vec![2], vec![]), "one page of room; page 1 only just unwanted");
+        let pages = [page(1, 0.1, Tier::Dram), page(2, 4.0, Tier::Dram), page(3, 3.0, Tier::Cxl)];
+        s.dram_room_pages = 0;
+        let d = policy.decide(&pages, &s, t0 + Duration::from_secs(11));
+        assert_eq!((d.promote, d.demote), (vec![3], vec![1]), "no room: page 3 swaps with the cold page 1");
     }
 
     #[test]

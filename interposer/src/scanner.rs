@@ -24,6 +24,11 @@ use crate::placement::PlacementReport;
 use crate::temperature::{Class, Rules, Slot};
 
 const PAGE: usize = 4096;
+/// How much a page's write heat weighs against its objects' temperatures: a
+/// page written before the first peek of every collection weighs as much as
+/// 64 of its objects seen changing every cycle. Writes see every use, plain
+/// reads included; reference-count snapshots miss most of them.
+const WRITE_HEAT_WEIGHT: f32 = 64.0;
 
 /// Temperature state of one pool.
 struct PoolState {
@@ -317,8 +322,14 @@ impl Tracker {
         let spans: Vec<(usize, usize)> = self.regions().into_iter().map(|r| (r.base, r.len)).collect();
         let rules_for =
             |interval: f64| Rules::new(config.hot_threshold, config.decay_half_life_seconds as f64, interval);
-        self.pages.maybe_collect(&spans, rules_for, config.max_fault_fraction);
+        let half_life = config.decay_half_life_seconds as f64;
+        self.pages.maybe_collect(&spans, rules_for, half_life, config.max_fault_fraction);
         self.pages.report()
+    }
+
+    /// When page writes should next be looked at between collections.
+    pub fn next_page_peek(&self, config: &Config) -> Option<Instant> {
+        self.pages.next_peek(config.max_fault_fraction)
     }
 
     /// The class of the page holding `addr`, from page writes.
@@ -490,7 +501,7 @@ impl Tracker {
     fn finish_cycle(&mut self, cycle: Cycle) -> PassReport {
         let Cycle { started, mut report, per_type, mut heat, .. } = cycle;
         for (page, h) in heat.iter_mut() {
-            *h += self.pages.degrees_at(*page);
+            *h += WRITE_HEAT_WEIGHT * self.pages.write_heat_at(*page);
         }
         self.heat = heat;
         // Forget pools that are gone (arena freed, pool emptied).
@@ -599,10 +610,14 @@ impl Tracker {
     }
 }
 
-/// Adds `degrees` to every page of the block at `[addr, addr + size)`.
+/// Spreads `degrees` over the pages of the block at `[addr, addr + size)`:
+/// one use of a big object or buffer (an item of a long list, a slot of a
+/// dict's table) touches one of its pages, not all of them.
 fn add_heat(heat: &mut AddrMap<f32>, addr: usize, size: usize, degrees: f32) {
-    for page in ((addr & !(PAGE - 1))..addr + size).step_by(PAGE) {
-        *heat.entry(page).or_insert(0.0) += degrees;
+    let pages = ((addr & !(PAGE - 1))..addr + size).step_by(PAGE);
+    let share = degrees / pages.len().max(1) as f32;
+    for page in pages {
+        *heat.entry(page).or_insert(0.0) += share;
     }
 }
 

@@ -157,6 +157,7 @@ def run_workload(name, args, config, budget):
             "dramBudget": {"bytes": budget},
             "migration": {"hysteresisSeconds": args.hysteresis},
             "maxCpuFraction": args.pytier_cpu,
+            "maxFaultFraction": args.pytier_faults,
         })
     set_kernel_tiering(config == "kernel")
     balloon = Balloon(budget)
@@ -198,6 +199,9 @@ def main():
     parser.add_argument("--pytier-cpu", type=float, default=0.2,
                         help="pytier's maxCpuFraction: TCG runs some 30 times slower than the "
                              "hardware, so the default 0.01 would scan 30 times less per access")
+    parser.add_argument("--pytier-faults", type=float, default=0.04,
+                        help="pytier's maxFaultFraction, scaled like --pytier-cpu (default 0.002): "
+                             "page-write collections are spaced by it, and a phase lasts a minute")
     parser.add_argument("--scale", type=int, default=1)
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("workloads", nargs="*", default=["zipf-read", "zipf-write", "zipf-shift", "records", "mixed"])
@@ -208,7 +212,8 @@ def main():
     print("dram-hit: share of the accesses served from DRAM at the end (of the last phase);"
           " on DRAM: the workload's anonymous memory on node 0 then")
     print(f"DRAM = {args.dram_fraction:.0%} of each workload's heap; phases of {args.seconds:.0f} s; "
-          f"pytier hysteresis {args.hysteresis:.0f} s, maxCpuFraction {args.pytier_cpu}")
+          f"pytier hysteresis {args.hysteresis:.0f} s, maxCpuFraction {args.pytier_cpu}, "
+          f"maxFaultFraction {args.pytier_faults}")
     print(f"{'workload':<11} {'config':<12} {'dram-hit':>8} {'oracle':>7} {'vs oracle':>9} "
           f"{'migrated':>10} {'reconverge':>10} {'intact':>6} {'on DRAM':>8}")
     summary = {}
