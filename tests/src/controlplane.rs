@@ -7,7 +7,6 @@
 
 use std::fs;
 use std::net::TcpListener;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -277,19 +276,7 @@ fn find_binaries() -> Result<PathBuf> {
 
 fn spawn(name: &'static str, bin: &Path, dir: &Path, args: &[&str]) -> Result<Process> {
     let log = dir.join(format!("{name}.log"));
-    let out = fs::File::create(&log)?;
-    let mut cmd = Command::new(bin);
-    cmd.args(args).stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out);
-    // If the test process dies without running Drop, take the child with it.
-    // (PDEATHSIG fires when the spawning *thread* exits, so a ControlPlane must
-    // live no longer than the thread that started it, as in one test.)
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    let child = cmd.spawn().with_context(|| format!("cannot start {}", bin.display()))?;
+    let child = crate::spawn_logged(Command::new(bin).args(args), &log)?;
     Ok(Process { name, child, log })
 }
 

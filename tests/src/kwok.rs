@@ -2,15 +2,13 @@
 //! control plane: it plays the kubelet for fake nodes, so thousands of nodes
 //! and pods look alive (nodes Ready, pods Running) without any container.
 
-use std::fs;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
-use crate::ControlPlane;
 use crate::controlplane::{binaries, free_port};
+use crate::{ControlPlane, spawn_logged};
 
 /// Annotation that hands a node to kwok; only such nodes are managed.
 pub const FAKE_NODE_ANNOTATION: (&str, &str) = ("kwok.x-k8s.io/node", "fake");
@@ -27,23 +25,13 @@ impl Kwok {
     pub fn start(plane: &ControlPlane) -> Result<Kwok> {
         let bin = binaries()?;
         let log = plane.data_dir().join("kwok.log");
-        let out = fs::File::create(&log)?;
         let (key, value) = FAKE_NODE_ANNOTATION;
         let mut cmd = Command::new(bin.join("kwok"));
         cmd.arg(format!("--kubeconfig={}", plane.kubeconfig().display()))
             .arg(format!("--config={}", bin.join("kwok-stages.yaml").display()))
             .arg(format!("--manage-nodes-with-annotation-selector={key}={value}"))
-            .arg(format!("--server-address=127.0.0.1:{}", free_port()?))
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out);
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().context("cannot start kwok")?;
+            .arg(format!("--server-address=127.0.0.1:{}", free_port()?));
+        let child = spawn_logged(&mut cmd, &log)?;
         Ok(Kwok { child, log })
     }
 

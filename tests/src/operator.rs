@@ -1,9 +1,8 @@
 //! The real operator binary, run as a process against a test control plane.
 
 use std::fs;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -11,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use kube::api::{Api, PostParams};
 
-use crate::ControlPlane;
+use crate::{ControlPlane, spawn_logged};
 
 /// A running `operator run`, killed when dropped.
 pub struct Operator {
@@ -33,24 +32,14 @@ impl Operator {
         let metrics_addr = format!("127.0.0.1:{}", free_port()?);
         let webhook_addr = format!("127.0.0.1:{}", free_port()?);
         let log = plane.data_dir().join(format!("operator-{identity}.log"));
-        let out = fs::File::create(&log)?;
         let mut cmd = Command::new(binary()?);
         cmd.arg("run")
             .args(["--namespace", "pytier-system", "--identity", identity])
             .args(["--metrics-addr", &metrics_addr, "--webhook-addr", &webhook_addr])
             .args(args)
             .env("KUBECONFIG", kubeconfig)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or("info,pytier_operator=debug".into()))
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out);
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().context("cannot start the operator")?;
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or("info,pytier_operator=debug".into()));
+        let child = spawn_logged(&mut cmd, &log)?;
         Ok(Operator { child, log, metrics_addr, webhook_addr })
     }
 
