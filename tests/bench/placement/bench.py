@@ -214,8 +214,12 @@ def main():
     print(f"DRAM = {args.dram_fraction:.0%} of each workload's heap; phases of {args.seconds:.0f} s; "
           f"pytier hysteresis {args.hysteresis:.0f} s, maxCpuFraction {args.pytier_cpu}, "
           f"maxFaultFraction {args.pytier_faults}")
-    print(f"{'workload':<11} {'config':<12} {'dram-hit':>8} {'oracle':>7} {'vs oracle':>9} "
-          f"{'migrated':>10} {'reconverge':>10} {'intact':>6} {'on DRAM':>8}")
+    print("oracle: the hottest pages in the budget; oracle@held: as many hottest pages as the run really"
+          " held on DRAM (the balloon cannot stop first-touch and the kernel from overrunning the budget);"
+          " reconverge: seconds after the shift until the share is back to 90% of the pre-shift one,"
+          " from the share right at the shift")
+    print(f"{'workload':<11} {'config':<12} {'dram-hit':>8} {'oracle':>7} {'vs oracle':>9} {'oracle@held':>11} "
+          f"{'migrated':>10} {'reconverge':>14} {'intact':>6} {'on DRAM':>8}")
     summary = {}
     for name in args.workloads:
         heap = heap_bytes(name, args)
@@ -226,9 +230,12 @@ def main():
             hit, oracle = last["dramShare"], last["oracleShare"]
             summary[name, config] = (hit, oracle)
             after = last["convergedAfterSeconds"]
-            reconverge = "-" if len(report["phases"]) < 2 else ("never" if after is None else f"{after:.1f}s")
+            reconverge = "-"
+            if len(report["phases"]) > 1:
+                reconverge = ("never" if after is None else f"{after:.1f}s") + f" from {last['shareAtShift']:.2f}"
             print(f"{name:<11} {config:<12} {hit:>8.3f} {oracle:>7.3f} {hit / oracle:>9.2f} "
-                  f"{report['migratedBytes'] / 2**20:>8.1f}Mi {reconverge:>10} "
+                  f"{last['oracleShareAtHeld']:>11.3f} "
+                  f"{report['migratedBytes'] / 2**20:>8.1f}Mi {reconverge:>14} "
                   f"{'yes' if report['intact'] else 'NO':>6} "
                   f"{report['anonBytesByNode'].get('0', 0) / 2**20:>6.1f}Mi", flush=True)
             print(f"  ({config}: heap {heap / 2**20:.1f} MiB, {report['accesses']} accesses, "

@@ -268,15 +268,25 @@ def main():
         deadline = start + args.seconds
         converged_after = None
         target = report["phases"][-1]["dramShare"] * 0.9 if report["phases"] else None
+        # Right at the shift, before any access of the new phase: what DRAM
+        # holds of the new hot set by chance. Already on target: no disruption.
+        at_shift = truth.dram_share() if target is not None else None
+        if at_shift is not None and at_shift >= target:
+            converged_after = 0.0
         while time.monotonic() < deadline:
             run(min(deadline, time.monotonic() + 1.0))
             if target is not None and converged_after is None and truth.dram_share() >= target:
                 converged_after = time.monotonic() - start
+        dram_pages = truth.dram_pages()
         report["phases"].append({
             "dramShare": truth.dram_share(),
             "oracleShare": truth.oracle_share(budget_pages),
+            # The oracle with as many of these pages on DRAM as this run
+            # really has there: how well it used the DRAM it got.
+            "oracleShareAtHeld": truth.oracle_share(dram_pages),
+            "shareAtShift": at_shift,
             "pages": len(truth.pages),
-            "dramPages": truth.dram_pages(),
+            "dramPages": dram_pages,
             "budgetPages": budget_pages,
             "convergedAfterSeconds": converged_after,
         })
