@@ -106,17 +106,21 @@ impl PageTracker {
         half_life_s: f64,
         max_fault_fraction: f64,
     ) {
-        let Ok(writes) = &mut self.writes else { return };
+        if self.writes.is_err() {
+            return;
+        }
         if max_fault_fraction <= 0.0 {
             self.report.off_reason = Some("turned off (maxFaultFraction is 0)".into());
             return;
         }
         self.report.off_reason = None;
-        if self.last_collection.is_none() {
+        if self.last_collection.is_none()
+            && let Ok(writes) = &mut self.writes
+        {
             self.fault_seconds = writes.measure_fault_seconds();
             self.report.fault_seconds_per_page = self.fault_seconds;
         }
-        let interval = self.last_written as f64 * self.fault_seconds / max_fault_fraction;
+        let interval = self.interval(max_fault_fraction);
         let since = self.last_collection.map(|at| at.elapsed().as_secs_f64());
         match since {
             Some(since) if since < interval => {
@@ -129,6 +133,7 @@ impl PageTracker {
             }
             _ => {}
         }
+        let Ok(writes) = &mut self.writes else { return };
         let started = Instant::now();
         let rules = rules_for(since.unwrap_or(1.0));
         let decay = 0.5f32.powf((since.unwrap_or(1.0) / half_life_s.max(1e-3)) as f32);
@@ -209,14 +214,20 @@ impl PageTracker {
         }
     }
 
+    /// Seconds between collections: the program pays about `written pages x
+    /// fault cost` per collection, which must stay under `max_fault_fraction`.
+    fn interval(&self, max_fault_fraction: f64) -> f64 {
+        self.last_written as f64 * self.fault_seconds / max_fault_fraction
+    }
+
     /// When the next peek is due, if page writes are tracked.
     pub fn next_peek(&self, max_fault_fraction: f64) -> Option<Instant> {
         let at = self.last_collection?;
         if self.writes.is_err() || max_fault_fraction <= 0.0 || self.peeks >= MAX_PEEKS {
             return None;
         }
-        let interval = self.last_written as f64 * self.fault_seconds / max_fault_fraction;
         let offset = peek_offset(self.peeks + 1);
+        let interval = self.interval(max_fault_fraction);
         (offset < interval).then(|| at + std::time::Duration::from_secs_f64(offset))
     }
 

@@ -257,9 +257,7 @@ async fn webhook_injects_opted_in_pods_over_tls() {
     let c = plane.client();
     namespace(&c, "app", json!({})).await;
     namespace(&c, "labelled", json!({"pytier.dev/inject": "true"})).await;
-    let kubeconfig = install_rbac(&plane).await.unwrap();
-    let mut op = Operator::start_with(&plane, &kubeconfig, "solo", &["--webhook-dns-names", "127.0.0.1"]).unwrap();
-    op.wait_ready().unwrap();
+    let mut op = start_operator(&plane, "solo", &["--webhook-dns-names", "127.0.0.1"]).await;
     // deploy/operator/webhook.yaml, pointed at the test operator; the operator sets its caBundle.
     install_webhook(&plane, &op).await.unwrap();
 
@@ -354,11 +352,8 @@ async fn a_follower_takes_over_when_the_leader_dies() {
     namespace(&c, "shop", json!({})).await;
     node(&c, "n1").await;
     let args = ["--no-webhook", "--lease-duration-seconds", "3"];
-    let kubeconfig = install_rbac(&plane).await.unwrap();
-    let mut a = Operator::start_with(&plane, &kubeconfig, "replica-a", &args).unwrap();
-    let mut b = Operator::start_with(&plane, &kubeconfig, "replica-b", &args).unwrap();
-    a.wait_ready().unwrap();
-    b.wait_ready().unwrap();
+    let mut a = start_operator(&plane, "replica-a", &args).await;
+    let mut b = start_operator(&plane, "replica-b", &args).await;
     let leases = Api::<Lease>::namespaced(c.clone(), "pytier-system");
     let holder = || async {
         let lease = leases.get_opt("pytier-operator").await.map_err(|e| e.to_string())?.ok_or("no lease")?;

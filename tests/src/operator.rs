@@ -21,13 +21,9 @@ pub struct Operator {
 }
 
 impl Operator {
-    /// Starts the operator with `args` appended to the defaults for tests:
-    /// loopback ports picked here, namespace `pytier-system`, the given identity.
-    pub fn start(plane: &ControlPlane, identity: &str, args: &[&str]) -> Result<Operator> {
-        Self::start_with(plane, plane.kubeconfig(), identity, args)
-    }
-
-    /// As `start`, connecting with the given kubeconfig.
+    /// Starts the operator, connecting with `kubeconfig`, with `args`
+    /// appended to the defaults for tests: loopback ports picked here,
+    /// namespace `pytier-system`, the given identity.
     pub fn start_with(plane: &ControlPlane, kubeconfig: &Path, identity: &str, args: &[&str]) -> Result<Operator> {
         let metrics_addr = format!("127.0.0.1:{}", free_port()?);
         let webhook_addr = format!("127.0.0.1:{}", free_port()?);
