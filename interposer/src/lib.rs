@@ -243,7 +243,7 @@ fn scan_loop(shared: Arc<Shared>) {
             next_slice = Instant::now() + Duration::from_secs_f64(slice * (1.0 / config.max_cpu_fraction - 1.0));
         }
         let slice_due = if tracker.in_cycle() { next_slice } else { next_slice.max(next_cycle) };
-        let peek_due = tracker.next_page_peek(&config);
+        let look_due = tracker.next_page_look(&config);
         drop(tracker);
         let took = started.elapsed();
         shared.scan_nanos.fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
@@ -261,7 +261,7 @@ fn scan_loop(shared: Arc<Shared>) {
             }
         }
         let now = Instant::now();
-        let wake = (started + interval).min(slice_due).min(peek_due.unwrap_or(slice_due));
+        let wake = (started + interval).min(slice_due).min(look_due.unwrap_or(slice_due));
         let wake = wake.max(now + Duration::from_millis(1));
         if let Ok(guard) = shared.latest.lock() {
             let _ = shared.wake.wait_timeout_while(guard, wake - now, |_| !shared.stop.load(Ordering::Acquire));

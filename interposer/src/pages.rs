@@ -5,11 +5,16 @@
 //! whether a page was written since the last one; with collections seconds
 //! apart, nearly every page of a busy heap was. Between two collections the
 //! tracker therefore *peeks* (reads the written bits without protecting, so
-//! at no cost to the program) 2, 4, 8, ... ms after the collection. The
+//! at no cost to the program) 0.25, 0.5, 1, 2, ... ms after the collection. The
 //! sooner after protection a page is first written, the more often the
 //! program uses it: that delay ranks pages by access rate, as hint-fault
 //! latency does for the kernel's memory tiering. It feeds placement as the
 //! page's *write heat*; classes keep counting collections.
+//!
+//! The peeks also count what the next collection will cost: every page
+//! written since the last one faults once. A collection waits until that
+//! count, times the cost of a fault, is within `maxFaultFraction` of the
+//! time since the last one.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -23,9 +28,15 @@ use crate::scanner::ByClass;
 use crate::temperature::{Class, Rules, Temperature};
 
 /// The first peek after a collection, in seconds; each later one waits
-/// twice as long, up to `MAX_PEEKS` or the next collection.
-const PEEK_BASE_SECONDS: f64 = 0.002;
-const MAX_PEEKS: u8 = 16;
+/// twice as long, up to `MAX_PEEKS` (about a minute) or the next collection.
+const FIRST_PEEK_SECONDS: f64 = 0.000_25;
+const MAX_PEEKS: u8 = 19;
+/// A page first seen written after `t` seconds gains this much write heat
+/// divided by `t`: 1 for 2 ms, 8 for the first peek.
+const WRITE_HEAT_SECONDS: f64 = 0.002;
+/// Collections are at least this far apart, however little is written: a
+/// page's heat comes from the peeks between them.
+const MIN_INTERVAL_SECONDS: f64 = 1.0;
 
 pub struct PageTracker {
     writes: Result<PageWrites, String>,
@@ -33,18 +44,20 @@ pub struct PageTracker {
     /// What one written page costs the program (a write-protect fault).
     fault_seconds: f64,
     last_collection: Option<Instant>,
-    last_written: u64,
-    /// Peeks done since the last collection.
-    peeks: u8,
+    /// Seconds after the last collection of the latest peek (0 before any).
+    last_peek: f64,
+    /// Pages written since the last collection, as far as peeks have seen:
+    /// the faults the next collection will have cost.
+    written_since: u64,
     frees_seen: u64,
     report: PageReport,
 }
 
 struct ArenaPages {
     temps: Vec<Temperature>,
-    /// The peek (1..=MAX_PEEKS) that first saw each page written since the
-    /// last collection; 0 while none has.
-    first_seen: Vec<u8>,
+    /// Seconds after the last collection at which a peek first saw each
+    /// page written since; 0 while none has.
+    first_seen: Vec<f32>,
     /// Decayed sum, per collection, of the first peek's delay over the delay
     /// until the page was first seen written: 1 for a page written before
     /// the first peek, every time.
@@ -87,17 +100,15 @@ impl PageTracker {
             arenas: BTreeMap::new(),
             fault_seconds: DEFAULT_FAULT_SECONDS,
             last_collection: None,
-            last_written: 0,
-            peeks: 0,
+            last_peek: 0.0,
+            written_since: 0,
             frees_seen: 0,
             report,
         }
     }
 
     /// Collects page writes for these arena regions when the fault budget
-    /// allows: the program pays about `written pages x fault cost` per
-    /// collection, so collections are spaced to keep that under
-    /// `max_fault_fraction` of its time. 0 turns tracking off.
+    /// allows (see `interval`), and peeks in between. 0 turns tracking off.
     /// `half_life_s` is the write heat's, as the temperatures'.
     pub fn maybe_collect(
         &mut self,
@@ -120,25 +131,31 @@ impl PageTracker {
             self.fault_seconds = writes.measure_fault_seconds();
             self.report.fault_seconds_per_page = self.fault_seconds;
         }
-        let interval = self.interval(max_fault_fraction);
         let since = self.last_collection.map(|at| at.elapsed().as_secs_f64());
-        match since {
-            Some(since) if since < interval => {
-                // The latest peek due: one woken late skips those it missed.
-                let due = (1..=MAX_PEEKS).rev().find(|&k| since >= peek_offset(k)).unwrap_or(0);
-                if due > self.peeks {
-                    self.peek(due);
-                }
+        if let (Some(since), Some(at)) = (since, self.last_collection) {
+            let clock = || at.elapsed().as_secs_f64();
+            // A peek due on the ladder (one woken late skips those it missed).
+            if next_peek_offset(self.last_peek).is_some_and(|offset| since >= offset) {
+                self.peek(clock);
+            }
+            if since < self.interval(max_fault_fraction) {
                 return;
             }
-            _ => {}
+            // Due by the count so far: count again now, before the program pays.
+            if self.last_peek < since {
+                self.peek(clock);
+                if since < self.interval(max_fault_fraction) {
+                    return;
+                }
+            }
         }
         let Ok(writes) = &mut self.writes else { return };
         let started = Instant::now();
         let rules = rules_for(since.unwrap_or(1.0));
         let decay = 0.5f32.powf((since.unwrap_or(1.0) / half_life_s.max(1e-3)) as f32);
         self.last_collection = Some(started);
-        self.peeks = 0;
+        self.last_peek = 0.0;
+        self.written_since = 0;
         let frees = ARENA_FREES.load(Ordering::Relaxed);
         let recheck = frees != self.frees_seen;
         self.frees_seen = frees;
@@ -171,7 +188,7 @@ impl PageTracker {
                     continue;
                 }
                 arena.temps = vec![Temperature::default(); pages];
-                arena.first_seen = vec![0; pages];
+                arena.first_seen = vec![0.0; pages];
                 arena.write_heat = vec![0.0; pages];
             }
             written.clear();
@@ -181,54 +198,63 @@ impl PageTracker {
             for (i, was_written) in written.iter().enumerate() {
                 let class = arena.temps[i].record(*was_written, &rules);
                 report.pages.add(class, 1);
-                let seen = std::mem::take(&mut arena.first_seen[i]);
+                let seen = std::mem::take(&mut arena.first_seen[i]) as f64;
                 let heat = &mut arena.write_heat[i];
                 *heat *= decay;
                 if *was_written {
-                    let first_seen_after = if seen == 0 { since.unwrap_or(1.0) } else { peek_offset(seen) };
-                    *heat += (PEEK_BASE_SECONDS / first_seen_after.max(PEEK_BASE_SECONDS)) as f32;
+                    let first_seen_after = if seen == 0.0 { since.unwrap_or(1.0) } else { seen };
+                    *heat += (WRITE_HEAT_SECONDS / first_seen_after.max(FIRST_PEEK_SECONDS)) as f32;
                 }
             }
             report.watched_pages += pages as u64;
         }
-        self.last_written = report.last_written_pages;
         report.fault_seconds_total += report.last_written_pages as f64 * self.fault_seconds;
         report.collect_seconds = started.elapsed().as_secs_f64();
         self.report = report;
     }
 
     /// Notes, for every watched page written since the last collection and
-    /// not seen yet, that this peek saw it first. Protects nothing: free for
-    /// the program.
-    fn peek(&mut self, peek: u8) {
+    /// not seen yet, when (by `clock`, seconds since the collection) a peek
+    /// first saw it: when the look at its arena ended, the latest it can
+    /// have been written. Protects nothing: free for the program.
+    fn peek(&mut self, clock: impl Fn() -> f64) {
         let Ok(writes) = &mut self.writes else { return };
-        self.peeks = peek;
+        let mut fresh = Vec::new();
         for (&base, arena) in self.arenas.iter_mut().filter(|(_, a)| !a.first_seen.is_empty()) {
             let len = arena.first_seen.len() * PAGE;
+            fresh.clear();
             let _ = writes.peek_written(base, len, |page| {
-                let seen = &mut arena.first_seen[(page - base) / PAGE];
-                if *seen == 0 {
-                    *seen = peek;
+                let i = (page - base) / PAGE;
+                if arena.first_seen[i] == 0.0 {
+                    fresh.push(i);
                 }
             });
+            let seen_by = clock() as f32;
+            for &i in &fresh {
+                arena.first_seen[i] = seen_by;
+            }
+            self.written_since += fresh.len() as u64;
         }
+        self.last_peek = clock();
     }
 
-    /// Seconds between collections: the program pays about `written pages x
-    /// fault cost` per collection, which must stay under `max_fault_fraction`.
+    /// The time the last collection must be past before the next: the
+    /// program pays a fault for each page written meanwhile, which must stay
+    /// within `max_fault_fraction` of that time.
     fn interval(&self, max_fault_fraction: f64) -> f64 {
-        self.last_written as f64 * self.fault_seconds / max_fault_fraction
+        (self.written_since as f64 * self.fault_seconds / max_fault_fraction).max(MIN_INTERVAL_SECONDS)
     }
 
-    /// When the next peek is due, if page writes are tracked.
-    pub fn next_peek(&self, max_fault_fraction: f64) -> Option<Instant> {
+    /// When page writes should next be looked at: the next peek, or the
+    /// collection if that comes first.
+    pub fn next_look(&self, max_fault_fraction: f64) -> Option<Instant> {
         let at = self.last_collection?;
-        if self.writes.is_err() || max_fault_fraction <= 0.0 || self.peeks >= MAX_PEEKS {
+        if self.writes.is_err() || max_fault_fraction <= 0.0 {
             return None;
         }
-        let offset = peek_offset(self.peeks + 1);
         let interval = self.interval(max_fault_fraction);
-        (offset < interval).then(|| at + std::time::Duration::from_secs_f64(offset))
+        let offset = next_peek_offset(self.last_peek).map_or(interval, |peek| peek.min(interval));
+        Some(at + std::time::Duration::from_secs_f64(offset))
     }
 
     pub fn report(&self) -> &PageReport {
@@ -249,9 +275,10 @@ impl PageTracker {
     }
 }
 
-/// Seconds after a collection at which peek `k` (1..=MAX_PEEKS) looks.
-fn peek_offset(k: u8) -> f64 {
-    PEEK_BASE_SECONDS * 2f64.powi(k as i32 - 1)
+/// Seconds after a collection of the first peek on the ladder (0.25, 0.5,
+/// 1, ... ms) after one at `last_peek`; none after the last rung.
+fn next_peek_offset(last_peek: f64) -> Option<f64> {
+    (0..MAX_PEEKS).map(|k| FIRST_PEEK_SECONDS * 2f64.powi(k as i32)).find(|&offset| offset > last_peek)
 }
 
 #[cfg(test)]
@@ -279,16 +306,16 @@ mod tests {
 
         collect(&mut tracker); // registers: every page counts as written once
         write(2);
-        tracker.peek(1);
+        tracker.peek(|| 0.002);
         write(5);
         write(2);
-        tracker.peek(3);
+        tracker.peek(|| 0.008);
         write(6);
         collect(&mut tracker);
 
         let heat: Vec<f32> = (0..8).map(|p| tracker.write_heat_at(start + p * PAGE)).collect();
         // Only the collections saw these (1 s apart, as `collect` pretends): the base.
-        let base = PEEK_BASE_SECONDS as f32;
+        let base = WRITE_HEAT_SECONDS as f32;
         let want = [base, base, base + 1.0, base, base, base + 0.25, 2.0 * base, base];
         for (page, (got, want)) in heat.iter().zip(want).enumerate() {
             assert!((got - want).abs() < 1e-6, "page {page}: heat {got}, want {want} (all: {heat:?})");

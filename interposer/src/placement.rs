@@ -44,6 +44,9 @@ pub struct PlacementReport {
     pub dram_bytes: u64,
     pub cxl_bytes: u64,
     pub other_bytes: u64,
+    /// Free memory on the DRAM node above its high watermarks: what
+    /// promotions can fill without demoting first. Null when unknown.
+    pub dram_room_bytes: Option<u64>,
     /// Pages the Policy wants on DRAM (the hottest, at most the budget).
     pub wanted_pages: u64,
     /// Decided but not moved: rate-limited, or everything in `observe` mode.
@@ -146,12 +149,14 @@ impl Placement {
         let now = Instant::now();
         let elapsed = self.last_round.map_or(1.0, |at| now.duration_since(at).as_secs_f64().min(1.0));
         self.last_round = Some(now);
+        let room = numa::room_pages(topology.dram[0]);
+        report.dram_room_bytes = room.map(|pages| pages * PAGE);
         let settings = Settings {
             budget_pages: (report.budget_bytes / PAGE) as usize,
             promote: config.migration.promote,
             demote: config.migration.demote,
             hysteresis: Duration::from_secs(config.migration.hysteresis_seconds as u64),
-            dram_room_pages: numa::room_pages(topology.dram[0]).map_or(usize::MAX, |p| p as usize),
+            dram_room_pages: room.map_or(usize::MAX, |p| p as usize),
             max_pages: if enforce {
                 (config.migration.max_bytes_per_second as f64 * elapsed / PAGE as f64) as usize
             } else {

@@ -327,9 +327,9 @@ impl Tracker {
         self.pages.report()
     }
 
-    /// When page writes should next be looked at between collections.
-    pub fn next_page_peek(&self, config: &Config) -> Option<Instant> {
-        self.pages.next_peek(config.max_fault_fraction)
+    /// When page writes should next be looked at (a peek or a collection).
+    pub fn next_page_look(&self, config: &Config) -> Option<Instant> {
+        self.pages.next_look(config.max_fault_fraction)
     }
 
     /// The class of the page holding `addr`, from page writes.

@@ -15,6 +15,7 @@ places its memory (nothing, the kernel, pytier) is the caller's business.
 """
 
 import argparse
+import collections
 import ctypes
 import itertools
 import json
@@ -89,14 +90,26 @@ class Truth:
 
 
 class Sampler:
-    """Draws object indices with given weights, from a precomputed pool
-    (drawing in Python per access would dominate the workload)."""
+    """Draws items with given weights, from a precomputed pool (drawing in
+    Python per access would dominate the workload).
 
-    def __init__(self, weights, rng, pool=1 << 16):
-        self.pool = rng.choices(range(len(weights)), weights=weights, k=pool)
+    The pool holds the items themselves, so the sampler adds no objects of
+    its own for the placement to keep hot: only the pool's 512 KiB, read in
+    order. What the workload really accesses is the pool, which differs from
+    the weights in the long tail (most tail items are never drawn), so the
+    truth takes its weights from `counts`."""
+
+    def __init__(self, items, weights, rng, size=1 << 16):
+        self.pool = rng.choices(items, weights=weights, k=size)
+
+    def counts(self, items):
+        """How often the pool holds each of `items`."""
+        drawn = collections.Counter(map(id, self.pool))
+        return [drawn[id(item)] for item in items]
 
     def __iter__(self):
-        return itertools.cycle(self.pool)
+        while True:
+            yield from self.pool
 
 
 class Slot:
@@ -106,9 +119,10 @@ class Slot:
         self.value = value
 
 
-# Each workload: build(rng, scale) -> state; phases(state, rng) -> list of
-# (objects, weights, run) where run(deadline) does accesses until the
-# deadline; check(state) -> bool.
+# Each workload: build(rng, scale) -> state; phase(state, rng) -> (objects,
+# weights, run) where objects() lists the accessed objects as they are now
+# (weights[i] is the probability of objects()[i]) and run(deadline) does
+# accesses until the deadline; check(state) -> bool.
 
 def zipf_dict(rng, scale, writes):
     n = 200_000 * scale
@@ -121,21 +135,36 @@ def zipf_dict(rng, scale, writes):
 def zipf_phase(state, rng):
     """Zipf(0.99) over the keys in a fresh random rank order, so that the hot
     keys are scattered over the heap, as they are in real programs. An access
-    touches the key object (its hash is read) and the value."""
-    d, n = state["d"], state["n"]
+    touches the key object (its hash is read) and the value.
+
+    A write also reads the value's float and replaces it by a new one, which
+    takes the float freed by the write before (CPython's float free list):
+    a float's memory passes from key to key in access order. However hot
+    its current key, an address moves on at that key's next access, and in
+    the long run every float address the drawn keys pass around is used
+    equally often. So the floats count where they are now, each with the same
+    share of the accesses."""
+    d, n, writes = state["d"], state["n"], state["writes"]
     ranked = list(d)
     rng.shuffle(ranked)
-    weights = zipf_weights(n)
-    objects = ranked + [d[k] for k in ranked]
-    draws = Sampler(weights, rng)
-    weights = weights + weights
+    draws = Sampler(ranked, zipf_weights(n), rng)
+    counts = draws.counts(ranked)
+
+    def objects():
+        values = [d[k] for k in ranked]
+        return ranked + values + ([slot.value for slot in values] if writes else [])
+
+    weights = counts + counts
+    if writes:
+        per_float = sum(counts) / sum(c > 0 for c in counts)
+        weights += [per_float if c else 0 for c in counts]
 
     def run(deadline):
-        keys = (ranked[i] for i in draws)
+        keys = iter(draws)
         total = 0.0
         while time.monotonic() < deadline:
             for k in itertools.islice(keys, 4096):
-                if state["writes"]:
+                if writes:
                     d[k].value += 1.0
                 else:
                     total += d[k]
@@ -168,7 +197,9 @@ def records_phase(state, rng):
     hot = hot_keys + list(index.values())
     cold = [r for table in tables for r in table]
     weights = [0.98 / len(hot)] * len(hot) + [0.02 / len(cold)] * len(cold)
-    objects = hot + cold
+
+    def objects():
+        return hot + cold
 
     def run(deadline):
         total = 0.0
@@ -204,14 +235,15 @@ def mixed_phase(state, rng):
     d, n = state["d"], state["n"]
     ranked = list(d)
     rng.shuffle(ranked)
-    weights = zipf_weights(n)
-    docs = [d[k] for k in ranked]
-    objects = ranked + docs + [doc["name"] for doc in docs] + [doc["score"] for doc in docs]
-    draws = Sampler(weights, rng)
-    weights = weights * 4
+    draws = Sampler(ranked, zipf_weights(n), rng)
+    weights = draws.counts(ranked) * 4
+
+    def objects():
+        docs = [d[k] for k in ranked]
+        return ranked + docs + [doc["name"] for doc in docs] + [doc["score"] for doc in docs]
 
     def run(deadline):
-        keys = (ranked[i] for i in draws)
+        keys = iter(draws)
         size = 0
         while time.monotonic() < deadline:
             scratch = []
@@ -262,8 +294,7 @@ def main():
     report["phases"] = []
     for number in range(phases):
         objects, weights, run = phase(state, rng)
-        truth = Truth(objects, weights)
-        del objects
+        truth = Truth(objects(), weights)
         start = time.monotonic()
         deadline = start + args.seconds
         converged_after = None
@@ -277,6 +308,8 @@ def main():
             run(min(deadline, time.monotonic() + 1.0))
             if target is not None and converged_after is None and truth.dram_share() >= target:
                 converged_after = time.monotonic() - start
+        # Again at the end: a workload may have replaced objects meanwhile.
+        truth = Truth(objects(), weights)
         dram_pages = truth.dram_pages()
         report["phases"].append({
             "dramShare": truth.dram_share(),
