@@ -58,8 +58,8 @@ struct ArenaPages {
     /// Seconds after the last collection at which a peek first saw each
     /// page written since; 0 while none has.
     first_seen: Vec<f32>,
-    /// Decayed sum, per collection, of the first peek's delay over the delay
-    /// until the page was first seen written: 1 for a page written before
+    /// Decayed sum, per collection, of `WRITE_HEAT_SECONDS` over the delay
+    /// until the page was first seen written: 8 for a page written before
     /// the first peek, every time.
     write_heat: Vec<f32>,
     /// Registration failed (not anonymous memory): no temperatures.
@@ -320,5 +320,30 @@ mod tests {
         for (page, (got, want)) in heat.iter().zip(want).enumerate() {
             assert!((got - want).abs() < 1e-6, "page {page}: heat {got}, want {want} (all: {heat:?})");
         }
+    }
+
+    #[test]
+    fn a_collection_waits_for_the_faults_the_peeks_counted() {
+        let mut tracker = PageTracker::new();
+        if let Err(reason) = &tracker.writes {
+            assert_eq!(std::env::var("PYTIER_NO_PAGE_WRITES").as_deref(), Ok("1"), "{reason}");
+            return;
+        }
+        let mut memory = vec![1u8; 10 * PAGE];
+        let offset = memory.as_ptr().align_offset(PAGE);
+        let start = memory.as_ptr() as usize + offset;
+        let regions = [(start, 8 * PAGE)];
+        tracker.maybe_collect(&regions, |_| Rules::new(1.0, 10.0, 1.0), 10.0, 0.1);
+        tracker.fault_seconds = 0.1;
+        assert_eq!(tracker.interval(0.1), MIN_INTERVAL_SECONDS, "nothing written yet");
+        for page in [1, 3, 4] {
+            memory[offset + page * PAGE] = 2;
+        }
+        tracker.peek(|| 0.001);
+        // Three faults of 0.1 s each within 10% of the program's time: 3 s.
+        assert_eq!(tracker.written_since, 3);
+        assert!((tracker.interval(0.1) - 3.0).abs() < 1e-9);
+        let due = tracker.next_look(0.1).unwrap().duration_since(tracker.last_collection.unwrap());
+        assert!((due.as_secs_f64() - 0.002).abs() < 1e-6, "the next rung comes first: {due:?}");
     }
 }
