@@ -285,15 +285,23 @@ fn next_peek_offset(last_peek: f64) -> Option<f64> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_sooner_a_page_is_written_after_a_collection_the_more_write_heat_it_gains() {
-        let mut tracker = PageTracker::new();
+    /// A tracker and 10 pages of memory whose page `offset` is page aligned;
+    /// None where the kernel cannot track page writes (declared by the
+    /// test environment).
+    fn tracker_and_memory() -> Option<(PageTracker, Vec<u8>, usize)> {
+        let tracker = PageTracker::new();
         if let Err(reason) = &tracker.writes {
             assert_eq!(std::env::var("PYTIER_NO_PAGE_WRITES").as_deref(), Ok("1"), "{reason}");
-            return;
+            return None;
         }
-        let mut memory = vec![1u8; 10 * PAGE];
+        let memory = vec![1u8; 10 * PAGE];
         let offset = memory.as_ptr().align_offset(PAGE);
+        Some((tracker, memory, offset))
+    }
+
+    #[test]
+    fn the_sooner_a_page_is_written_after_a_collection_the_more_write_heat_it_gains() {
+        let Some((mut tracker, mut memory, offset)) = tracker_and_memory() else { return };
         let start = memory.as_ptr() as usize + offset;
         let regions = [(start, 8 * PAGE)];
         let rules = |_| Rules::new(1.0, 10.0, 1.0);
@@ -324,13 +332,7 @@ mod tests {
 
     #[test]
     fn a_collection_waits_for_the_faults_the_peeks_counted() {
-        let mut tracker = PageTracker::new();
-        if let Err(reason) = &tracker.writes {
-            assert_eq!(std::env::var("PYTIER_NO_PAGE_WRITES").as_deref(), Ok("1"), "{reason}");
-            return;
-        }
-        let mut memory = vec![1u8; 10 * PAGE];
-        let offset = memory.as_ptr().align_offset(PAGE);
+        let Some((mut tracker, mut memory, offset)) = tracker_and_memory() else { return };
         let start = memory.as_ptr() as usize + offset;
         let regions = [(start, 8 * PAGE)];
         tracker.maybe_collect(&regions, |_| Rules::new(1.0, 10.0, 1.0), 10.0, 0.1);
