@@ -253,7 +253,7 @@ def main():
           f"pytier hysteresis {args.hysteresis:.0f} s, maxCpuFraction {args.pytier_cpu}, "
           f"maxFaultFraction {args.pytier_faults}")
     print("oracle: the hottest pages in the budget; oracle@held: as many hottest pages as the run really"
-          " held on DRAM (the balloon cannot stop first-touch and the kernel from overrunning the budget);"
+          " held on DRAM (the balloon holds a run to its budget only within a few MiB);"
           " reconverge: seconds after the shift until the share is back to 90% of the pre-shift one,"
           " from the share right at the shift")
     print(f"{'workload':<11} {'config':<12} {'dram-hit':>8} {'oracle':>7} {'vs oracle':>9} {'oracle@held':>11} "
