@@ -94,18 +94,20 @@ class Balloon:
     the kernel frees meanwhile.
 
     Every 20 ms: the workload's usable DRAM is what it holds on node 0 plus
-    node 0's free memory above the high watermark (the kernel's reserve,
-    which kernel tiering also needs free to promote). The balloon binds and
-    locks node-0 memory in 1 MiB chunks to take any excess, and gives chunks
-    back when the workload's own memory on node 0 shrinks (a demotion), so
-    room it frees stays its own."""
+    node 0's free memory above a watermark: the low one for a workload that
+    only allocates (below it, allocations fall back to node 1), the high one
+    for one that is placed by promotions (the kernel and pytier promote only
+    above it). The balloon binds and locks node-0 memory in 1 MiB chunks to
+    take any excess, and gives chunks back when the workload's own memory on
+    node 0 shrinks (a demotion), so room it frees stays its own. (The gap
+    between the two watermarks is 11 MiB here, more than some budgets.)"""
 
     CHUNK = 1 << 20
 
-    def __init__(self, budget):
+    def __init__(self, budget, above):
         self.budget = budget
         self.low_watermark = node0_watermark_bytes("low")
-        self.high_watermark = node0_watermark_bytes("high")
+        self.usable_above = node0_watermark_bytes(above)
         self.chunks = []
         self.pid = None
         self.stop = threading.Event()
@@ -114,15 +116,12 @@ class Balloon:
         self.thread.start()
 
     def adjust(self):
-        # The budget counts free memory above the high watermark, where the
-        # kernel's reclaim stops. Chunks are taken down to the low one, where
-        # user allocations fall back to the other node: kswapd keeps freeing
-        # page cache up to the high one, and that must not go to the workload.
-        # Never below the low watermark: the kernel's own allocations can only
-        # use node 0 (node 1 is movable memory) and would OOM-kill someone.
+        # Chunks are taken down to the low watermark, never below: the
+        # kernel's own allocations can only use node 0 (node 1 is movable
+        # memory) and would OOM-kill someone.
         free = node0_free_bytes()
         held = anon_bytes_by_node(self.pid).get(0, 0) if self.pid else 0
-        excess = held + free - self.high_watermark - self.budget
+        excess = held + free - self.usable_above - self.budget
         room = free - self.low_watermark
         while excess >= self.CHUNK and room >= 2 * self.CHUNK and self.take():
             excess -= self.CHUNK
@@ -181,7 +180,7 @@ def run_workload(name, args, config, budget):
             "maxFaultFraction": args.pytier_faults,
         })
     set_kernel_tiering(config == "kernel")
-    balloon = Balloon(budget)
+    balloon = Balloon(budget, above="low" if config == "first-touch" else "high")
     migrated_before = vmstat(*MIGRATED_PAGES)
     try:
         proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -232,14 +231,6 @@ def main():
     args = parser.parse_args()
     if not os.path.exists("/sys/kernel/mm/numa/demotion_enabled"):
         sys.exit("placement bench: no memory tiering in this kernel (run it through ./run)")
-    # The kernel's default once transparent huge pages are on keeps some
-    # 50 MiB free per node and a low-high watermark gap of 11 MiB, more than
-    # a budget here: a first-touch workload would get the gap on top of its
-    # budget, and kernel tiering (which promotes only above the high
-    # watermark) nothing. The formula without them: 4 x sqrt(lowmem in KiB).
-    with open("/proc/meminfo") as f:
-        total_kib = int(f.readline().split()[1])
-    write("/proc/sys/vm/min_free_kbytes", int(4 * total_kib**0.5))
     bind_memory_to_node1()
     write("/proc/sys/vm/drop_caches", 3)  # what was read in before, on node 0
     for folder, _, files in os.walk(args.shim):
