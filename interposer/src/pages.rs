@@ -34,9 +34,17 @@ const MAX_PEEKS: u8 = 19;
 /// A page first seen written after `t` seconds gains this much write heat
 /// divided by `t`: 1 for 2 ms, 8 for the first peek.
 const WRITE_HEAT_SECONDS: f64 = 0.002;
-/// Collections are at least this far apart, however little is written: a
-/// page's heat comes from the peeks between them.
-const MIN_INTERVAL_SECONDS: f64 = 1.0;
+
+/// How far apart collections must be.
+#[derive(Debug, Clone, Copy)]
+pub struct Spacing {
+    /// The faults a collection causes may cost the program this fraction
+    /// of its time since the last one; 0 turns page tracking off.
+    pub max_fault_fraction: f64,
+    /// And at least this many seconds (the scan interval), however little is
+    /// written: a page's heat comes from the peeks in between.
+    pub min_seconds: f64,
+}
 
 pub struct PageTracker {
     writes: Result<PageWrites, String>,
@@ -115,12 +123,12 @@ impl PageTracker {
         regions: &[(usize, usize)],
         rules_for: impl Fn(f64) -> Rules,
         half_life_s: f64,
-        max_fault_fraction: f64,
+        spacing: Spacing,
     ) {
         if self.writes.is_err() {
             return;
         }
-        if max_fault_fraction <= 0.0 {
+        if spacing.max_fault_fraction <= 0.0 {
             self.report.off_reason = Some("turned off (maxFaultFraction is 0)".into());
             return;
         }
@@ -138,13 +146,13 @@ impl PageTracker {
             if next_peek_offset(self.last_peek).is_some_and(|offset| since >= offset) {
                 self.peek(clock);
             }
-            if since < self.interval(max_fault_fraction) {
+            if since < self.interval(spacing) {
                 return;
             }
             // Due by the count so far: count again now, before the program pays.
             if self.last_peek < since {
                 self.peek(clock);
-                if since < self.interval(max_fault_fraction) {
+                if since < self.interval(spacing) {
                     return;
                 }
             }
@@ -241,18 +249,18 @@ impl PageTracker {
     /// The time the last collection must be past before the next: the
     /// program pays a fault for each page written meanwhile, which must stay
     /// within `max_fault_fraction` of that time.
-    fn interval(&self, max_fault_fraction: f64) -> f64 {
-        (self.written_since as f64 * self.fault_seconds / max_fault_fraction).max(MIN_INTERVAL_SECONDS)
+    fn interval(&self, spacing: Spacing) -> f64 {
+        (self.written_since as f64 * self.fault_seconds / spacing.max_fault_fraction).max(spacing.min_seconds)
     }
 
     /// When page writes should next be looked at: the next peek, or the
     /// collection if that comes first.
-    pub fn next_look(&self, max_fault_fraction: f64) -> Option<Instant> {
+    pub fn next_look(&self, spacing: Spacing) -> Option<Instant> {
         let at = self.last_collection?;
-        if self.writes.is_err() || max_fault_fraction <= 0.0 {
+        if self.writes.is_err() || spacing.max_fault_fraction <= 0.0 {
             return None;
         }
-        let interval = self.interval(max_fault_fraction);
+        let interval = self.interval(spacing);
         let offset = next_peek_offset(self.last_peek).map_or(interval, |peek| peek.min(interval));
         Some(at + std::time::Duration::from_secs_f64(offset))
     }
@@ -308,7 +316,7 @@ mod tests {
         // A collection now, whatever the fault budget says; no decay to speak of.
         let collect = |t: &mut PageTracker| {
             t.last_collection = None;
-            t.maybe_collect(&regions, rules, 1e9, 1.0);
+            t.maybe_collect(&regions, rules, 1e9, Spacing { max_fault_fraction: 1.0, min_seconds: 0.0 });
         };
         let mut write = |page: usize| memory[offset + page * PAGE + 7] = 2;
 
@@ -335,17 +343,18 @@ mod tests {
         let Some((mut tracker, mut memory, offset)) = tracker_and_memory() else { return };
         let start = memory.as_ptr() as usize + offset;
         let regions = [(start, 8 * PAGE)];
-        tracker.maybe_collect(&regions, |_| Rules::new(1.0, 10.0, 1.0), 10.0, 0.1);
+        let spacing = Spacing { max_fault_fraction: 0.1, min_seconds: 0.5 };
+        tracker.maybe_collect(&regions, |_| Rules::new(1.0, 10.0, 1.0), 10.0, spacing);
         tracker.fault_seconds = 0.1;
-        assert_eq!(tracker.interval(0.1), MIN_INTERVAL_SECONDS, "nothing written yet");
+        assert_eq!(tracker.interval(spacing), 0.5, "nothing written yet");
         for page in [1, 3, 4] {
             memory[offset + page * PAGE] = 2;
         }
         tracker.peek(|| 0.001);
         // Three faults of 0.1 s each within 10% of the program's time: 3 s.
         assert_eq!(tracker.written_since, 3);
-        assert!((tracker.interval(0.1) - 3.0).abs() < 1e-9);
-        let due = tracker.next_look(0.1).unwrap().duration_since(tracker.last_collection.unwrap());
+        assert!((tracker.interval(spacing) - 3.0).abs() < 1e-9);
+        let due = tracker.next_look(spacing).unwrap().duration_since(tracker.last_collection.unwrap());
         assert!((due.as_secs_f64() - 0.002).abs() < 1e-6, "the next rung comes first: {due:?}");
     }
 }

@@ -19,7 +19,7 @@ use crate::large::BIG_BLOCKS;
 use crate::layout::{Layout, PoolHeader, arena_index};
 use crate::memory::{read_each, read_self};
 use crate::objects::{AddrMap, Found, TypeCache};
-use crate::pages::{PageReport, PageTracker};
+use crate::pages::{PageReport, PageTracker, Spacing};
 use crate::placement::PlacementReport;
 use crate::temperature::{Class, Rules, Slot};
 
@@ -323,13 +323,13 @@ impl Tracker {
         let rules_for =
             |interval: f64| Rules::new(config.hot_threshold, config.decay_half_life_seconds as f64, interval);
         let half_life = config.decay_half_life_seconds as f64;
-        self.pages.maybe_collect(&spans, rules_for, half_life, config.max_fault_fraction);
+        self.pages.maybe_collect(&spans, rules_for, half_life, spacing(config));
         self.pages.report()
     }
 
     /// When page writes should next be looked at (a peek or a collection).
     pub fn next_page_look(&self, config: &Config) -> Option<Instant> {
-        self.pages.next_look(config.max_fault_fraction)
+        self.pages.next_look(spacing(config))
     }
 
     /// The class of the page holding `addr`, from page writes.
@@ -613,6 +613,11 @@ impl Tracker {
 /// Spreads `degrees` over the pages of the block at `[addr, addr + size)`:
 /// one use of a big object or buffer (an item of a long list, a slot of a
 /// dict's table) touches one of its pages, not all of them.
+/// Page-write collections' spacing, from the settings.
+fn spacing(config: &Config) -> Spacing {
+    Spacing { max_fault_fraction: config.max_fault_fraction, min_seconds: config.scan_interval_millis as f64 / 1000.0 }
+}
+
 fn add_heat(heat: &mut AddrMap<f32>, addr: usize, size: usize, degrees: f32) {
     let pages = ((addr & !(PAGE - 1))..addr + size).step_by(PAGE);
     let share = degrees / pages.len().max(1) as f32;
