@@ -610,14 +610,14 @@ impl Tracker {
     }
 }
 
-/// Spreads `degrees` over the pages of the block at `[addr, addr + size)`:
-/// one use of a big object or buffer (an item of a long list, a slot of a
-/// dict's table) touches one of its pages, not all of them.
 /// Page-write collections' spacing, from the settings.
 fn spacing(config: &Config) -> Spacing {
     Spacing { max_fault_fraction: config.max_fault_fraction, min_seconds: config.scan_interval_millis as f64 / 1000.0 }
 }
 
+/// Spreads `degrees` over the pages of the block at `[addr, addr + size)`:
+/// one use of a big object or buffer (an item of a long list, a slot of a
+/// dict's table) touches one of its pages, not all of them.
 fn add_heat(heat: &mut AddrMap<f32>, addr: usize, size: usize, degrees: f32) {
     let pages = ((addr & !(PAGE - 1))..addr + size).step_by(PAGE);
     let share = degrees / pages.len().max(1) as f32;
