@@ -5,7 +5,7 @@ pub mod node;
 pub mod policy;
 
 pub use node::{TieringNode, TieringNodeSpec, TieringNodeStatus};
-pub use policy::{TieringPolicy, TieringPolicySpec, TieringPolicyStatus, TieringSettings};
+pub use policy::{Settings, TieringPolicy, TieringPolicySpec, TieringPolicyStatus};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
@@ -82,11 +82,11 @@ mod tests {
 
     #[test]
     fn defaults_are_those_documented() {
-        let settings: TieringSettings = serde_json::from_str("{}").unwrap();
+        let settings: Settings = serde_json::from_str("{}").unwrap();
         assert_eq!(settings.mode, policy::Mode::Enforce);
         assert_eq!(settings.dram_budget.heap_fraction, Some(0.25));
         assert_eq!(settings.tracking.scan_interval_millis, 100);
+        assert_eq!(settings.tracking.max_cpu_fraction, 0.01);
         assert_eq!(settings.migration.max_bytes_per_second, 64 << 20);
-        assert_eq!(settings.native, policy::NativeMemory::None);
     }
 }

@@ -6,7 +6,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::policy::TieringSettings;
+use crate::policy::Settings;
 
 /// Desired tiering on one node, named after the node. Written by the operator;
 /// people read it, they do not edit it.
@@ -44,7 +44,7 @@ pub struct PodTiering {
     /// Name of the TieringPolicy (in the pod's namespace) these settings come from.
     pub policy: String,
     /// The policy's settings, with defaults filled in.
-    pub settings: TieringSettings,
+    pub settings: Settings,
 }
 
 /// What the node agent found on this node.

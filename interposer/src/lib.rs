@@ -14,7 +14,6 @@
 //! GIL held. Every entry point catches panics: the interposer fails open.
 
 pub mod arenas;
-pub mod config;
 pub mod control;
 pub mod large;
 pub mod layout;
@@ -38,9 +37,9 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use pytier_contract::Settings;
+use pytier_contract::stats::Stats;
 
-use config::Config;
 use layout::Layout;
 use placement::Placement;
 use scanner::{PassReport, Tracker};
@@ -49,7 +48,7 @@ use temperature::{Class, Rules};
 /// State shared by the scanner thread, the control thread and Python.
 pub struct Shared {
     pub stop: AtomicBool,
-    pub config: Mutex<Config>,
+    pub config: Mutex<Settings>,
     pub python: String,
     latest: Mutex<Option<PassReport>>,
     passes: AtomicU64,
@@ -63,32 +62,32 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Everything a stats request reports, as JSON.
-    pub fn stats_json(&self) -> Value {
+    /// Everything a stats request reports.
+    pub fn stats(&self) -> Stats {
         // try_lock: after a fork the child may find this held by a scanner
         // thread that no longer exists; it must not wait for it.
-        let latest = match self.latest.try_lock() {
+        let last = match self.latest.try_lock() {
             Ok(guard) => guard.clone(),
             Err(_) => None,
         };
-        let passes = self.passes.load(Ordering::Relaxed);
+        let forked = FORKED.load(Ordering::Relaxed);
         let scan_seconds = self.scan_nanos.load(Ordering::Relaxed) as f64 / 1e9;
         let uptime = self.started.elapsed().as_secs_f64();
-        json!({
-            "active": !FORKED.load(Ordering::Relaxed) && !self.stop.load(Ordering::Relaxed),
-            "reason": if FORKED.load(Ordering::Relaxed) { Some("stopped in a forked child") } else { None },
-            "python": self.python,
-            "config": self.config.try_lock().ok().map(|c| c.clone()),
-            "passes": passes,
-            "uptimeSeconds": uptime,
-            "scanSecondsTotal": scan_seconds,
-            "scannerCpuFraction": if uptime > 0.0 { scan_seconds / uptime } else { 0.0 },
+        Stats {
+            active: !forked && !self.stop.load(Ordering::Relaxed),
+            reason: forked.then(|| "stopped in a forked child".to_string()),
+            python: self.python.clone(),
+            config: self.config.try_lock().ok().map(|c| c.clone()),
+            passes: self.passes.load(Ordering::Relaxed),
+            uptime_seconds: uptime,
+            scan_seconds_total: scan_seconds,
+            scanner_cpu_fraction: if uptime > 0.0 { scan_seconds / uptime } else { 0.0 },
             // The scanner itself never takes the GIL; only start-up did.
-            "gilSecondsTotal": self.start_gil_seconds,
-            "earlyArenas": self.early_arenas,
-            "socket": self.socket.as_ref().map(|p| p.display().to_string()),
-            "last": latest,
-        })
+            gil_seconds_total: self.start_gil_seconds,
+            early_arenas: self.early_arenas as u64,
+            socket: self.socket.as_ref().map(|p| p.display().to_string()),
+            last,
+        }
     }
 }
 
@@ -155,7 +154,11 @@ fn start(
 ) -> Result<(), String> {
     let t0 = Instant::now();
     let layout = Layout::for_version(hexversion, free_threaded).map_err(|e| e.0)?;
-    let config = if config_json.trim().is_empty() { Config::default() } else { Config::from_json(config_json)? };
+    let config = if config_json.trim().is_empty() {
+        Settings::default()
+    } else {
+        Settings::from_json(config_json).map_err(|e| e.to_string())?
+    };
     memory::read_exact_self(type_type, &mut [0u8; 8])
         .map_err(|e| format!("cannot read this process's memory with process_vm_readv: {e}"))?;
 
@@ -170,7 +173,7 @@ fn start(
     // SAFETY: called with the GIL held, from inside CPython. Usually already
     // done by pytier_install_hook.
     unsafe { arenas::install_hook() };
-    if config.allocator_view {
+    if config.tracking.allocator_view {
         // SAFETY: as above.
         unsafe { large::install_hook() };
     }
@@ -223,7 +226,7 @@ fn scan_loop(shared: Arc<Shared>) {
     let mut placement = Placement::default();
     while !shared.stop.load(Ordering::Acquire) {
         let config = shared.config.lock().map(|c| c.clone()).unwrap_or_default();
-        let interval = Duration::from_millis(config.scan_interval_millis as u64);
+        let interval = Duration::from_millis(config.tracking.scan_interval_millis as u64);
         let started = Instant::now();
         let Ok(mut tracker) = shared.tracker.lock() else { return };
         let pages = tracker.collect_page_writes(&config).clone();
@@ -233,14 +236,15 @@ fn scan_loop(shared: Arc<Shared>) {
             if !tracker.in_cycle() {
                 next_cycle = started + interval;
             }
-            report = tracker.scan_slice(&config, Duration::from_millis(config.slice_millis as u64));
+            report = tracker.scan_slice(&config, Duration::from_millis(config.tracking.slice_millis as u64));
             if let Some(report) = report.as_mut() {
                 // The cycle is complete: place its pages (within the same budget).
                 report.placement = placement.round(tracker.page_heat(), report.heap_bytes, &config).clone();
             }
             // The pause after a slice keeps its cost within the CPU budget.
             let slice = started.elapsed().as_secs_f64();
-            next_slice = Instant::now() + Duration::from_secs_f64(slice * (1.0 / config.max_cpu_fraction - 1.0));
+            next_slice =
+                Instant::now() + Duration::from_secs_f64(slice * (1.0 / config.tracking.max_cpu_fraction - 1.0));
         }
         let slice_due = if tracker.in_cycle() { next_slice } else { next_slice.max(next_cycle) };
         let look_due = tracker.next_page_look(&config);
@@ -305,7 +309,7 @@ pub extern "C" fn pytier_stop() {
 pub extern "C" fn pytier_stats() -> *mut c_char {
     catch_unwind(|| {
         let shared = SHARED.get()?;
-        CString::new(shared.stats_json().to_string()).ok().map(CString::into_raw)
+        CString::new(serde_json::to_string(&shared.stats()).ok()?).ok().map(CString::into_raw)
     })
     .ok()
     .flatten()
@@ -332,7 +336,7 @@ pub unsafe extern "C" fn pytier_classify(addrs: *const usize, out: *mut i8, n: u
         let shared = SHARED.get()?;
         let tracker = shared.tracker.lock().ok()?;
         let config = shared.config.lock().ok()?.clone();
-        let rules = Rules::new(config.hot_threshold, config.decay_half_life_seconds as f64, 1.0);
+        let rules = Rules::new(config.tracking.hot_threshold, config.tracking.decay_half_life_seconds as f64, 1.0);
         let (addrs, out) = unsafe { (std::slice::from_raw_parts(addrs, n), std::slice::from_raw_parts_mut(out, n)) };
         for (addr, out) in addrs.iter().zip(out) {
             let class =

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use crate::config::Tiers;
+use pytier_contract::settings::Tiers;
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Topology {

@@ -20,11 +20,10 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use serde::Serialize;
+pub use pytier_contract::stats::PageReport;
 
 use crate::arenas::ARENA_FREES;
 use crate::pagewrites::{DEFAULT_FAULT_SECONDS, PAGE, PageWrites};
-use crate::scanner::ByClass;
 use crate::temperature::{Class, Rules, Temperature};
 
 /// The first peek after a collection, in seconds; each later one waits
@@ -72,25 +71,6 @@ struct ArenaPages {
     write_heat: Vec<f32>,
     /// Registration failed (not anonymous memory): no temperatures.
     unwatchable: bool,
-}
-
-/// Page-write tracking as of the last collection.
-#[derive(Debug, Default, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PageReport {
-    /// Null when on; else why it is off.
-    pub off_reason: Option<String>,
-    pub watched_pages: u64,
-    /// Pages by class (hot: written often lately; cold: not for a long time).
-    pub pages: ByClass,
-    /// Written pages found by the last collection, and collections so far.
-    pub last_written_pages: u64,
-    pub collections: u64,
-    /// Measured cost of one written page to the program, and the estimated
-    /// total the program has paid.
-    pub fault_seconds_per_page: f64,
-    pub fault_seconds_total: f64,
-    pub collect_seconds: f64,
 }
 
 impl Default for PageTracker {

@@ -3,18 +3,19 @@
 //! within the migration rate limit. Reports bytes per tier as the kernel
 //! sees them, not as bookkeeping says they should be.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use pytier_contract::Settings;
+use pytier_contract::settings::Mode;
+pub use pytier_contract::stats::{MoveTotals, PlacementReport};
 
 use crate::arenas::{ARENA_SIZE, ARENAS, PREFERRED_NODE};
-use crate::config::Config;
 use crate::mover::{self, Moved};
 use crate::numa::{self, Topology};
 use crate::objects::AddrMap;
-use crate::policy::{Decisions, Page, Policy, Settings, Tier};
+use crate::policy::{self, Decisions, Page, Policy, Tier};
 
 const PAGE: u64 = 4096;
 
@@ -28,55 +29,13 @@ pub struct Placement {
     status: Vec<i32>,
 }
 
-/// Placement as of the last round. Page counts are 4 KiB pages.
-#[derive(Debug, Default, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PlacementReport {
-    /// Null when placing (or observing); else why not.
-    pub off_reason: Option<String>,
-    pub mode: String,
-    pub dram_nodes: Vec<i32>,
-    pub cxl_nodes: Vec<i32>,
-    pub budget_bytes: u64,
-    /// Heap pages (arenas and big blocks) and the bytes of them resident on
-    /// each tier, from `move_pages` queries; `otherBytes` are on nodes in no tier.
-    pub heap_pages: u64,
-    pub dram_bytes: u64,
-    pub cxl_bytes: u64,
-    pub other_bytes: u64,
-    /// Free memory on the DRAM node above its high watermarks: what
-    /// promotions can fill without demoting first. Null when unknown.
-    pub dram_room_bytes: Option<u64>,
-    /// Pages the Policy wants on DRAM (the hottest, at most the budget).
-    pub wanted_pages: u64,
-    /// Decided but not moved: rate-limited, or everything in `observe` mode.
-    pub pending_promote_pages: u64,
-    pub pending_demote_pages: u64,
-    /// Since start.
-    pub promoted: MoveTotals,
-    pub demoted: MoveTotals,
-    pub rounds: u64,
-    pub round_seconds: f64,
-}
-
-#[derive(Debug, Default, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct MoveTotals {
-    pub pages: u64,
-    pub bytes: u64,
-    pub failed_pages: u64,
-    /// Failed pages by error (ENOMEM: the target node is full, ...).
-    pub errors: BTreeMap<String, u64>,
-}
-
-impl MoveTotals {
-    fn add(&mut self, moved: &Moved) {
-        self.pages += moved.pages;
-        self.bytes += moved.pages * PAGE;
-        self.failed_pages += moved.failed;
-        for (e, n) in &moved.errors {
-            *self.errors.entry(e.clone()).or_default() += n;
-        }
+/// Adds what one move reported to the totals.
+fn add(totals: &mut MoveTotals, moved: &Moved) {
+    totals.pages += moved.pages;
+    totals.bytes += moved.pages * PAGE;
+    totals.failed_pages += moved.failed;
+    for (e, n) in &moved.errors {
+        *totals.errors.entry(e.clone()).or_default() += n;
     }
 }
 
@@ -99,11 +58,11 @@ impl Placement {
     }
 
     /// One round over the heap pages and their heat from the last cycle.
-    pub fn round(&mut self, heat: &AddrMap<f32>, heap_bytes: u64, config: &Config) -> &PlacementReport {
+    pub fn round(&mut self, heat: &AddrMap<f32>, heap_bytes: u64, config: &Settings) -> &PlacementReport {
         let started = Instant::now();
         let topology = Topology::discover(&config.tiers);
         let report = &mut self.report;
-        report.mode = config.mode.clone();
+        report.mode = config.mode;
         report.dram_nodes = topology.dram.clone();
         report.cxl_nodes = topology.cxl.clone();
         report.off_reason = match (topology.dram.first(), topology.cxl.first()) {
@@ -111,7 +70,7 @@ impl Placement {
             (_, None) => Some("no CXL NUMA node: every node with memory has CPUs (set tiers.cxlNodes)".into()),
             _ => None,
         };
-        let enforce = report.off_reason.is_none() && config.mode == "enforce";
+        let enforce = report.off_reason.is_none() && config.mode == Mode::Enforce;
         // New arenas prefer DRAM from their first touch.
         PREFERRED_NODE.store(if enforce { topology.dram[0] } else { -1 }, Ordering::Relaxed);
         if report.off_reason.is_some() {
@@ -151,7 +110,7 @@ impl Placement {
         self.last_round = Some(now);
         let room = numa::room_pages(topology.dram[0]);
         report.dram_room_bytes = room.map(|pages| pages * PAGE);
-        let settings = Settings {
+        let settings = policy::Settings {
             budget_pages: (report.budget_bytes / PAGE) as usize,
             promote: config.migration.promote,
             demote: config.migration.demote,
@@ -175,8 +134,8 @@ impl Placement {
         report.wanted_pages = wanted as u64;
         report.pending_promote_pages = pending_promote as u64;
         report.pending_demote_pages = pending_demote as u64;
-        report.demoted.add(&demoted);
-        report.promoted.add(&promoted);
+        add(&mut report.demoted, &demoted);
+        add(&mut report.promoted, &promoted);
         report.rounds += 1;
         report.round_seconds = started.elapsed().as_secs_f64();
         &self.report

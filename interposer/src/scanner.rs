@@ -11,16 +11,15 @@
 
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use pytier_contract::Settings;
+pub use pytier_contract::stats::{BigReport, ByClass, PassReport, TypeBytes};
 
 use crate::arenas::{ARENA_SIZE, ARENAS, EARLY_ARENAS};
-use crate::config::Config;
 use crate::large::BIG_BLOCKS;
 use crate::layout::{Layout, PoolHeader, arena_index};
 use crate::memory::{read_each, read_self};
 use crate::objects::{AddrMap, Found, TypeCache};
 use crate::pages::{PageReport, PageTracker, Spacing};
-use crate::placement::PlacementReport;
 use crate::temperature::{Class, Rules, Slot};
 
 const PAGE: usize = 4096;
@@ -103,94 +102,6 @@ struct Cycle {
     started: Instant,
     report: PassReport,
     per_type: TypeTallies,
-}
-
-/// What one pass saw. Sizes are block sizes: what the allocator hands out.
-#[derive(Debug, Default, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PassReport {
-    pub arenas: usize,
-    pub pools: usize,
-    /// Blocks in use in the scanned pools, and their bytes.
-    pub used_blocks: u64,
-    pub used_bytes: u64,
-    /// Objects recognised (in pools and big blocks), by class.
-    pub objects: ByClass,
-    pub bytes: ByClass,
-    /// Share of the heap's bytes (`heap_bytes`) whose temperature is known.
-    pub coverage: f64,
-    /// 4 KiB pages holding objects, pages holding a hot one, and the bytes of
-    /// cold objects sitting on hot pages (what page-level tiering keeps in DRAM
-    /// for nothing).
-    pub pages: u64,
-    pub hot_pages: u64,
-    pub cold_bytes_on_hot_pages: u64,
-    /// Objects by temperature: [0, 1/8), [1/8, 1/4), ... [32, 64] changes.
-    pub histogram: [u64; 10],
-    pub top_types_by_cold_bytes: Vec<TypeBytes>,
-    pub top_types_by_hot_bytes: Vec<TypeBytes>,
-    /// Time spent scanning in this cycle, its slices and the longest one,
-    /// and the wall-clock time from its start to its end.
-    pub scan_seconds: f64,
-    pub slices: u64,
-    pub longest_slice_seconds: f64,
-    pub cycle_seconds: f64,
-    pub bytes_read: u64,
-    pub read_errors: u64,
-    /// Memory the temperature table itself takes.
-    pub table_bytes: u64,
-    /// Page temperatures from page writes, as of their last collection.
-    pub page_writes: PageReport,
-    /// Allocations too big for pymalloc (the allocator view).
-    pub big_blocks: BigReport,
-    /// Bytes in pymalloc blocks and big blocks: the heap the coverage is of.
-    pub heap_bytes: u64,
-    /// Where the heap's pages are and what moved (after this cycle).
-    pub placement: PlacementReport,
-}
-
-/// What the allocator view saw in one cycle.
-#[derive(Debug, Default, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct BigReport {
-    pub blocks: u64,
-    pub bytes: u64,
-    /// Blocks holding an object (the rest are buffers: list items, dict tables).
-    pub objects: ByClass,
-    pub object_bytes: ByClass,
-    /// Buffers whose owner was found (list item arrays, dict tables), by the
-    /// owner's class.
-    pub owned_bytes: ByClass,
-    /// Blocks the table had no room for since start.
-    pub dropped: u64,
-}
-
-#[derive(Debug, Default, Clone, Copy, Serialize, PartialEq, Eq)]
-pub struct ByClass {
-    pub hot: u64,
-    pub warm: u64,
-    pub cold: u64,
-}
-
-impl ByClass {
-    pub fn add(&mut self, class: Class, n: u64) {
-        match class {
-            Class::Hot => self.hot += n,
-            Class::Warm => self.warm += n,
-            Class::Cold => self.cold += n,
-        }
-    }
-    pub fn total(&self) -> u64 {
-        self.hot + self.warm + self.cold
-    }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct TypeBytes {
-    #[serde(rename = "type")]
-    pub type_name: String,
-    pub objects: u64,
-    pub bytes: u64,
 }
 
 /// Objects and bytes by class, per type, within one pass.
@@ -318,17 +229,18 @@ impl Tracker {
 
     /// Collects page writes if the fault budget allows (see `pages`). Cheap
     /// next to an object pass, so it runs on its own, more frequent, cadence.
-    pub fn collect_page_writes(&mut self, config: &Config) -> &PageReport {
+    pub fn collect_page_writes(&mut self, config: &Settings) -> &PageReport {
         let spans: Vec<(usize, usize)> = self.regions().into_iter().map(|r| (r.base, r.len)).collect();
-        let rules_for =
-            |interval: f64| Rules::new(config.hot_threshold, config.decay_half_life_seconds as f64, interval);
-        let half_life = config.decay_half_life_seconds as f64;
+        let rules_for = |interval: f64| {
+            Rules::new(config.tracking.hot_threshold, config.tracking.decay_half_life_seconds as f64, interval)
+        };
+        let half_life = config.tracking.decay_half_life_seconds as f64;
         self.pages.maybe_collect(&spans, rules_for, half_life, spacing(config));
         self.pages.report()
     }
 
     /// When page writes should next be looked at (a peek or a collection).
-    pub fn next_page_look(&self, config: &Config) -> Option<Instant> {
+    pub fn next_page_look(&self, config: &Settings) -> Option<Instant> {
         self.pages.next_look(spacing(config))
     }
 
@@ -349,7 +261,7 @@ impl Tracker {
 
     /// Scans arenas for about `budget` (at least one arena), beginning a cycle
     /// if none is under way. Returns the cycle's report when this slice ends it.
-    pub fn scan_slice(&mut self, config: &Config, budget: Duration) -> Option<PassReport> {
+    pub fn scan_slice(&mut self, config: &Settings, budget: Duration) -> Option<PassReport> {
         let started = Instant::now();
         let mut cycle = match self.cycle.take() {
             Some(cycle) => cycle,
@@ -390,7 +302,7 @@ impl Tracker {
         let live: std::collections::HashSet<usize> = queue.iter().map(|r| r.base).collect();
         self.arenas.retain(|base, _| live.contains(base));
         queue.sort_by_key(|r| (self.arenas[&r.base].born, r.base));
-        let report = PassReport { arenas: queue.len(), ..Default::default() };
+        let report = PassReport { arenas: queue.len() as u64, ..Default::default() };
         let big_queue = BIG_BLOCKS.snapshot();
         let big_index = big_queue.iter().enumerate().map(|(i, (addr, _))| (*addr, i)).collect();
         let owner_class = vec![None; big_queue.len()];
@@ -410,7 +322,7 @@ impl Tracker {
         }
     }
 
-    fn scan_region(&mut self, region: Region, config: &Config, buf: &mut Vec<u8>, cycle: &mut Cycle) {
+    fn scan_region(&mut self, region: Region, config: &Settings, buf: &mut Vec<u8>, cycle: &mut Cycle) {
         buf.resize(region.len, 0);
         match read_self(region.base, buf) {
             Ok(n) => {
@@ -428,11 +340,11 @@ impl Tracker {
         let since = arena
             .as_ref()
             .and_then(|a| a.scanned_at)
-            .map_or(config.scan_interval_millis as f64 / 1000.0, |at| (now - at).as_secs_f64());
+            .map_or(config.tracking.scan_interval_millis as f64 / 1000.0, |at| (now - at).as_secs_f64());
         if let Some(arena) = arena {
             arena.scanned_at = Some(now);
         }
-        let rules = Rules::new(config.hot_threshold, config.decay_half_life_seconds as f64, since);
+        let rules = Rules::new(config.tracking.hot_threshold, config.tracking.decay_half_life_seconds as f64, since);
         if region.index.is_none() {
             // A whole arena: its free pools are heap pages too.
             for page in (region.base..region.base + buf.len()).step_by(PAGE) {
@@ -452,7 +364,7 @@ impl Tracker {
     /// Reads the heads of the next batch of big blocks and tracks the objects
     /// in them. A block freed since the snapshot reads as garbage or not at
     /// all, and is then not an object.
-    fn scan_big_blocks(&mut self, config: &Config, buf: &mut Vec<u8>, cycle: &mut Cycle) {
+    fn scan_big_blocks(&mut self, config: &Settings, buf: &mut Vec<u8>, cycle: &mut Cycle) {
         let first = cycle.big_next;
         let end = cycle.big_queue.len().min(first + BIG_BATCH);
         let batch = &cycle.big_queue[first..end];
@@ -461,7 +373,7 @@ impl Tracker {
         let read = read_each(&addrs, BIG_HEAD, buf);
         let report = &mut cycle.report;
         let now = Instant::now();
-        let interval = config.scan_interval_millis as f64 / 1000.0;
+        let interval = config.tracking.scan_interval_millis as f64 / 1000.0;
         for (i, &(addr, size)) in batch.iter().enumerate() {
             if !read[i] {
                 report.read_errors += 1;
@@ -487,7 +399,8 @@ impl Tracker {
             let since = if state.seen == 0 { interval } else { (now - state.scanned_at).as_secs_f64() };
             state.seen = self.pass;
             state.scanned_at = now;
-            let rules = Rules::new(config.hot_threshold, config.decay_half_life_seconds as f64, since);
+            let rules =
+                Rules::new(config.tracking.hot_threshold, config.tracking.decay_half_life_seconds as f64, since);
             let class = state.slot.observe(found.refcnt, &rules);
             report.big_blocks.objects.add(class, 1);
             report.big_blocks.object_bytes.add(class, size as u64);
@@ -611,8 +524,11 @@ impl Tracker {
 }
 
 /// Page-write collections' spacing, from the settings.
-fn spacing(config: &Config) -> Spacing {
-    Spacing { max_fault_fraction: config.max_fault_fraction, min_seconds: config.scan_interval_millis as f64 / 1000.0 }
+fn spacing(config: &Settings) -> Spacing {
+    Spacing {
+        max_fault_fraction: config.tracking.max_fault_fraction,
+        min_seconds: config.tracking.scan_interval_millis as f64 / 1000.0,
+    }
 }
 
 /// Spreads `degrees` over the pages of the block at `[addr, addr + size)`:

@@ -12,23 +12,7 @@ const PRESENT: u16 = 1 << 14;
 const HOT: u16 = 1 << 15;
 
 /// The class of an object, for placement and for reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Class {
-    Hot,
-    Warm,
-    Cold,
-}
-
-impl Class {
-    /// The hotter of two classes.
-    pub fn hotter(self, other: Class) -> Class {
-        match (self, other) {
-            (Class::Hot, _) | (_, Class::Hot) => Class::Hot,
-            (Class::Warm, _) | (_, Class::Warm) => Class::Warm,
-            _ => Class::Cold,
-        }
-    }
-}
+pub use pytier_contract::stats::Class;
 
 /// Thresholds and decay, from the tracking settings.
 #[derive(Debug, Clone, Copy)]

@@ -5,13 +5,14 @@
 //! interposer and prints what the interposer sees. Placement (moving memory
 //! between tiers) is not built yet.
 
+mod control;
 mod standalone;
 mod topology;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use pytier_crds::node::NumaNode;
 
@@ -33,7 +34,8 @@ enum Command {
         /// binary's directory, where `interposer/build-shim.sh` puts it).
         #[arg(long, env = "PYTIER_SHIM")]
         shim: Option<PathBuf>,
-        /// Interposer settings as JSON, e.g. '{"hotThreshold": 2}'.
+        /// Interposer settings as JSON, in the TieringPolicy's shape, e.g.
+        /// '{"tracking": {"hotThreshold": 2}}'.
         #[arg(long)]
         config: Option<String>,
         /// Seconds between two statistics lines.
@@ -109,6 +111,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             if every.is_nan() || every <= 0.0 {
                 anyhow::bail!("--every must be a positive number of seconds");
+            }
+            if let Some(config) = &config {
+                pytier_contract::Settings::from_json(config).context("--config")?;
             }
             let shim = standalone::find_shim(shim)?;
             standalone::run(&program, &shim, config.as_deref(), std::time::Duration::from_secs_f64(every))

@@ -1,15 +1,15 @@
 //! Standalone mode: run one Python program under the interposer on this
 //! machine and print what it sees, without Kubernetes.
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use serde_json::Value;
+use pytier_contract::stats::Stats;
+
+use crate::control;
 
 /// The shim directory: `--shim`, else `pytier-shim` beside the directory of
 /// this binary (where `interposer/build-shim.sh` puts it in a cargo build).
@@ -62,7 +62,7 @@ pub fn run(program: &[String], shim: &Path, config: Option<&str>, every: Duratio
         if Instant::now() >= next_report {
             next_report += every;
             let t = started.elapsed().as_secs_f64();
-            match request_stats(&socket) {
+            match control::stats(&socket) {
                 Ok(stats) => println!("{t:>6.1}s  {}", summary(&stats)),
                 Err(e) => println!("{t:>6.1}s  no stats yet ({e:#})"),
             }
@@ -78,35 +78,19 @@ fn socket_dir() -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// One stats request over the control socket (protocol v1).
-pub fn request_stats(socket: &Path) -> Result<Value> {
-    let mut stream = UnixStream::connect(socket)?;
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    stream.write_all(b"{\"v\":1,\"op\":\"stats\"}\n")?;
-    let mut line = String::new();
-    BufReader::new(stream).read_line(&mut line)?;
-    let reply: Value = serde_json::from_str(&line).context("malformed reply")?;
-    if reply["ok"] != Value::Bool(true) {
-        bail!("{}", reply["error"]);
-    }
-    Ok(reply["stats"].clone())
-}
-
-fn summary(stats: &Value) -> String {
-    let last = &stats["last"];
-    if last.is_null() {
-        return "no scan finished yet".into();
-    }
-    let mib = |v: &Value| v.as_f64().unwrap_or(0.0) / (1 << 20) as f64;
+fn summary(stats: &Stats) -> String {
+    let Some(last) = &stats.last else { return "no scan finished yet".into() };
+    let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
+    let (o, b) = (&last.objects, &last.bytes);
     format!(
         "hot {:>8} ({:.1} MiB)  warm {:>8} ({:.1} MiB)  cold {:>8} ({:.1} MiB)  coverage {:.0}%  scanner CPU {:.2}%",
-        last["objects"]["hot"],
-        mib(&last["bytes"]["hot"]),
-        last["objects"]["warm"],
-        mib(&last["bytes"]["warm"]),
-        last["objects"]["cold"],
-        mib(&last["bytes"]["cold"]),
-        100.0 * last["coverage"].as_f64().unwrap_or(0.0),
-        100.0 * stats["scannerCpuFraction"].as_f64().unwrap_or(0.0),
+        o.hot,
+        mib(b.hot),
+        o.warm,
+        mib(b.warm),
+        o.cold,
+        mib(b.cold),
+        100.0 * last.coverage,
+        100.0 * stats.scanner_cpu_fraction,
     )
 }

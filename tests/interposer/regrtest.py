@@ -39,7 +39,7 @@ def main():
     base.pop("PYTHONPATH", None)
     off, total_off, _ = failures(base, tests)
     on_env = dict(base, PYTHONPATH=shim, PYTIER_SOCKET="",
-                  PYTIER_CONFIG='{"scanIntervalMillis": 20, "maxCpuFraction": 0.25}')
+                  PYTIER_CONFIG='{"tracking": {"scanIntervalMillis": 20, "maxCpuFraction": 0.25}}')
     on, total_on, output = failures(on_env, tests)
     print(f"{len(tests)} test files: {total_off} tests without pytier, {total_on} with; "
           f"failing: {len(off)} without, {len(on)} with")

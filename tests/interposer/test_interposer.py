@@ -16,7 +16,7 @@ import pytest
 SHIM = os.environ.get("PYTIER_SHIM")
 pytestmark = pytest.mark.skipif(not SHIM, reason="PYTIER_SHIM not set; run tests/run")
 
-FAST = json.dumps({"scanIntervalMillis": 20, "maxCpuFraction": 0.5})
+FAST = json.dumps({"tracking": {"scanIntervalMillis": 20, "maxCpuFraction": 0.5}})
 
 
 def python(code, env=None, shim=None, timeout=60, **kw):
@@ -56,7 +56,7 @@ def test_a_big_heap_is_scanned_in_slices_within_the_cpu_budget():
         last = s["last"]
         print(last["slices"], last["longestSliceSeconds"], last["arenas"], s["scannerCpuFraction"],
               pytier.classify(data[:1000]).count(None))
-    """, env={"PYTIER_CONFIG": json.dumps({"sliceMillis": 1, "maxCpuFraction": 0.2, "scanIntervalMillis": 20})})
+    """, env={"PYTIER_CONFIG": json.dumps({"tracking": {"sliceMillis": 1, "maxCpuFraction": 0.2, "scanIntervalMillis": 20}})})
     assert r.returncode == 0, r.stderr
     slices, longest, arenas, cpu, untracked = r.stdout.split()
     assert int(arenas) > 40
@@ -87,7 +87,7 @@ def test_blocks_too_big_for_pymalloc_are_seen_through_the_allocator():
     assert sum(big["ownedBytes"].values()) >= 1000 * 800
     assert big["dropped"] == 0
 
-    r = python(code, env={"PYTIER_CONFIG": json.dumps({"scanIntervalMillis": 20, "maxCpuFraction": 0.5, "allocatorView": False})})
+    r = python(code, env={"PYTIER_CONFIG": json.dumps({"tracking": {"scanIntervalMillis": 20, "maxCpuFraction": 0.5, "allocatorView": False}})})
     assert r.returncode == 0, r.stderr
     big, untracked = r.stdout.rsplit(" ", 1)
     assert json.loads(big)["blocks"] == 0 and int(untracked) == 2000, "without the allocator view, big blocks are unseen"
@@ -138,8 +138,8 @@ def test_pages_of_objects_only_read_are_hot_and_untouched_pages_cold():
         read_pages = pytier.classify_ids(read_ids, by="page")
         untouched_pages = pytier.classify_ids(untouched_ids, by="page")
         print(read_pages.count("hot") / len(read), untouched_pages.count("cold") / len(untouched))
-    """, env={"PYTIER_CONFIG": json.dumps({"scanIntervalMillis": 20, "maxCpuFraction": 0.5, "maxFaultFraction": 0.05,
-                                           "decayHalfLifeSeconds": 1})})
+    """, env={"PYTIER_CONFIG": json.dumps({"tracking": {"scanIntervalMillis": 20, "maxCpuFraction": 0.5, "maxFaultFraction": 0.05,
+                                                        "decayHalfLifeSeconds": 1}})})
     assert r.returncode == 0, r.stderr
     read_hot, untouched_cold = map(float, r.stdout.split())
     assert read_hot > 0.95, r.stdout
@@ -153,7 +153,7 @@ def test_page_write_tracking_can_be_turned_off():
         time.sleep(0.3)
         s = pytier.stats()["last"]["pageWrites"]
         print(s["offReason"], s["collections"])
-    """, env={"PYTIER_CONFIG": json.dumps({"scanIntervalMillis": 20, "maxCpuFraction": 0.5, "maxFaultFraction": 0})})
+    """, env={"PYTIER_CONFIG": json.dumps({"tracking": {"scanIntervalMillis": 20, "maxCpuFraction": 0.5, "maxFaultFraction": 0}})})
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["turned", "off", "(maxFaultFraction", "is", "0)", "0"], r.stdout
 
@@ -188,14 +188,17 @@ def test_control_socket_answers_and_survives_garbage(tmp_path):
 
         assert "not a JSON request" in ask(b"\x00\xff garbage\n")["error"]
         assert "protocol version 9" in ask(b'{"v":9,"op":"stats"}\n')["error"]
-        assert "unknown op" in ask(b'{"v":1,"op":"explode"}\n')["error"]
+        assert "unknown variant `explode`" in ask(b'{"v":2,"op":"explode"}\n')["error"]
+        assert "protocol version 1 is not supported" in ask(b'{"v":1,"op":"stats"}\n')["error"]
         assert "longer than" in ask(b"x" * (70 << 10))["error"]
-        assert "hotThreshold" in ask(b'{"v":1,"op":"config","config":{"hotThreshold":-1}}\n')["error"]
-        assert ask(b'{"v":1,"op":"config","config":{"hotThreshold":2.0}}\n')["config"]["hotThreshold"] == 2.0
-        hello = ask(b'{"v":1,"op":"hello"}\n')
-        assert hello["ok"] and hello["pid"] == proc.pid and hello["protocol"] == 1
-        stats = ask(b'{"v":1,"op":"stats"}\n')
-        assert stats["ok"] and stats["stats"]["active"] and stats["stats"]["config"]["hotThreshold"] == 2.0
+        bad = ask(b'{"v":2,"op":"config","config":{"tracking":{"hotThreshold":-1}}}\n')
+        assert "tracking.hotThreshold is -1" in bad["error"] and not bad["ok"]
+        set_ = ask(b'{"v":2,"op":"config","config":{"tracking":{"hotThreshold":2.0}}}\n')
+        assert set_["config"]["tracking"]["hotThreshold"] == 2.0
+        hello = ask(b'{"v":2,"op":"hello"}\n')
+        assert hello["ok"] and hello["hello"]["pid"] == proc.pid and hello["hello"]["protocol"] == 2
+        stats = ask(b'{"v":2,"op":"stats"}\n')
+        assert stats["ok"] and stats["stats"]["active"] and stats["stats"]["config"]["tracking"]["hotThreshold"] == 2.0
 
         cli = subprocess.run([sys.executable, "-m", "pytier", "stats", "--socket", path], capture_output=True,
                              text=True, env=dict(os.environ, PYTHONPATH=SHIM, PYTIER_DISABLE="1"), timeout=30)
@@ -273,6 +276,6 @@ def test_forked_child_runs_and_stops_tracking():
 
 def test_exit_is_prompt_with_a_long_scan_interval():
     start = time.monotonic()
-    r = python("import pytier; print(pytier.status()[0])", env={"PYTIER_CONFIG": '{"scanIntervalMillis": 60000}'})
+    r = python("import pytier; print(pytier.status()[0])", env={"PYTIER_CONFIG": '{"tracking": {"scanIntervalMillis": 60000}}'})
     assert r.returncode == 0 and r.stdout.strip() == "True", r.stderr
     assert time.monotonic() - start < 5, "interpreter exit waited for the scanner"

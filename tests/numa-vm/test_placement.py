@@ -80,7 +80,7 @@ def run(config, cold=200_000, hot=20_000, seconds=12):
     code = textwrap.dedent(WORKLOAD)
     for name, value in values.items():
         code = code.replace(name, str(value))
-    base = {"scanIntervalMillis": 200, "maxCpuFraction": 0.5, "migration": {"hysteresisSeconds": 1}}
+    base = {"tracking": {"scanIntervalMillis": 200, "maxCpuFraction": 0.5}, "migration": {"hysteresisSeconds": 1}}
     env = dict(os.environ, PYTHONPATH=SHIM, PYTIER_SOCKET="", PYTIER_CONFIG=json.dumps({**base, **config}))
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr

@@ -64,7 +64,7 @@ def main(argv=None):
         parser.error("give a PID or --socket")
     path = args.socket or default_socket(args.pid)
     try:
-        reply = request(path, {"v": 1, "op": "stats"})
+        reply = request(path, {"v": 2, "op": "stats"})
     except OSError as error:
         print(f"pytier: cannot reach {path}: {error}", file=sys.stderr)
         return 1

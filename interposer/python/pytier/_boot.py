@@ -10,7 +10,7 @@ import sys
 # imported only when stats are asked for.
 
 # Environment the node agent (or a person) sets.
-ENV_CONFIG = "PYTIER_CONFIG"  # JSON: scanIntervalMillis, hotThreshold, ...
+ENV_CONFIG = "PYTIER_CONFIG"  # JSON settings, as in a TieringPolicy: {"tracking": {...}, ...}
 ENV_SOCKET = "PYTIER_SOCKET"  # control socket path; "" disables it
 ENV_SOCKET_DIR = "PYTIER_SOCKET_DIR"  # else the socket is <dir>/pytier-<pid>.sock
 ENV_DISABLE = "PYTIER_DISABLE"  # "1": do nothing

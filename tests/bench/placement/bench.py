@@ -176,8 +176,7 @@ def run_workload(name, args, config, budget):
         env["PYTIER_CONFIG"] = json.dumps({
             "dramBudget": {"bytes": budget},
             "migration": {"hysteresisSeconds": args.hysteresis},
-            "maxCpuFraction": args.pytier_cpu,
-            "maxFaultFraction": args.pytier_faults,
+            "tracking": {"maxCpuFraction": args.pytier_cpu, "maxFaultFraction": args.pytier_faults},
         })
     set_kernel_tiering(config == "kernel")
     balloon = Balloon(budget, above="low" if config == "first-touch" else "high")
