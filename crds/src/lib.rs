@@ -15,6 +15,23 @@ pub const POLICY_ANNOTATION: &str = "pytier.dev/policy";
 /// Annotation by which a pod opts in to injection of the interposer.
 pub const INJECT_ANNOTATION: &str = "pytier.dev/inject";
 
+/// How an injected pod is laid out, shared by the webhook (which writes it)
+/// and the node agent (which relies on it).
+pub mod injection {
+    /// The host directory with the shim, mounted read-only at `SHIM_MOUNT`.
+    pub const SHIM_VOLUME: &str = "pytier-shim";
+    pub const SHIM_MOUNT: &str = "/opt/pytier/shim";
+    /// The `PYTHONPATH` entry: the shim version the agent marked current.
+    pub const SHIM_PYTHONPATH: &str = "/opt/pytier/shim/current";
+    /// The pod's own emptyDir for control sockets, mounted at `RUN_MOUNT`.
+    pub const RUN_VOLUME: &str = "pytier-run";
+    pub const RUN_MOUNT: &str = "/run/pytier";
+    /// Where the interposer creates its socket, and the container's name it
+    /// puts in the socket's name (`<container>.<pid>.sock`).
+    pub const ENV_SOCKET_DIR: &str = "PYTIER_SOCKET_DIR";
+    pub const ENV_CONTAINER: &str = "PYTIER_CONTAINER";
+}
+
 /// Every CRD this crate defines.
 pub fn crds() -> Vec<CustomResourceDefinition> {
     vec![TieringPolicy::crd(), TieringNode::crd()]

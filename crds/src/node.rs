@@ -148,6 +148,24 @@ pub struct PodStatus {
     /// Bytes of the pod's tiered memory resident on CXL nodes, when last read.
     #[serde(default)]
     pub cxl_bytes: u64,
+    /// Bytes of the pod's hot Python objects, when last read.
+    #[serde(default)]
+    pub hot_bytes: u64,
+    /// Bytes of the pod's warm Python objects, when last read.
+    #[serde(default)]
+    pub warm_bytes: u64,
+    /// Bytes of the pod's cold Python objects, when last read.
+    #[serde(default)]
+    pub cold_bytes: u64,
+    /// Bytes moved to DRAM nodes since the pod's processes started.
+    #[serde(default)]
+    pub promoted_bytes: u64,
+    /// Bytes moved to CXL nodes since the pod's processes started.
+    #[serde(default)]
+    pub demoted_bytes: u64,
+    /// Pages the kernel refused to move since the pod's processes started.
+    #[serde(default)]
+    pub failed_pages: u64,
 }
 
 /// The agent's state for one pod.

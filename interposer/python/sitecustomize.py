@@ -1,7 +1,22 @@
 # pytier: Python runs this file at start-up because its directory is on
 # PYTHONPATH. It starts the pytier interposer, then runs the sitecustomize the
 # program would have run without pytier. Whatever goes wrong, the program runs.
+def _pin_this_version():
+    # The node agent installs shim versions side by side and points a
+    # `current` link at one; it may repoint it while this process starts. The
+    # entry that found this file is replaced by the directory it resolves to
+    # now, so the pytier package and its native library come from one version.
+    import os
+    import sys
+
+    entry = os.path.dirname(os.path.abspath(__file__))
+    real = os.path.dirname(os.path.realpath(__file__))
+    if real != entry:
+        sys.path[:] = [real if os.path.abspath(p or ".") == entry else p for p in sys.path]
+
+
 try:
+    _pin_this_version()
     import pytier._boot
 
     pytier._boot.start()
@@ -21,9 +36,9 @@ def _chain_next_sitecustomize():
     import os
     import sys
 
-    here = os.path.dirname(os.path.abspath(__file__))
     for entry in sys.path:
-        if os.path.abspath(entry or ".") == here:
+        # Never another pytier shim (this one, or another version of it).
+        if os.path.exists(os.path.join(entry or ".", "pytier", "_boot.py")):
             continue
         finder = sys.path_importer_cache.get(entry)
         if finder is None:
@@ -45,4 +60,4 @@ def _chain_next_sitecustomize():
 try:
     _chain_next_sitecustomize()
 finally:
-    del _chain_next_sitecustomize
+    del _chain_next_sitecustomize, _pin_this_version

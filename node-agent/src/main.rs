@@ -1,11 +1,19 @@
 //! pytier node agent.
 //!
-//! Standalone mode (`node-agent run -- python3 app.py`) works on one machine
-//! without Kubernetes: it prints the NUMA topology, runs the program under the
-//! interposer and prints what the interposer sees. Placement (moving memory
-//! between tiers) is not built yet.
+//! `node-agent serve` is the DaemonSet process (see `serve`). Standalone mode
+//! (`node-agent run -- python3 app.py`) works on one machine without
+//! Kubernetes: it prints the NUMA topology, runs the program under the
+//! interposer and prints what the interposer sees, with the same control
+//! client and stats types.
 
+mod cgroups;
 mod control;
+mod decide;
+mod metrics;
+mod processes;
+mod serve;
+mod shim;
+mod sockets;
 mod standalone;
 mod topology;
 
@@ -25,6 +33,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Cluster mode, the DaemonSet process: tier the pods this node's
+    /// TieringNode lists, report status and serve metrics.
+    Serve(Box<serve::ServeArgs>),
     /// Standalone mode: print this machine's memory tiers, then run PROGRAM
     /// (a Python command) under the interposer and print its statistics.
     Run {
@@ -91,6 +102,12 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
+        Command::Serve(args) => {
+            pytier_admin::init_logging();
+            let runtime = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
+            runtime.block_on(serve::run(*args))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Topology { topology, json } => {
             let nodes = topology.discover()?;
             if json {

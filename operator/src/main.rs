@@ -8,7 +8,6 @@
 
 mod cache;
 mod certs;
-mod http;
 mod lease;
 mod metrics;
 mod nodes;
@@ -16,7 +15,6 @@ mod policies;
 mod selection;
 mod webhook;
 
-use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -96,9 +94,6 @@ struct RunArgs {
     /// Host directory with the interposer shim, which the node agent fills.
     #[arg(long, default_value = "/var/lib/pytier/shim")]
     shim_host_path: String,
-    /// Host directory where interposers create their control sockets.
-    #[arg(long, default_value = "/run/pytier")]
-    run_host_path: String,
 }
 
 /// What both controllers share.
@@ -119,7 +114,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Run(args) => {
-            init_logging();
+            pytier_admin::init_logging();
             let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
             match runtime.block_on(run(*args)) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -130,13 +125,6 @@ fn main() -> ExitCode {
             }
         }
     }
-}
-
-/// JSON logs when not on a terminal; `RUST_LOG` filters (default `info`).
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if std::io::stderr().is_terminal() { builder.init() } else { builder.json().init() }
 }
 
 async fn run(args: RunArgs) -> Result<()> {
@@ -157,7 +145,7 @@ async fn run(args: RunArgs) -> Result<()> {
     let listener =
         TcpListener::bind(args.metrics_addr).await.with_context(|| format!("cannot bind {}", args.metrics_addr))?;
     info!(addr = %listener.local_addr()?, "serving /metrics, /healthz, /readyz");
-    tokio::spawn(http::serve(listener, None, metrics_handler(metrics.clone())));
+    tokio::spawn(pytier_admin::http::serve(listener, None, metrics_handler(metrics.clone())));
 
     if !args.no_webhook {
         start_webhook(&args, client.clone(), metrics.clone(), recorder.clone()).await?;
@@ -219,11 +207,11 @@ async fn start_webhook(args: &RunArgs, client: Client, metrics: Arc<Metrics>, re
     let hook = webhook::Webhook {
         namespaces,
         policies,
-        paths: webhook::HostPaths { shim: args.shim_host_path.clone(), run: args.run_host_path.clone() },
+        paths: webhook::HostPaths { shim: args.shim_host_path.clone() },
         recorder,
         metrics,
     };
-    let handler: http::Handler = Arc::new(move |method, path, body| match (method, path) {
+    let handler: pytier_admin::http::Handler = Arc::new(move |method, path, body| match (method, path) {
         (&Method::POST, "/mutate") => {
             let review = hook.review(body).unwrap_or_else(|e| {
                 warn!(error = e, "unreadable admission request");
@@ -237,11 +225,11 @@ async fn start_webhook(args: &RunArgs, client: Client, metrics: Arc<Metrics>, re
     let listener =
         TcpListener::bind(args.webhook_addr).await.with_context(|| format!("cannot bind {}", args.webhook_addr))?;
     info!(addr = %listener.local_addr()?, "serving the webhook");
-    tokio::spawn(http::serve(listener, Some(tokio_rustls::TlsAcceptor::from(Arc::new(tls))), handler));
+    tokio::spawn(pytier_admin::http::serve(listener, Some(tokio_rustls::TlsAcceptor::from(Arc::new(tls))), handler));
     Ok(())
 }
 
-fn metrics_handler(metrics: Arc<Metrics>) -> http::Handler {
+fn metrics_handler(metrics: Arc<Metrics>) -> pytier_admin::http::Handler {
     Arc::new(move |_, path, _| match path {
         "/metrics" => (StatusCode::OK, "text/plain; version=0.0.4", metrics.render().into_bytes()),
         "/healthz" => (StatusCode::OK, "text/plain", b"ok\n".to_vec()),

@@ -7,14 +7,21 @@
 //! container (all, or those named in `pytier.dev/containers: "a,b"`):
 //!
 //! - volume `pytier-shim` (hostPath `--shim-host-path`, which the node agent
-//!   fills with the interposer shim) mounted read-only at `/opt/pytier/shim`;
-//! - volume `pytier-run` (hostPath `--run-host-path`) mounted at `/run/pytier`,
-//!   where the interposer creates its control socket for the agent;
-//! - `PYTHONPATH`: `/opt/pytier/shim` appended to the user's value, or set to
-//!   it; a container whose `PYTHONPATH` comes from `valueFrom` is left alone
-//!   (the webhook cannot see the value, and overriding it would lose it), and
-//!   an Event on the pod says so;
-//! - `PYTIER_SOCKET_DIR=/run/pytier`, unless the container sets it.
+//!   fills with versions of the interposer shim and a `current` link to the
+//!   one to load) mounted read-only at `/opt/pytier/shim`;
+//! - volume `pytier-run`, an `emptyDir` of the pod's own, mounted at
+//!   `/run/pytier`: the interposers create their control sockets there. The
+//!   agent reaches it on the host under the kubelet's pod directory
+//!   (`pods/<uid>/volumes/kubernetes.io~empty-dir/pytier-run`), so it knows
+//!   the pod of every socket by its path, and no pod can see another's;
+//!   an emptyDir is world-writable, so non-root containers can create theirs;
+//! - `PYTHONPATH`: `/opt/pytier/shim/current` appended to the user's value,
+//!   or set to it; a container whose `PYTHONPATH` comes from `valueFrom` is
+//!   left alone (the webhook cannot see the value, and overriding it would
+//!   lose it), and an Event on the pod says so;
+//! - `PYTIER_SOCKET_DIR=/run/pytier` and `PYTIER_CONTAINER=<container name>`
+//!   (sockets are named `<container>.<pid>.sock`), unless the container sets
+//!   them.
 //!
 //! The pod gets the annotation `pytier.dev/injected` with a JSON summary of
 //! what was done. A pod that already has it is not touched again, so the
@@ -43,16 +50,14 @@ pub const CONTAINERS_ANNOTATION: &str = "pytier.dev/containers";
 /// Namespace label that opts every pod of the namespace in.
 pub const NAMESPACE_LABEL: &str = "pytier.dev/inject";
 
-pub const SHIM_VOLUME: &str = "pytier-shim";
-pub const RUN_VOLUME: &str = "pytier-run";
-pub const SHIM_MOUNT: &str = "/opt/pytier/shim";
-pub const RUN_MOUNT: &str = "/run/pytier";
+pub use pytier_crds::injection::{
+    ENV_CONTAINER, ENV_SOCKET_DIR, RUN_MOUNT, RUN_VOLUME, SHIM_MOUNT, SHIM_PYTHONPATH, SHIM_VOLUME,
+};
 
-/// Where the node puts the shim and the sockets.
+/// Where the node puts the shim.
 #[derive(Clone, Debug)]
 pub struct HostPaths {
     pub shim: String,
-    pub run: String,
 }
 
 /// What the webhook decided for one pod.
@@ -91,20 +96,22 @@ pub fn mutate(pod: &Pod, opted_in: bool, paths: &HostPaths) -> Outcome {
         return if skipped.is_empty() { Outcome::Untouched } else { Outcome::Refused { skipped } };
     }
     let volumes = spec.volumes.get_or_insert_with(Vec::new);
-    for (name, path, type_) in [(SHIM_VOLUME, &paths.shim, "Directory"), (RUN_VOLUME, &paths.run, "DirectoryOrCreate")]
-    {
-        if !volumes.iter().any(|v| v.name == name) {
-            volumes.push(Volume {
-                name: name.into(),
-                host_path: Some(HostPathVolumeSource { path: path.clone(), type_: Some(type_.into()) }),
-                ..Default::default()
-            });
-        }
+    if !volumes.iter().any(|v| v.name == SHIM_VOLUME) {
+        volumes.push(Volume {
+            name: SHIM_VOLUME.into(),
+            // DirectoryOrCreate: a pod scheduled before the agent installed
+            // the shim starts (untiered) instead of failing to start.
+            host_path: Some(HostPathVolumeSource { path: paths.shim.clone(), type_: Some("DirectoryOrCreate".into()) }),
+            ..Default::default()
+        });
+    }
+    if !volumes.iter().any(|v| v.name == RUN_VOLUME) {
+        volumes.push(Volume { name: RUN_VOLUME.into(), empty_dir: Some(Default::default()), ..Default::default() });
     }
     let summary = json!({
         "containers": injected,
         "skipped": skipped.iter().map(|(c, why)| json!({"container": c, "reason": why})).collect::<Vec<_>>(),
-        "pythonpath": SHIM_MOUNT,
+        "pythonpath": SHIM_PYTHONPATH,
         "socketDir": RUN_MOUNT,
     });
     out.annotations_mut().insert(INJECTED_ANNOTATION.into(), summary.to_string());
@@ -118,14 +125,16 @@ fn inject_container(c: &mut Container) -> Result<(), String> {
             return Err("PYTHONPATH comes from valueFrom; pytier cannot append to it".into());
         }
         Some(e) => match e.value.as_deref() {
-            Some(v) if v.split(':').any(|p| p == SHIM_MOUNT) => {}
-            Some(v) if !v.is_empty() => e.value = Some(format!("{v}:{SHIM_MOUNT}")),
-            _ => e.value = Some(SHIM_MOUNT.into()),
+            Some(v) if v.split(':').any(|p| p == SHIM_PYTHONPATH) => {}
+            Some(v) if !v.is_empty() => e.value = Some(format!("{v}:{SHIM_PYTHONPATH}")),
+            _ => e.value = Some(SHIM_PYTHONPATH.into()),
         },
-        None => env.push(EnvVar { name: "PYTHONPATH".into(), value: Some(SHIM_MOUNT.into()), value_from: None }),
+        None => env.push(EnvVar { name: "PYTHONPATH".into(), value: Some(SHIM_PYTHONPATH.into()), value_from: None }),
     }
-    if !env.iter().any(|e| e.name == "PYTIER_SOCKET_DIR") {
-        env.push(EnvVar { name: "PYTIER_SOCKET_DIR".into(), value: Some(RUN_MOUNT.into()), value_from: None });
+    for (name, value) in [(ENV_SOCKET_DIR, RUN_MOUNT), (ENV_CONTAINER, c.name.as_str())] {
+        if !env.iter().any(|e| e.name == name) {
+            env.push(EnvVar { name: name.into(), value: Some(value.into()), value_from: None });
+        }
     }
     let mounts = c.volume_mounts.get_or_insert_with(Vec::new);
     for (name, path, read_only) in [(SHIM_VOLUME, SHIM_MOUNT, true), (RUN_VOLUME, RUN_MOUNT, false)] {
@@ -263,7 +272,7 @@ mod tests {
     use k8s_openapi::api::core::v1::{EnvVarSource, ObjectFieldSelector, PodSpec};
 
     fn paths() -> HostPaths {
-        HostPaths { shim: "/var/lib/pytier/shim".into(), run: "/run/pytier".into() }
+        HostPaths { shim: "/var/lib/pytier/shim".into() }
     }
 
     fn pod_with(containers: Vec<Container>, annotations: &[(&str, &str)]) -> Pod {
@@ -294,12 +303,15 @@ mod tests {
         let pod = pod_with(vec![container("app", &[("PYTHONPATH", "/app/lib")]), container("bare", &[])], &[]);
         let Outcome::Injected { pod: out, skipped } = mutate(&pod, true, &paths()) else { panic!() };
         assert!(skipped.is_empty());
-        assert_eq!(env(&out, 0, "PYTHONPATH"), Some("/app/lib:/opt/pytier/shim"));
-        assert_eq!(env(&out, 1, "PYTHONPATH"), Some("/opt/pytier/shim"));
+        assert_eq!(env(&out, 0, "PYTHONPATH"), Some("/app/lib:/opt/pytier/shim/current"));
+        assert_eq!(env(&out, 1, "PYTHONPATH"), Some("/opt/pytier/shim/current"));
         assert_eq!(env(&out, 0, "PYTIER_SOCKET_DIR"), Some("/run/pytier"));
+        assert_eq!((env(&out, 0, "PYTIER_CONTAINER"), env(&out, 1, "PYTIER_CONTAINER")), (Some("app"), Some("bare")));
         let spec = out.spec.as_ref().unwrap();
         let shim = spec.volumes.as_ref().unwrap().iter().find(|v| v.name == SHIM_VOLUME).unwrap();
         assert_eq!(shim.host_path.as_ref().unwrap().path, "/var/lib/pytier/shim");
+        let run = spec.volumes.as_ref().unwrap().iter().find(|v| v.name == RUN_VOLUME).unwrap();
+        assert!(run.empty_dir.is_some() && run.host_path.is_none(), "each pod's sockets in a directory of its own");
         let mount = spec.containers[1].volume_mounts.as_ref().unwrap().iter().find(|m| m.name == SHIM_VOLUME).unwrap();
         assert_eq!((mount.mount_path.as_str(), mount.read_only), (SHIM_MOUNT, Some(true)));
         let summary: serde_json::Value = serde_json::from_str(&out.annotations()[INJECTED_ANNOTATION]).unwrap();
@@ -333,14 +345,14 @@ mod tests {
         let Outcome::Injected { pod: out, skipped } = mutate(&pod, true, &paths()) else { panic!() };
         assert_eq!(skipped.len(), 1);
         assert!(out.spec.as_ref().unwrap().containers[0].volume_mounts.is_none(), "app untouched");
-        assert_eq!(env(&out, 1, "PYTHONPATH"), Some(SHIM_MOUNT));
+        assert_eq!(env(&out, 1, "PYTHONPATH"), Some(SHIM_PYTHONPATH));
     }
 
     #[test]
     fn the_containers_annotation_chooses_containers() {
         let pod = pod_with(vec![container("app", &[]), container("proxy", &[])], &[(CONTAINERS_ANNOTATION, "app")]);
         let Outcome::Injected { pod: out, .. } = mutate(&pod, true, &paths()) else { panic!() };
-        assert_eq!(env(&out, 0, "PYTHONPATH"), Some(SHIM_MOUNT));
+        assert_eq!(env(&out, 0, "PYTHONPATH"), Some(SHIM_PYTHONPATH));
         assert_eq!(env(&out, 1, "PYTHONPATH"), None);
     }
 

@@ -284,8 +284,14 @@ async fn webhook_injects_opted_in_pods_over_tls() {
     let spec = injected.spec.as_ref().unwrap();
     let env: BTreeMap<_, _> =
         spec.containers[0].env.iter().flatten().map(|e| (e.name.as_str(), e.value.as_deref().unwrap_or(""))).collect();
-    assert_eq!(env["PYTHONPATH"], "/app/lib:/opt/pytier/shim", "the user's PYTHONPATH is kept, the shim appended");
+    assert_eq!(
+        env["PYTHONPATH"], "/app/lib:/opt/pytier/shim/current",
+        "the user's PYTHONPATH is kept, the shim appended"
+    );
     assert_eq!(env["PYTIER_SOCKET_DIR"], "/run/pytier");
+    assert_eq!(env["PYTIER_CONTAINER"], "app", "sockets are named after their container");
+    let run = spec.volumes.iter().flatten().find(|v| v.name == "pytier-run").unwrap();
+    assert!(run.empty_dir.is_some(), "the pod's sockets live in an emptyDir of its own: {run:?}");
     let volume = spec.volumes.iter().flatten().find(|v| v.name == "pytier-shim").unwrap();
     assert_eq!(volume.host_path.as_ref().unwrap().path, "/var/lib/pytier/shim");
     let mount = spec.containers[0].volume_mounts.iter().flatten().find(|m| m.name == "pytier-shim").unwrap();

@@ -1,5 +1,8 @@
 //! What an interposer reports: the `stats` reply of the control protocol,
 //! read by the node agent (status, metrics) and `python -m pytier stats`.
+//! Readers fill in what a reply leaves out and ignore what they do not know,
+//! so an agent and an interposer of neighbouring releases understand each
+//! other's stats.
 
 use std::collections::BTreeMap;
 
@@ -35,7 +38,7 @@ pub const HISTOGRAM_UPPER_BOUNDS: [f64; 9] = [0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8
 
 /// Everything one `stats` request returns.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", default)]
 pub struct Stats {
     /// Whether tracking runs; `reason` says why not.
     pub active: bool,
@@ -62,7 +65,7 @@ pub struct Stats {
 
 /// One complete scan cycle and the placement round after it.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", default)]
 pub struct PassReport {
     pub arenas: u64,
     pub pools: u64,
@@ -105,6 +108,7 @@ pub struct PassReport {
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ByClass {
     pub hot: u64,
     pub warm: u64,
@@ -147,7 +151,7 @@ pub struct TypeBytes {
 
 /// What the allocator view saw in one cycle.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", default)]
 pub struct BigReport {
     pub blocks: u64,
     pub bytes: u64,
@@ -163,7 +167,7 @@ pub struct BigReport {
 
 /// Page-write tracking as of the last collection.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", default)]
 pub struct PageReport {
     /// Null when on; else why it is off.
     pub off_reason: Option<String>,
@@ -182,7 +186,7 @@ pub struct PageReport {
 
 /// Placement as of the last round. Page counts are 4 KiB pages.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", default)]
 pub struct PlacementReport {
     /// Null when placing (or observing); else why not.
     pub off_reason: Option<String>,
@@ -213,7 +217,7 @@ pub struct PlacementReport {
 
 /// Pages moved in one direction since start.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", default)]
 pub struct MoveTotals {
     pub pages: u64,
     pub bytes: u64,

@@ -12,7 +12,8 @@ import sys
 # Environment the node agent (or a person) sets.
 ENV_CONFIG = "PYTIER_CONFIG"  # JSON settings, as in a TieringPolicy: {"tracking": {...}, ...}
 ENV_SOCKET = "PYTIER_SOCKET"  # control socket path; "" disables it
-ENV_SOCKET_DIR = "PYTIER_SOCKET_DIR"  # else the socket is <dir>/pytier-<pid>.sock
+ENV_SOCKET_DIR = "PYTIER_SOCKET_DIR"  # else the socket is <dir>/<container>.<pid>.sock
+ENV_CONTAINER = "PYTIER_CONTAINER"  # the container's name (set by the webhook)
 ENV_DISABLE = "PYTIER_DISABLE"  # "1": do nothing
 NATIVE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_native.so")
 
@@ -21,7 +22,10 @@ _reason = "not started"
 
 
 def default_socket(pid):
-    return os.path.join(os.environ.get(ENV_SOCKET_DIR, "/tmp"), f"pytier-{pid}.sock")
+    """<dir>/<container>.<pid>.sock: the node agent tells containers apart by
+    the name (in a pod, each container's Python may well be pid 1)."""
+    name = os.environ.get(ENV_CONTAINER) or "pytier"
+    return os.path.join(os.environ.get(ENV_SOCKET_DIR, "/tmp"), f"{name}.{pid}.sock")
 
 
 def _unsupported():

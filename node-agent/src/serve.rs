@@ -1,0 +1,441 @@
+//! `node-agent serve`: the DaemonSet process. Watches this node's
+//! TieringNode and pods, installs the shim, configures every interposer of
+//! the pods the spec lists, keeps their containers on the memory nodes their
+//! policy allows, and reports status and metrics.
+//!
+//! Each pass reads facts (sysfs, cgroups, `/proc`, sockets, API objects),
+//! decides in `decide`, then applies effects. Nothing is kept only in
+//! memory: a restarted agent finds the same sockets and cgroups and
+//! configures them again (a config request is idempotent), and an agent that
+//! stops leaves every process running as it was.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use futures::StreamExt;
+use hyper::{Method, StatusCode};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use pytier_contract::Settings;
+use pytier_crds::TieringNode;
+use pytier_crds::injection::SHIM_PYTHONPATH;
+use pytier_crds::node::{PodState, PodTiering, TieringNodeStatus};
+use serde_json::json;
+use tokio::sync::Notify;
+use tracing::{debug, info, warn};
+
+use crate::decide::{self, InterposerView, PodFindings};
+use crate::metrics::{self, PodSample, Snapshot};
+use crate::topology::{self, NodeFacts, Overrides};
+use crate::{cgroups, control, processes, shim, sockets};
+
+/// Flags of `node-agent serve`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// This node's name (from the downward API: `spec.nodeName`).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: String,
+    /// The shim to install (in the agent's image). Default: `pytier-shim`
+    /// beside this binary's directory.
+    #[arg(long, env = "PYTIER_SHIM")]
+    pub shim: Option<PathBuf>,
+    /// Host directory the webhook mounts into pods as the shim.
+    #[arg(long, default_value = "/var/lib/pytier/shim")]
+    pub shim_host_dir: PathBuf,
+    /// The kubelet's pod directory, where each pod's socket emptyDir lives.
+    #[arg(long, default_value = "/var/lib/kubelet/pods")]
+    pub kubelet_pods_dir: PathBuf,
+    /// Where the cgroup file systems are mounted.
+    #[arg(long, default_value = "/sys/fs/cgroup")]
+    pub cgroup_root: PathBuf,
+    /// procfs of the host PID namespace.
+    #[arg(long, default_value = "/proc")]
+    pub proc: PathBuf,
+    /// sysfs, for the NUMA topology.
+    #[arg(long, default_value = "/sys")]
+    pub sysfs: PathBuf,
+    /// Address of `/metrics`, `/healthz` and `/readyz`.
+    #[arg(long, default_value = "0.0.0.0:9478")]
+    pub metrics_addr: SocketAddr,
+    /// Seconds between two reads of every interposer's stats, processes and
+    /// memory nodes (settings reach interposers at once, whatever this is).
+    #[arg(long, default_value_t = 5.0)]
+    pub observe_every: f64,
+    /// Least seconds between two status writes that only change byte counts;
+    /// a change of state is written at once.
+    #[arg(long, default_value_t = 10.0)]
+    pub status_every: f64,
+    /// Leave containers' `cpuset.mems` alone.
+    #[arg(long)]
+    pub no_memory_nodes: bool,
+}
+
+/// The agent's memory between passes. All of it can be rebuilt from the
+/// sockets: it only saves sending a config an interposer already has.
+struct Agent {
+    args: ServeArgs,
+    /// Per socket: the socket's identity and the settings it confirmed.
+    configured: HashMap<PathBuf, ((u64, i64), Settings)>,
+    /// Per socket: why it could not be configured.
+    refused: HashMap<PathBuf, String>,
+    shim: Result<shim::Installed, String>,
+    shim_checked: Option<Instant>,
+    facts: Vec<NodeFacts>,
+}
+
+impl Agent {
+    fn new(args: ServeArgs) -> Agent {
+        Agent {
+            args,
+            configured: HashMap::new(),
+            refused: HashMap::new(),
+            shim: Err("not installed yet".into()),
+            shim_checked: None,
+            facts: Vec::new(),
+        }
+    }
+
+    /// Installs (or re-checks) the shim at most once a minute.
+    fn ensure_shim(&mut self) {
+        if self.shim_checked.is_some_and(|at| at.elapsed() < Duration::from_secs(60)) && self.shim.is_ok() {
+            return;
+        }
+        self.shim_checked = Some(Instant::now());
+        let result = crate::standalone::find_shim(self.args.shim.clone())
+            .and_then(|source| shim::install(&source, &self.args.shim_host_dir));
+        match &result {
+            Ok(installed) if installed.switched => {
+                info!(version = installed.version, dir = %installed.dir.display(), "shim installed and made current")
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = format!("{e:#}"), "cannot install the shim"),
+        }
+        self.shim = result.map_err(|e| format!("{e:#}"));
+    }
+
+    fn read_topology(&mut self) -> Result<()> {
+        self.facts = topology::read_facts(&self.args.sysfs)?;
+        Ok(())
+    }
+
+    /// Sends each interposer of the spec's pods its settings unless it has
+    /// them. Returns how many were configured.
+    fn configure(&mut self, pods: &[PodTiering]) -> usize {
+        let mut seen = Vec::new();
+        let mut sent = 0;
+        for pod in pods {
+            let Ok(resolved) = decide::resolve(&pod.settings, &self.facts) else { continue };
+            for socket in sockets::pod_sockets(&self.args.kubelet_pods_dir, &pod.uid) {
+                seen.push(socket.path.clone());
+                let current = self.configured.get(&socket.path);
+                if current.is_some_and(|(id, s)| *id == socket.identity && *s == resolved) {
+                    continue;
+                }
+                match control::configure(&socket.path, &resolved) {
+                    Ok(_) => {
+                        sent += 1;
+                        debug!(namespace = pod.namespace, pod = pod.name, container = socket.container, "configured");
+                        self.refused.remove(&socket.path);
+                        self.configured.insert(socket.path, (socket.identity, resolved.clone()));
+                    }
+                    Err(e) => {
+                        let why = format!("{e:#}");
+                        if self.refused.get(&socket.path) != Some(&why) {
+                            warn!(
+                                namespace = pod.namespace,
+                                pod = pod.name,
+                                container = socket.container,
+                                error = why,
+                                "cannot configure an interposer"
+                            );
+                        }
+                        self.configured.remove(&socket.path);
+                        self.refused.insert(socket.path, why);
+                    }
+                }
+            }
+        }
+        self.configured.retain(|path, _| seen.contains(path));
+        self.refused.retain(|path, _| seen.contains(path));
+        sent
+    }
+
+    /// Reads every pod's interposers, processes and cgroups; sets memory
+    /// nodes; returns the pods' findings.
+    fn observe(&mut self, pods: &[PodTiering], container_names: &HashMap<String, String>) -> Vec<PodFindings> {
+        let cgroups = cgroups::find_pods(&cgroups::hierarchy(&self.args.cgroup_root));
+        let mut all = Vec::new();
+        for pod in pods {
+            let mut found = PodFindings::default();
+            let resolved = decide::resolve(&pod.settings, &self.facts);
+            if let Err(why) = &resolved {
+                found.invalid = Some(why.clone());
+            }
+            for socket in sockets::pod_sockets(&self.args.kubelet_pods_dir, &pod.uid) {
+                let outcome = match self.refused.get(&socket.path) {
+                    Some(why) => Err(why.clone()),
+                    None => control::stats(&socket.path).map_err(|e| format!("{e:#}")),
+                };
+                found.interposers.push(InterposerView { container: socket.container, outcome });
+            }
+            if let Some(cgroup) = cgroups.get(&pod.uid) {
+                for container in &cgroup.containers {
+                    let name = container_names.get(&container.id).cloned().unwrap_or_else(|| short(&container.id));
+                    for pid in cgroups::procs(&container.dir) {
+                        let Some(facts) = processes::read(&self.args.proc, pid) else { continue };
+                        if facts.python.is_some() && !facts.interposer_loaded {
+                            found
+                                .without_interposer
+                                .push(format!("container {name}: {}", facts.why_not_loaded(SHIM_PYTHONPATH)));
+                        }
+                    }
+                    if let (Ok(resolved), false) = (&resolved, self.args.no_memory_nodes) {
+                        let mems = decide::mems(resolved);
+                        match cgroups::set_mems(&container.dir, &mems) {
+                            Ok(true) => info!(
+                                namespace = pod.namespace,
+                                pod = pod.name,
+                                container = name,
+                                mems,
+                                "memory nodes set"
+                            ),
+                            Ok(false) => {}
+                            Err(e) => found.warnings.push(format!("container {name}: memory nodes not set: {e:#}")),
+                        }
+                    }
+                }
+            }
+            all.push(found);
+        }
+        all
+    }
+}
+
+fn short(id: &str) -> String {
+    id.chars().take(12).collect()
+}
+
+/// Container id (without `containerd://`) to name, for this node's pods.
+fn container_names(pods: &Store<Pod>) -> HashMap<String, String> {
+    let mut names = HashMap::new();
+    for pod in pods.state() {
+        for status in pod.status.iter().flat_map(|s| s.container_statuses.iter().flatten()) {
+            if let Some((_, id)) = status.container_id.as_deref().and_then(|id| id.split_once("://")) {
+                names.insert(id.to_string(), status.name.clone());
+            }
+        }
+    }
+    names
+}
+
+/// The node's conditions, keeping transition times of those that did not change.
+fn conditions(old: Option<&TieringNodeStatus>, ready: bool, reason: &str, message: String) -> Vec<Condition> {
+    let status = if ready { "True" } else { "False" };
+    let previous = old.and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
+    let since = match previous {
+        Some(c) if c.status == status && c.reason == reason => c.last_transition_time.clone(),
+        _ => Time(k8s_openapi::jiff::Timestamp::now()),
+    };
+    vec![Condition {
+        type_: "Ready".into(),
+        status: status.into(),
+        reason: reason.into(),
+        message,
+        last_transition_time: since,
+        observed_generation: None,
+    }]
+}
+
+pub async fn run(args: ServeArgs) -> Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    if !(args.observe_every > 0.0 && args.status_every >= 0.0) {
+        anyhow::bail!("--observe-every must be positive and --status-every at least 0");
+    }
+    let client = Client::try_default().await.context("cannot connect to the Kubernetes API server")?;
+    let node = args.node_name.clone();
+    info!(node, "node agent starting");
+
+    let wake = Arc::new(Notify::new());
+    let spec_error: Arc<Mutex<Option<String>>> = Arc::default();
+    let tiering_nodes = watch::<TieringNode>(
+        Api::all(client.clone()),
+        watcher::Config::default().fields(&format!("metadata.name={node}")),
+        wake.clone(),
+        spec_error.clone(),
+    );
+    let pods = watch::<Pod>(
+        Api::all(client.clone()),
+        watcher::Config::default().fields(&format!("spec.nodeName={node}")),
+        wake.clone(),
+        Arc::default(),
+    );
+
+    let snapshot: metrics::Shared = Arc::default();
+    let registry = Arc::new(metrics::registry(&node, snapshot.clone()));
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.metrics_addr))?;
+    let handler_ready = ready.clone();
+    let handler: pytier_admin::http::Handler = Arc::new(move |method, path, _body| match (method, path) {
+        (&Method::GET, "/metrics") => (
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            metrics::encode(&registry).into_bytes(),
+        ),
+        (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain", b"ok".to_vec()),
+        (&Method::GET, "/readyz") if handler_ready.load(std::sync::atomic::Ordering::Relaxed) => {
+            (StatusCode::OK, "text/plain", b"ok".to_vec())
+        }
+        (&Method::GET, "/readyz") => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", b"not ready".to_vec()),
+        _ => (StatusCode::NOT_FOUND, "text/plain", b"not found".to_vec()),
+    });
+    tokio::spawn(pytier_admin::http::serve(listener, None, handler));
+
+    let api: Api<TieringNode> = Api::all(client);
+    let agent = Arc::new(Mutex::new(Agent::new(args.clone())));
+    let observe_every = Duration::from_secs_f64(args.observe_every);
+    let status_every = Duration::from_secs_f64(args.status_every);
+    let mut next_observe = Instant::now();
+    let mut last_written: Option<(TieringNodeStatus, Instant)> = None;
+    let mut shutdown = std::pin::pin!(shutdown_signal());
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => {
+                info!("stopping; interposers keep running as they are");
+                return Ok(());
+            }
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        let tn = tiering_nodes.get(&ObjectRef::new(&node));
+        let spec_pods = tn.as_ref().map(|tn| tn.spec.pods.clone()).unwrap_or_default();
+        let observe_now = Instant::now() >= next_observe;
+        let names = if observe_now { container_names(&pods) } else { HashMap::new() };
+        let pass = {
+            let agent = agent.clone();
+            tokio::task::spawn_blocking(move || {
+                let mut agent = agent.lock().expect("the agent's lock is never poisoned: passes do not panic");
+                if observe_now || agent.facts.is_empty() {
+                    agent.ensure_shim();
+                    if let Err(e) = agent.read_topology() {
+                        warn!(error = format!("{e:#}"), "cannot read the NUMA topology");
+                    }
+                }
+                agent.configure(&spec_pods);
+                let findings = if observe_now { Some(agent.observe(&spec_pods, &names)) } else { None };
+                let numa = topology::classify(&agent.facts, &Overrides::default()).unwrap_or_default();
+                (findings, numa, agent.shim.clone().err(), spec_pods)
+            })
+            .await
+        };
+        let Ok((Some(findings), numa, shim_error, spec_pods)) = pass else { continue };
+        next_observe = Instant::now() + observe_every;
+
+        let statuses: Vec<_> = spec_pods.iter().zip(&findings).map(|(p, f)| decide::pod_status(p, f)).collect();
+        *snapshot.lock().expect("metrics snapshot lock") = Snapshot {
+            numa_nodes: numa.clone(),
+            pods: spec_pods
+                .iter()
+                .zip(&findings)
+                .zip(&statuses)
+                .map(|((pod, found), status)| PodSample {
+                    namespace: pod.namespace.clone(),
+                    name: pod.name.clone(),
+                    state: status.state,
+                    interposers: found
+                        .interposers
+                        .iter()
+                        .filter_map(|v| Some((v.container.clone(), v.outcome.clone().ok()?)))
+                        .collect(),
+                })
+                .collect(),
+        };
+        ready.store(true, std::sync::atomic::Ordering::Relaxed);
+
+        let spec_error = spec_error.lock().expect("spec error lock").clone();
+        let Some(tn) = tn else {
+            if let Some(e) = spec_error {
+                // The object exists but this agent cannot read it: say so on it.
+                let message = format!("this agent cannot read the TieringNode (from a newer pytier?): {e}");
+                let patch = Patch::Merge(
+                    json!({ "status": { "conditions": conditions(None, false, "SpecUnreadable", message) } }),
+                );
+                if let Err(e) = api.patch_status(&node, &PatchParams::default(), &patch).await {
+                    debug!(node, error = %e, "cannot write the TieringNode status");
+                }
+            } else {
+                debug!(node, "no TieringNode for this node yet");
+            }
+            continue;
+        };
+        let mut status = decide::node_status(numa, statuses, tn.metadata.generation);
+        let unmanaged: Vec<String> = status
+            .pods
+            .iter()
+            .filter(|p| p.state != PodState::Managed)
+            .map(|p| format!("{}/{}: {}", p.namespace, p.name, p.message.as_deref().unwrap_or("not managed")))
+            .collect();
+        let (ok, reason, message) = if let Some(e) = spec_error {
+            (false, "SpecUnreadable", format!("this agent cannot read the TieringNode (from a newer pytier?): {e}"))
+        } else if let Some(e) = shim_error {
+            (false, "ShimNotInstalled", e)
+        } else if !unmanaged.is_empty() {
+            (false, "PodsNotManaged", unmanaged.join("; "))
+        } else {
+            (true, "AllPodsManaged", format!("{} pods managed", status.managed_pods))
+        };
+        let old = last_written.as_ref().map(|(s, _)| s).or(tn.status.as_ref());
+        status.conditions = conditions(old, ok, reason, message);
+        let due = last_written.as_ref().is_none_or(|(_, at)| at.elapsed() >= status_every);
+        if decide::significant_change(old, &status) || (due && Some(&status) != old) {
+            let patch = Patch::Merge(json!({ "status": status }));
+            match api.patch_status(&node, &PatchParams::default(), &patch).await {
+                Ok(_) => last_written = Some((status, Instant::now())),
+                Err(e) => warn!(node, error = %e, "cannot write the TieringNode status"),
+            }
+        }
+    }
+}
+
+/// A reflector store kept by a background watch; every change wakes the
+/// agent. A watch error (the API server away, an object this agent cannot
+/// read) is logged and kept in `error` until the next good event.
+fn watch<K>(api: Api<K>, config: watcher::Config, wake: Arc<Notify>, error: Arc<Mutex<Option<String>>>) -> Store<K>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, config).default_backoff().reflect(writer);
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(_) => *error.lock().expect("watch error lock") = None,
+                Err(e) => {
+                    warn!(kind = K::kind(&()).as_ref(), error = %e, "watch failed; retrying");
+                    *error.lock().expect("watch error lock") = Some(e.to_string());
+                }
+            }
+            wake.notify_one();
+        }
+    });
+    reader
+}
+
+async fn shutdown_signal() {
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("a SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
