@@ -127,7 +127,7 @@ pub struct NumaNode {
 }
 
 /// How the agent is doing with one pod of the spec.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct PodStatus {
     /// Namespace of the pod.
@@ -169,11 +169,12 @@ pub struct PodStatus {
 }
 
 /// The agent's state for one pod.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum PodState {
     /// The interposer runs in the pod's Python processes and takes settings.
     Managed,
     /// No Python process with the interposer has been seen yet.
+    #[default]
     Pending,
     /// The pod cannot be tiered; see the message.
     Failed,

@@ -56,21 +56,7 @@ pub struct PodFindings {
 
 /// A pod's status from what the agent found.
 pub fn pod_status(pod: &PodTiering, found: &PodFindings) -> PodStatus {
-    let mut status = PodStatus {
-        namespace: pod.namespace.clone(),
-        name: pod.name.clone(),
-        state: PodState::Pending,
-        message: None,
-        processes: 0,
-        dram_bytes: 0,
-        cxl_bytes: 0,
-        hot_bytes: 0,
-        warm_bytes: 0,
-        cold_bytes: 0,
-        promoted_bytes: 0,
-        demoted_bytes: 0,
-        failed_pages: 0,
-    };
+    let mut status = PodStatus { namespace: pod.namespace.clone(), name: pod.name.clone(), ..Default::default() };
     let mut problems: Vec<String> = Vec::new();
     for view in &found.interposers {
         match &view.outcome {

@@ -293,6 +293,7 @@ mod tests {
                     processes: 1,
                     dram_bytes: *bytes,
                     cxl_bytes: 3 * *bytes,
+                    ..Default::default()
                 })
                 .collect(),
             ..Default::default()

@@ -201,6 +201,7 @@ async fn policy_status_aggregates_agent_reports() {
         processes: 1,
         dram_bytes: dram,
         cxl_bytes: 2 * dram,
+        ..Default::default()
     };
     let write_status = |pods: Vec<PodStatus>| {
         let c = c.clone();
