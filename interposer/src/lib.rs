@@ -31,7 +31,7 @@ pub mod temperature;
 use std::ffi::{CStr, CString, c_char};
 use std::os::unix::net::UnixListener;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
@@ -166,7 +166,7 @@ fn start(
         None
     } else {
         let _ = std::fs::remove_file(socket); // a stale socket of an earlier process with this pid
-        Some(UnixListener::bind(socket).map_err(|e| format!("cannot listen on {socket}: {e}"))?)
+        Some(bind(Path::new(socket)).map_err(|e| format!("cannot listen on {socket}: {e}"))?)
     };
 
     let mut tracker = Tracker::new(layout, type_type);
@@ -213,6 +213,19 @@ fn start(
         );
     }
     Ok(())
+}
+
+/// Binds a Unix socket, also at a path longer than a socket address holds
+/// (108 bytes): through its directory's descriptor in `/proc/self/fd`.
+fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    use std::os::fd::AsRawFd;
+    match (UnixListener::bind(path), path.parent(), path.file_name()) {
+        (Err(e), Some(dir), Some(name)) if e.kind() == std::io::ErrorKind::InvalidInput => {
+            let dir = std::fs::File::open(dir)?;
+            UnixListener::bind(Path::new(&format!("/proc/self/fd/{}", dir.as_raw_fd())).join(name))
+        }
+        (result, _, _) => result,
+    }
 }
 
 /// Every scan interval: collects page writes (when their fault budget

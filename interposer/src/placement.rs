@@ -73,13 +73,11 @@ impl Placement {
         let enforce = report.off_reason.is_none() && config.mode == Mode::Enforce;
         // New arenas prefer DRAM from their first touch.
         PREFERRED_NODE.store(if enforce { topology.dram[0] } else { -1 }, Ordering::Relaxed);
-        if report.off_reason.is_some() {
-            return &self.report;
-        }
         if enforce {
             self.claim_arenas(topology.dram[0]);
         }
 
+        // Where the heap is, placing or not (with one tier it is all on it).
         let addrs: Vec<usize> = heat.keys().copied().collect();
         if let Err(e) = mover::where_are(&addrs, &mut self.status) {
             self.report.off_reason = Some(format!("move_pages cannot query page locations: {e}"));
@@ -104,6 +102,9 @@ impl Placement {
         report.heap_pages = addrs.len() as u64;
         (report.dram_bytes, report.cxl_bytes, report.other_bytes) = (dram * PAGE, cxl * PAGE, other * PAGE);
         report.budget_bytes = config.dram_budget.bytes_for(heap_bytes);
+        if report.off_reason.is_some() {
+            return &self.report;
+        }
 
         let now = Instant::now();
         let elapsed = self.last_round.map_or(1.0, |at| now.duration_since(at).as_secs_f64().min(1.0));

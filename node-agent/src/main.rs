@@ -56,6 +56,16 @@ enum Command {
         #[arg(last = true)]
         program: Vec<String>,
     },
+    /// Install the interposer shim into the host directory pods mount (what
+    /// `serve` does at start), and print the version made current.
+    InstallShim {
+        /// The shim to install (default: `pytier-shim` beside this binary's directory).
+        #[arg(long, env = "PYTIER_SHIM")]
+        shim: Option<PathBuf>,
+        /// Host directory the webhook mounts into pods as the shim.
+        #[arg(long, default_value = "/var/lib/pytier/shim")]
+        shim_host_dir: PathBuf,
+    },
     /// Print the NUMA nodes and the tier each is assigned.
     Topology {
         #[command(flatten)]
@@ -106,6 +116,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             pytier_admin::init_logging();
             let runtime = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
             runtime.block_on(serve::run(*args))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::InstallShim { shim, shim_host_dir } => {
+            let installed = shim::install(&standalone::find_shim(shim)?, &shim_host_dir)?;
+            let what = if installed.switched { "now current" } else { "already current" };
+            println!("shim {} {what} in {}", installed.version, shim_host_dir.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Topology { topology, json } => {

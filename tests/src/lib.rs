@@ -1,6 +1,7 @@
 //! Real parts for pytier's tests. Nothing here is a mock: `ControlPlane` runs
 //! the upstream etcd and kube-apiserver binaries built from their Go modules.
 
+pub mod agent;
 pub mod controlplane;
 pub mod kwok;
 pub mod operator;
@@ -30,4 +31,60 @@ pub fn spawn_logged(cmd: &mut std::process::Command, log: &std::path::Path) -> a
         });
     }
     cmd.spawn().with_context(|| format!("cannot start {:?}", cmd.get_program()))
+}
+
+/// The body of a plain-HTTP GET of `path` at `addr`; an error unless 200.
+pub fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
+    use anyhow::Context;
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: pytier\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response.split_once("\r\n\r\n").context("no HTTP header")?;
+    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+        anyhow::bail!("GET {path}: {}", head.lines().next().unwrap_or(""));
+    }
+    Ok(body.to_string())
+}
+
+/// A binary of this workspace: `$env_var` when set, else its debug build,
+/// built once per test process (`cell` remembers it).
+pub fn workspace_binary(
+    cell: &'static std::sync::OnceLock<Result<std::path::PathBuf, String>>,
+    env_var: &str,
+    package: &str,
+    bin: &str,
+) -> anyhow::Result<std::path::PathBuf> {
+    if let Some(path) = std::env::var_os(env_var) {
+        return Ok(path.into());
+    }
+    let built = cell.get_or_init(|| {
+        let root = repo_root();
+        let status = std::process::Command::new(std::env::var("CARGO").unwrap_or("cargo".into()))
+            .args(["build", "-q", "--locked", "-p", package, "--bin", bin])
+            .current_dir(&root)
+            .status()
+            .map_err(|e| format!("cannot run cargo: {e}"))?;
+        if !status.success() {
+            return Err(format!("cargo build -p {package} failed"));
+        }
+        let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), Into::into);
+        let path = std::path::PathBuf::from(target).join("debug").join(bin);
+        if path.exists() { Ok(path) } else { Err(format!("{} not found after building", path.display())) }
+    });
+    built.clone().map_err(anyhow::Error::msg)
+}
+
+/// Connects to a Unix socket at any path length (the kubelet's pod
+/// directories make paths longer than a socket address holds): through the
+/// directory's descriptor in `/proc/self/fd`, as the agent does.
+pub fn connect_unix(path: &std::path::Path) -> std::io::Result<std::os::unix::net::UnixStream> {
+    use std::os::fd::AsRawFd;
+    let dir = std::fs::File::open(path.parent().unwrap_or(std::path::Path::new("/")))?;
+    let name = path.file_name().unwrap_or_default();
+    std::os::unix::net::UnixStream::connect(
+        std::path::Path::new(&format!("/proc/self/fd/{}", dir.as_raw_fd())).join(name),
+    )
 }

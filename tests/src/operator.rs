@@ -41,17 +41,7 @@ impl Operator {
 
     /// The body of an endpoint of the metrics server (`/metrics`, `/readyz`).
     pub fn get(&self, path: &str) -> Result<String> {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(&self.metrics_addr)?;
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        write!(stream, "GET {path} HTTP/1.0\r\nHost: operator\r\n\r\n")?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response)?;
-        let (head, body) = response.split_once("\r\n\r\n").context("no HTTP header")?;
-        if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
-            bail!("GET {path}: {}", head.lines().next().unwrap_or(""));
-        }
-        Ok(body.to_string())
+        crate::http_get(&self.metrics_addr, path)
     }
 
     /// Waits until `/readyz` answers ok.
@@ -107,11 +97,8 @@ impl Drop for Operator {
 /// The operator binary: `$PYTIER_OPERATOR_BIN`, or else the debug build,
 /// built once per test process.
 pub fn binary() -> Result<PathBuf> {
-    if let Some(bin) = std::env::var_os("PYTIER_OPERATOR_BIN") {
-        return Ok(PathBuf::from(bin));
-    }
     static BIN: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
-    BIN.get_or_init(|| build().map_err(|e| format!("{e:#}"))).clone().map_err(anyhow::Error::msg)
+    crate::workspace_binary(&BIN, "PYTIER_OPERATOR_BIN", "pytier-operator", "operator")
 }
 
 /// Installs the operator's namespace and RBAC from `deploy/operator` and
@@ -151,24 +138,7 @@ pub async fn install_webhook(plane: &ControlPlane, op: &Operator) -> Result<()> 
     }
 }
 
-fn build() -> Result<PathBuf> {
-    let root = crate::repo_root();
-    let status = Command::new(std::env::var("CARGO").unwrap_or("cargo".into()))
-        .args(["build", "-q", "--locked", "-p", "pytier-operator", "--bin", "operator"])
-        .current_dir(&root)
-        .status()?;
-    if !status.success() {
-        bail!("cargo build -p pytier-operator failed");
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
-    let bin = target.join("debug/operator");
-    if !Path::new(&bin).exists() {
-        bail!("{} not found after building", bin.display());
-    }
-    Ok(bin)
-}
-
-fn free_port() -> Result<u16> {
+pub fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
