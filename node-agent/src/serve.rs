@@ -286,11 +286,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         .with_context(|| format!("cannot listen on {}", args.metrics_addr))?;
     let handler_ready = ready.clone();
     let handler: pytier_admin::http::Handler = Arc::new(move |method, path, _body| match (method, path) {
-        (&Method::GET, "/metrics") => (
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            metrics::encode(&registry).into_bytes(),
-        ),
+        (&Method::GET, "/metrics") => (StatusCode::OK, metrics::CONTENT_TYPE, metrics::encode(&registry).into_bytes()),
         (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain", b"ok".to_vec()),
         (&Method::GET, "/readyz") if handler_ready.load(std::sync::atomic::Ordering::Relaxed) => {
             (StatusCode::OK, "text/plain", b"ok".to_vec())

@@ -174,8 +174,13 @@ pub fn summarize(
     }
 
     let selector_error = selection::selector_error(policy);
+    // The interposer's own check (the schema makes the same ones, so this
+    // only fires for a policy stored before a bound changed).
+    let settings_error = policy.spec.settings.validate().err().map(|e| e.to_string());
     let (ready, ready_reason, ready_message) = if let Some(e) = &selector_error {
         (false, "InvalidSelector", e.clone())
+    } else if let Some(e) = &settings_error {
+        (false, "InvalidSettings", e.clone())
     } else if !failures.is_empty() {
         (false, "PodsFailed", format!("{} of {} pods cannot be tiered", failures.len(), status.matched_pods))
     } else if !pending.is_empty() {
@@ -193,6 +198,8 @@ pub fn summarize(
     };
     let (degraded, degraded_reason, degraded_message) = if let Some(e) = selector_error {
         (true, "InvalidSelector", format!("{e}; fix spec.podSelector"))
+    } else if let Some(e) = settings_error {
+        (true, "InvalidSettings", format!("{e}; the interposers keep their last valid settings"))
     } else if !failures.is_empty() {
         (true, "PodsFailed", first_few(&failures))
     } else if !conflicts.is_empty() {
@@ -307,6 +314,19 @@ mod tests {
 
     fn cond<'a>(s: &'a TieringPolicyStatus, t: &str) -> &'a Condition {
         find(s, t).unwrap()
+    }
+
+    #[test]
+    fn settings_the_interposer_refuses_make_the_policy_degraded() {
+        let mut bad = (*policy("a", "web", 1, Some(("app", "web")))).clone();
+        bad.spec.settings.tracking.hot_threshold = 100.0;
+        let bad = Arc::new(bad);
+        let s = summarize(&bad, &[], &[bad.clone()], &[], &Default::default(), now());
+        assert_eq!(
+            (cond(&s, "Ready").reason.as_str(), cond(&s, "Degraded").reason.as_str()),
+            ("InvalidSettings", "InvalidSettings")
+        );
+        assert!(cond(&s, "Degraded").message.contains("tracking.hotThreshold is 100"), "{:?}", cond(&s, "Degraded"));
     }
 
     #[test]

@@ -187,6 +187,71 @@ async fn a_policy_reaches_the_interposer_and_its_status_comes_back() {
     assert!(exit.success() && out.contains("intact 20000"), "{out}");
 }
 
+/// A real Prometheus scrapes the agent: the output passes `promtool check
+/// metrics`, and every documented series has data with the documented labels.
+#[tokio::test]
+async fn prometheus_scrapes_the_documented_series() {
+    let (plane, _operator, agent_kubeconfig) = cluster().await;
+    let c = plane.client();
+    node(&c, "n1").await;
+    policy(&c, "web", json!({"podSelector": {"matchLabels": {"app": "web"}}, "tracking": {"maxCpuFraction": 0.2}}))
+        .await;
+    let uid = pod(&c, "web-0", "n1").await;
+    let dirs = NodeDirs::new(&plane, "n1").unwrap();
+    let mut agent = NodeAgent::start(&plane, &agent_kubeconfig, "n1", &dirs, &[]).unwrap();
+    agent.wait_ready().unwrap();
+    let fake = FakePod::new(&dirs, &uid, "app", Driver::Cgroupfs).unwrap();
+    let mut app = fake.spawn(&["python3", "-c", SERVICE], &[]).unwrap();
+    assert!(app.line().unwrap().ends_with(" True"));
+    wait_state(&c, "n1", "web-0", PodState::Managed).await;
+    eventually("a completed scan in the metrics", WAIT, || async {
+        let m = agent.get("/metrics").map_err(|e| e.to_string())?;
+        if m.contains(r#"pytier_object_temperature_count{node="n1",namespace="default",pod="web-0",container="app"} 0"#)
+            || !m.contains("pytier_object_temperature_count{")
+        {
+            Err("no scan yet".into())
+        } else {
+            Ok(())
+        }
+    })
+    .await;
+    let problems = pytier_tests::prometheus::promtool_check(&agent.get("/metrics").unwrap()).unwrap();
+    assert!(problems.is_empty(), "promtool check metrics: {problems}");
+
+    let prometheus =
+        pytier_tests::prometheus::Prometheus::start(&plane, "pytier-agent", &[&agent.metrics_addr]).unwrap();
+    let documented = [
+        ("pytier_memory_bytes", &["node", "namespace", "pod", "container", "tier"][..]),
+        ("pytier_objects", &["node", "namespace", "pod", "container", "class"]),
+        ("pytier_object_bytes", &["node", "namespace", "pod", "container", "class"]),
+        ("pytier_object_temperature_bucket", &["node", "namespace", "pod", "container", "le"]),
+        ("pytier_migrated_pages_total", &["node", "namespace", "pod", "container", "direction"]),
+        ("pytier_migrated_bytes_total", &["node", "namespace", "pod", "container", "direction"]),
+        ("pytier_scan_cpu_seconds_total", &["node", "namespace", "pod", "container"]),
+        ("pytier_gil_seconds_total", &["node", "namespace", "pod", "container"]),
+        ("pytier_interposers", &["node", "namespace", "pod", "container"]),
+        ("pytier_pod_state", &["node", "namespace", "pod", "state"]),
+        ("pytier_numa_node_capacity_bytes", &["node", "numa_node", "tier"]),
+        ("pytier_numa_node_free_bytes", &["node", "numa_node", "tier"]),
+    ];
+    for (name, labels) in documented {
+        let result = eventually(&format!("{name} in Prometheus"), WAIT, || async {
+            let r = prometheus.query(name).map_err(|e| e.to_string())?;
+            if r.is_empty() { Err("no data".into()) } else { Ok(r) }
+        })
+        .await;
+        let metric = &result[0]["metric"];
+        for label in labels {
+            assert!(metric.get(label).is_some(), "{name} has no label {label}: {metric}");
+        }
+    }
+    let cold = prometheus.query(r#"sum(pytier_object_bytes{pod="web-0",class="cold"})"#).unwrap();
+    let value: f64 = cold[0]["value"][1].as_str().unwrap().parse().unwrap();
+    assert!(value > 1e6, "the service's cold records are cold: {value}");
+    let (out, _) = app.finish().unwrap();
+    assert!(out.contains("intact 20000"), "{out}");
+}
+
 /// Two pods whose Python is PID 1 in its own PID namespace: no collision,
 /// and neither reaches the other's socket. Then the agent is killed and
 /// restarted: the processes run on with their data intact, and the new

@@ -6,6 +6,7 @@ pub mod controlplane;
 pub mod kwok;
 pub mod operator;
 pub mod pki;
+pub mod prometheus;
 
 pub use controlplane::ControlPlane;
 
