@@ -302,7 +302,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let status_every = Duration::from_secs_f64(args.status_every);
     let mut next_observe = Instant::now();
     let mut last_written: Option<(TieringNodeStatus, Instant)> = None;
-    let mut shutdown = std::pin::pin!(shutdown_signal());
+    let mut shutdown = std::pin::pin!(pytier_admin::shutdown_signal());
     loop {
         tokio::select! {
             _ = &mut shutdown => {
@@ -425,13 +425,4 @@ where
         }
     });
     reader
-}
-
-async fn shutdown_signal() {
-    let mut term =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("a SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }

@@ -245,12 +245,7 @@ fn default_identity() -> String {
 }
 
 async fn shutdown_signal() {
-    let mut term =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("a SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
+    pytier_admin::shutdown_signal().await;
     info!("shutting down");
 }
 

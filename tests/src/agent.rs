@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+use crate::daemon::Daemon;
 use crate::{ControlPlane, spawn_logged};
 
 /// The agent's host directories for one test: the shim it installs and the
@@ -38,8 +39,7 @@ impl NodeDirs {
 
 /// A running `node-agent serve`, killed when dropped.
 pub struct NodeAgent {
-    child: Child,
-    log: PathBuf,
+    daemon: Daemon,
     pub metrics_addr: String,
 }
 
@@ -70,55 +70,32 @@ impl NodeAgent {
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or("info,node_agent=debug".into()));
         let child = spawn_logged(&mut cmd, &log)?;
-        Ok(NodeAgent { child, log, metrics_addr })
+        Ok(NodeAgent {
+            daemon: Daemon { child, log, admin_addr: metrics_addr.clone(), name: "node agent" },
+            metrics_addr,
+        })
     }
 
     pub fn get(&self, path: &str) -> Result<String> {
-        crate::http_get(&self.metrics_addr, path)
+        self.daemon.get(path)
     }
 
     /// Waits until `/readyz` answers ok (the first observation is done).
     pub fn wait_ready(&mut self) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while self.get("/readyz").is_err() {
-            if let Some(status) = self.child.try_wait()? {
-                bail!("node agent exited with {status}:\n{}", self.log_text());
-            }
-            if Instant::now() > deadline {
-                bail!("node agent not ready after 60s:\n{}", self.log_text());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Ok(())
+        self.daemon.wait_ready()
     }
 
     /// SIGKILL: no chance to clean up, as when the agent crashes.
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.daemon.kill();
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.daemon.child.id()
     }
 
     pub fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for NodeAgent {
-    fn drop(&mut self) {
-        self.kill();
-        if std::thread::panicking() {
-            let text = self.log_text();
-            let lines: Vec<&str> = text.lines().collect();
-            eprintln!(
-                "--- last lines of {}:\n{}",
-                self.log.display(),
-                lines[lines.len().saturating_sub(40)..].join("\n")
-            );
-        }
+        self.daemon.log_text()
     }
 }
 

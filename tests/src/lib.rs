@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod controlplane;
+pub mod daemon;
 pub mod kwok;
 pub mod operator;
 pub mod pki;

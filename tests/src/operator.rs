@@ -2,7 +2,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -10,12 +10,12 @@ use anyhow::{Context, Result, bail};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use kube::api::{Api, PostParams};
 
+use crate::daemon::Daemon;
 use crate::{ControlPlane, spawn_logged};
 
 /// A running `operator run`, killed when dropped.
 pub struct Operator {
-    child: Child,
-    log: PathBuf,
+    daemon: Daemon,
     pub metrics_addr: String,
     pub webhook_addr: String,
 }
@@ -36,27 +36,18 @@ impl Operator {
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or("info,pytier_operator=debug".into()));
         let child = spawn_logged(&mut cmd, &log)?;
-        Ok(Operator { child, log, metrics_addr, webhook_addr })
+        let daemon = Daemon { child, log, admin_addr: metrics_addr.clone(), name: "operator" };
+        Ok(Operator { daemon, metrics_addr, webhook_addr })
     }
 
     /// The body of an endpoint of the metrics server (`/metrics`, `/readyz`).
     pub fn get(&self, path: &str) -> Result<String> {
-        crate::http_get(&self.metrics_addr, path)
+        self.daemon.get(path)
     }
 
     /// Waits until `/readyz` answers ok.
     pub fn wait_ready(&mut self) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while self.get("/readyz").is_err() {
-            if let Some(status) = self.child.try_wait()? {
-                bail!("operator exited with {status}:\n{}", self.log_text());
-            }
-            if Instant::now() > deadline {
-                bail!("operator not ready after 60s:\n{}", self.log_text());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Ok(())
+        self.daemon.wait_ready()
     }
 
     /// The value of an unlabelled metric, if exported.
@@ -66,31 +57,15 @@ impl Operator {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.daemon.child.id()
     }
 
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.daemon.kill();
     }
 
     pub fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        self.kill();
-        if std::thread::panicking() {
-            let text = self.log_text();
-            let lines: Vec<&str> = text.lines().collect();
-            eprintln!(
-                "--- last lines of {}:\n{}",
-                self.log.display(),
-                lines[lines.len().saturating_sub(40)..].join("\n")
-            );
-        }
+        self.daemon.log_text()
     }
 }
 
