@@ -55,33 +55,7 @@ pub fn registry(node: &str, snapshot: Shared) -> Registry {
     registry
 }
 
-/// The Prometheus text format (0.0.4), which every scraper and `promtool
-/// check metrics` read: the client's OpenMetrics text with counters' HELP and
-/// TYPE named as their samples (`_total`), without `# UNIT` and `# EOF`.
-pub fn encode(registry: &Registry) -> String {
-    let mut open_metrics = String::new();
-    prometheus_client::encoding::text::encode(&mut open_metrics, registry).expect("writing to a String cannot fail");
-    let counters: Vec<String> = open_metrics
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter").map(String::from))
-        .collect();
-    let mut out = String::with_capacity(open_metrics.len());
-    for line in open_metrics.lines() {
-        if line.starts_with("# UNIT ") || line == "# EOF" {
-            continue;
-        }
-        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
-            let rest = line.strip_prefix(prefix)?;
-            let (name, tail) = rest.split_once(' ')?;
-            counters.iter().any(|c| c == name).then(|| format!("{prefix}{name}_total {tail}"))
-        });
-        out.push_str(renamed.as_deref().unwrap_or(line));
-        out.push('\n');
-    }
-    out
-}
-
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub use pytier_admin::metrics::{CONTENT_TYPE, encode};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, EncodeLabelSet)]
 struct ContainerLabels {

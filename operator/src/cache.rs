@@ -13,7 +13,7 @@ use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
-use prometheus::IntGauge;
+use prometheus_client::metrics::gauge::Gauge;
 use pytier_crds::{TieringNode, TieringPolicy};
 use tracing::warn;
 
@@ -41,11 +41,11 @@ pub struct Stores {
 pub struct Queue<K: Resource> {
     tx: UnboundedSender<ObjectRef<K>>,
     pending: Mutex<HashSet<ObjectRef<K>>>,
-    depth: IntGauge,
+    depth: Gauge,
 }
 
 impl<K: Resource<DynamicType = ()>> Queue<K> {
-    fn new(depth: IntGauge) -> (Arc<Self>, UnboundedReceiver<ObjectRef<K>>) {
+    fn new(depth: Gauge) -> (Arc<Self>, UnboundedReceiver<ObjectRef<K>>) {
         let (tx, rx) = unbounded();
         (Arc::new(Queue { tx, pending: Mutex::default(), depth }), rx)
     }
@@ -94,8 +94,8 @@ impl Stores {
         let (tiering_nodes, tn_writer) = reflector::store();
         let (nodes, node_writer) = reflector::store();
         let stores = Stores { pods, policies, tiering_nodes, nodes };
-        let (node_queue, node_requests) = Queue::new(metrics.queue_depth.with_label_values(&[NODES]));
-        let (policy_queue, policy_requests) = Queue::new(metrics.queue_depth.with_label_values(&[POLICIES]));
+        let (node_queue, node_requests) = Queue::new(metrics.queue_depth(NODES));
+        let (policy_queue, policy_requests) = Queue::new(metrics.queue_depth(POLICIES));
         let router = Router { stores: stores.clone(), nodes: node_queue.clone(), policies: policy_queue.clone() };
         let queues = Queues { nodes: node_queue, policies: policy_queue };
         let requests = Requests { nodes: node_requests, policies: policy_requests };

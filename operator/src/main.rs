@@ -231,7 +231,7 @@ async fn start_webhook(args: &RunArgs, client: Client, metrics: Arc<Metrics>, re
 
 fn metrics_handler(metrics: Arc<Metrics>) -> pytier_admin::http::Handler {
     Arc::new(move |_, path, _| match path {
-        "/metrics" => (StatusCode::OK, "text/plain; version=0.0.4", metrics.render().into_bytes()),
+        "/metrics" => (StatusCode::OK, pytier_admin::metrics::CONTENT_TYPE, metrics.render().into_bytes()),
         "/healthz" => (StatusCode::OK, "text/plain", b"ok\n".to_vec()),
         "/readyz" if metrics.is_ready() => (StatusCode::OK, "text/plain", b"ok\n".to_vec()),
         "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", b"starting\n".to_vec()),

@@ -2,6 +2,7 @@
 //! `/healthz`, `/readyz` (and the operator's webhook), and logging setup.
 
 pub mod http;
+pub mod metrics;
 
 use std::io::IsTerminal;
 
