@@ -45,7 +45,8 @@ pub struct NodeAgent {
 
 impl NodeAgent {
     /// Starts the agent for `node`, connecting with `kubeconfig` and
-    /// installing the shim at `$PYTIER_SHIM`.
+    /// installing the shim at `$PYTIER_SHIM`; `args` replace the tests'
+    /// defaults (observe and write status every second).
     pub fn start(
         plane: &ControlPlane,
         kubeconfig: &Path,
@@ -65,8 +66,7 @@ impl NodeAgent {
             .arg(&dirs.shim_host)
             .arg("--kubelet-pods-dir")
             .arg(&dirs.kubelet_pods)
-            .args(["--observe-every", "1", "--status-every", "1"])
-            .args(args)
+            .args(if args.is_empty() { &["--observe-every", "1", "--status-every", "1"][..] } else { args })
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or("info,node_agent=debug".into()));
         let child = spawn_logged(&mut cmd, &log)?;
