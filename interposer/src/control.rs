@@ -4,6 +4,7 @@
 //! closes the connection. Nothing a client sends can affect the program.
 
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -15,14 +16,20 @@ use crate::Shared;
 
 /// Serves clients one at a time until `shared.stop` is set.
 pub fn serve(listener: UnixListener, shared: Arc<Shared>) {
-    // Non-blocking accept so the stop flag is seen within 100 ms.
+    // Non-blocking accept after a poll with a timeout: a client is answered
+    // at once, and the stop flag is seen within 100 ms.
     if listener.set_nonblocking(true).is_err() {
         return;
     }
     while !shared.stop.load(Ordering::Acquire) {
+        let mut ready = libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd.
+        if unsafe { libc::poll(&mut ready, 1, 100) } <= 0 {
+            continue;
+        }
         match listener.accept() {
             Ok((stream, _)) => handle(stream, &shared),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(100)),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(_) => std::thread::sleep(Duration::from_millis(100)),
         }
     }

@@ -73,7 +73,8 @@ impl ControlPlane {
         )?);
 
         let ca = TestCa::new()?;
-        let serving = ca.issue(&["localhost", "127.0.0.1"])?;
+        // 10.0.2.2: the host's loopback as a QEMU guest (the NUMA VM) reaches it.
+        let serving = ca.issue(&["localhost", "127.0.0.1", "10.0.2.2"])?;
         let pki = dir.path().join("pki");
         fs::create_dir_all(&pki)?;
         fs::write(pki.join("ca.crt"), ca.cert_pem())?;
