@@ -130,36 +130,35 @@ impl Agent {
     /// them. Returns how many were configured.
     fn configure(&mut self, pods: &[PodTiering]) -> usize {
         let mut seen = Vec::new();
-        let mut sent = 0;
+        let mut work = Vec::new();
         for pod in pods {
             let Ok(resolved) = decide::resolve(&pod.settings, &self.facts) else { continue };
             for socket in sockets::pod_sockets(&self.args.kubelet_pods_dir, &pod.uid) {
                 seen.push(socket.path.clone());
                 let current = self.configured.get(&socket.path);
-                if current.is_some_and(|(id, s)| *id == socket.identity && *s == resolved) {
-                    continue;
+                if !current.is_some_and(|(id, s)| *id == socket.identity && *s == resolved) {
+                    work.push((pod, socket, resolved.clone()));
                 }
-                match control::configure(&socket.path, &resolved) {
-                    Ok(_) => {
-                        sent += 1;
-                        debug!(namespace = pod.namespace, pod = pod.name, container = socket.container, "configured");
-                        self.refused.remove(&socket.path);
-                        self.configured.insert(socket.path, (socket.identity, resolved.clone()));
+            }
+        }
+        let results = in_parallel(&work, |(_, socket, resolved)| control::configure(&socket.path, resolved));
+        let mut sent = 0;
+        for ((pod, socket, resolved), result) in work.into_iter().zip(results) {
+            match result {
+                Ok(_) => {
+                    sent += 1;
+                    debug!(namespace = pod.namespace, pod = pod.name, container = socket.container, "configured");
+                    self.refused.remove(&socket.path);
+                    self.configured.insert(socket.path, (socket.identity, resolved));
+                }
+                Err(e) => {
+                    let why = format!("{e:#}");
+                    if self.refused.get(&socket.path) != Some(&why) {
+                        let (namespace, name, container) = (&pod.namespace, &pod.name, &socket.container);
+                        warn!(namespace, pod = name, container, error = why, "cannot configure an interposer");
                     }
-                    Err(e) => {
-                        let why = format!("{e:#}");
-                        if self.refused.get(&socket.path) != Some(&why) {
-                            warn!(
-                                namespace = pod.namespace,
-                                pod = pod.name,
-                                container = socket.container,
-                                error = why,
-                                "cannot configure an interposer"
-                            );
-                        }
-                        self.configured.remove(&socket.path);
-                        self.refused.insert(socket.path, why);
-                    }
+                    self.configured.remove(&socket.path);
+                    self.refused.insert(socket.path, why);
                 }
             }
         }
@@ -179,11 +178,12 @@ impl Agent {
             if let Err(why) = &resolved {
                 found.invalid = Some(why.clone());
             }
-            for socket in sockets::pod_sockets(&self.args.kubelet_pods_dir, &pod.uid) {
-                let outcome = match self.refused.get(&socket.path) {
-                    Some(why) => Err(why.clone()),
-                    None => control::stats(&socket.path).map_err(|e| format!("{e:#}")),
-                };
+            let sockets = sockets::pod_sockets(&self.args.kubelet_pods_dir, &pod.uid);
+            let outcomes = in_parallel(&sockets, |socket| match self.refused.get(&socket.path) {
+                Some(why) => Err(why.clone()),
+                None => control::stats(&socket.path).map_err(|e| format!("{e:#}")),
+            });
+            for (socket, outcome) in sockets.into_iter().zip(outcomes) {
                 found.interposers.push(InterposerView { container: socket.container, outcome });
             }
             if let Some(cgroup) = cgroups.get(&pod.uid) {
@@ -217,6 +217,20 @@ impl Agent {
         }
         all
     }
+}
+
+/// `f` over `items` on up to 16 threads at once, results in order: socket
+/// requests wait on other processes, so one slow interposer must not hold up
+/// the rest.
+fn in_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    const THREADS: usize = 16;
+    let chunk = items.len().div_ceil(THREADS).max(1);
+    std::thread::scope(|scope| {
+        let f = &f;
+        let threads: Vec<_> =
+            items.chunks(chunk).map(|c| scope.spawn(move || c.iter().map(f).collect::<Vec<_>>())).collect();
+        threads.into_iter().flat_map(|t| t.join().expect("socket requests do not panic")).collect()
+    })
 }
 
 fn short(id: &str) -> String {
