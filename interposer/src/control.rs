@@ -77,6 +77,10 @@ pub fn respond(line: &[u8], shared: &Shared) -> Answer {
             pytier: env!("CARGO_PKG_VERSION").into(),
         }),
         Ok(Request::Stats) => Answer::Stats(Box::new(shared.stats())),
+        Ok(Request::Settings) => match shared.config.lock() {
+            Ok(config) => Answer::Config(config.clone()),
+            Err(_) => Answer::Error("settings unavailable".into()),
+        },
         // Request::parse has validated the settings.
         Ok(Request::Config { config }) => {
             if let Ok(mut current) = shared.config.lock() {

@@ -5,11 +5,12 @@
 //! > {"v":2,"op":"hello"}                  < {"v":2,"ok":true,"hello":{"pid":..,"python":"3.11",..}}
 //! > {"v":2,"op":"stats"}                  < {"v":2,"ok":true,"stats":{..}}
 //! > {"v":2,"op":"config","config":{..}}   < {"v":2,"ok":true,"config":{..}}
+//! > {"v":2,"op":"settings"}               < {"v":2,"ok":true,"config":{..}}
 //! anything else                           < {"v":2,"ok":false,"error":".."}
 //! ```
 //!
 //! `config` replaces the settings in force (the reply echoes them with
-//! defaults filled in). A request longer than [`MAX_REQUEST_BYTES`] closes
+//! defaults filled in); `settings` only reads them (cheaper than `stats`). A request longer than [`MAX_REQUEST_BYTES`] closes
 //! the connection.
 
 use serde::{Deserialize, Serialize};
@@ -33,6 +34,7 @@ pub enum Request {
     Hello,
     Stats,
     Config { config: Settings },
+    Settings,
 }
 
 /// What the interposer answers, without its envelope.
@@ -128,7 +130,9 @@ mod tests {
 
     #[test]
     fn requests_round_trip_and_bad_ones_say_why() {
-        for request in [Request::Hello, Request::Stats, Request::Config { config: Settings::default() }] {
+        for request in
+            [Request::Hello, Request::Stats, Request::Settings, Request::Config { config: Settings::default() }]
+        {
             assert_eq!(Request::parse(request.to_line().as_bytes()).unwrap(), request);
         }
         assert_eq!(Request::parse(br#"{"v":2,"op":"stats"}"#).unwrap(), Request::Stats);
