@@ -112,10 +112,10 @@ pub fn node_status(numa_nodes: Vec<NumaNode>, pods: Vec<PodStatus>, generation: 
 /// the operator acts on (states, messages, counts), not only in byte counts.
 pub fn significant_change(old: Option<&TieringNodeStatus>, new: &TieringNodeStatus) -> bool {
     let Some(old) = old else { return true };
-    let key = |s: &TieringNodeStatus| {
+    fn key(s: &TieringNodeStatus) -> impl PartialEq + '_ {
         let pods: Vec<_> = s.pods.iter().map(|p| (&p.namespace, &p.name, p.state, &p.message, p.processes)).collect();
-        (s.observed_generation, s.dram_nodes.clone(), s.cxl_nodes.clone(), format!("{pods:?}"))
-    };
+        (s.observed_generation, &s.dram_nodes, &s.cxl_nodes, pods)
+    }
     key(old) != key(new)
 }
 

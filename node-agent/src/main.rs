@@ -161,18 +161,13 @@ fn print_table(nodes: &[NumaNode]) {
         println!(
             "{:<5} {:<5} {:<14} {:<10} {:>12} {:>12}",
             n.id,
-            json_name(&n.tier),
-            json_name(&n.source),
+            metrics::api_name(&n.tier),
+            metrics::api_name(&n.source),
             cpus,
             mib(n.capacity_bytes),
             mib(n.free_bytes)
         );
     }
-}
-
-/// The API spelling of an enum value, so the table says what the status says.
-fn json_name<T: serde::Serialize>(value: &T) -> String {
-    serde_json::to_value(value).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
 }
 
 fn mib(bytes: u64) -> String {

@@ -76,7 +76,7 @@ struct TierLabels {
 struct ClassLabels {
     #[prometheus(flatten)]
     at: ContainerLabels,
-    class: &'static str,
+    class: String,
 }
 
 #[derive(Debug, Clone, EncodeLabelSet)]
@@ -99,14 +99,14 @@ struct PodStateLabels {
     node: String,
     namespace: String,
     pod: String,
-    state: &'static str,
+    state: String,
 }
 
 #[derive(Debug, Clone, EncodeLabelSet)]
 struct NumaLabels {
     node: String,
     numa_node: String,
-    tier: &'static str,
+    tier: String,
 }
 
 /// One container's figures, summed over its processes.
@@ -154,20 +154,10 @@ impl Sums {
     }
 }
 
-fn class_name(class: Class) -> &'static str {
-    match class {
-        Class::Hot => "hot",
-        Class::Warm => "warm",
-        Class::Cold => "cold",
-    }
-}
-
-fn state_name(state: PodState) -> &'static str {
-    match state {
-        PodState::Managed => "Managed",
-        PodState::Pending => "Pending",
-        PodState::Failed => "Failed",
-    }
+/// The API's spelling of an enum value (`hot`, `Managed`, `dram`), so labels,
+/// tables and status say the same.
+pub fn api_name<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_value(value).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
 }
 
 #[derive(Debug)]
@@ -208,7 +198,7 @@ impl Collector for AgentCollector {
             let mut rows = Vec::new();
             for (at, s) in &containers {
                 for (i, class) in Class::ALL.iter().enumerate() {
-                    rows.push((ClassLabels { at: at.clone(), class: class_name(*class) }, values(s)[i] as f64));
+                    rows.push((ClassLabels { at: at.clone(), class: api_name(class) }, values(s)[i] as f64));
                 }
             }
             rows
@@ -289,7 +279,7 @@ impl Collector for AgentCollector {
                         node: self.node.clone(),
                         namespace: pod.namespace.clone(),
                         pod: pod.name.clone(),
-                        state: state_name(state),
+                        state: api_name(&state),
                     };
                     (labels, (pod.state == state) as u8 as f64)
                 })
@@ -308,11 +298,9 @@ impl Collector for AgentCollector {
                 .numa_nodes
                 .iter()
                 .map(|n| {
-                    let tier = match n.tier {
-                        pytier_crds::node::Tier::Dram => "dram",
-                        pytier_crds::node::Tier::Cxl => "cxl",
-                    };
-                    (NumaLabels { node: self.node.clone(), numa_node: n.id.to_string(), tier }, value(n) as f64)
+                    let labels =
+                        NumaLabels { node: self.node.clone(), numa_node: n.id.to_string(), tier: api_name(&n.tier) };
+                    (labels, value(n) as f64)
                 })
                 .collect::<Vec<_>>()
         };

@@ -5,7 +5,7 @@
 //! which container. Nothing is guessed, and no pod sees another's sockets.
 
 use std::fs;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use pytier_crds::injection::RUN_VOLUME;
@@ -36,7 +36,6 @@ pub fn pod_sockets(kubelet_pods: &Path, uid: &str) -> Vec<SocketFile> {
         .filter_map(|entry| {
             let (container, pid) = parse_name(&entry.file_name().to_string_lossy())?;
             let meta = entry.metadata().ok()?;
-            use std::os::unix::fs::FileTypeExt;
             meta.file_type().is_socket().then(|| SocketFile {
                 container,
                 pid,
