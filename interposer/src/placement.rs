@@ -18,6 +18,9 @@ use crate::objects::AddrMap;
 use crate::policy::{self, Decisions, Page, Policy, Tier};
 
 const PAGE: u64 = 4096;
+/// How often an interposer that does not place (one tier) still reports where
+/// its heap resides: a `move_pages` query of every heap page is not free.
+const OFF_QUERY_EVERY: Duration = Duration::from_secs(10);
 
 #[derive(Default)]
 pub struct Placement {
@@ -25,6 +28,8 @@ pub struct Placement {
     /// Arenas given an explicit memory policy (see `claim_arenas`).
     claimed: HashSet<usize>,
     last_round: Option<Instant>,
+    /// When placement is off, the last time the heap's residency was queried.
+    last_off_query: Option<Instant>,
     report: PlacementReport,
     status: Vec<i32>,
 }
@@ -70,7 +75,8 @@ impl Placement {
             (_, None) => Some("no CXL NUMA node: every node with memory has CPUs (set tiers.cxlNodes)".into()),
             _ => None,
         };
-        let enforce = report.off_reason.is_none() && config.mode == Mode::Enforce;
+        let off = report.off_reason.is_some();
+        let enforce = !off && config.mode == Mode::Enforce;
         // New arenas prefer DRAM from their first touch.
         PREFERRED_NODE.store(if enforce { topology.dram[0] } else { -1 }, Ordering::Relaxed);
         if enforce {
@@ -78,6 +84,13 @@ impl Placement {
         }
 
         // Where the heap is, placing or not (with one tier it is all on it).
+        // Off, that is only for the stats: at most every OFF_QUERY_EVERY.
+        if off {
+            if self.last_off_query.is_some_and(|at| at.elapsed() < OFF_QUERY_EVERY) {
+                return &self.report;
+            }
+            self.last_off_query = Some(Instant::now());
+        }
         let addrs: Vec<usize> = heat.keys().copied().collect();
         if let Err(e) = mover::where_are(&addrs, &mut self.status) {
             self.report.off_reason = Some(format!("move_pages cannot query page locations: {e}"));
