@@ -105,9 +105,12 @@ impl ControlPlane {
                 "--service-account-issuer=https://kubernetes.default.svc",
                 "--service-cluster-ip-range=10.96.0.0/16",
                 "--authorization-mode=RBAC",
-                // No controller-manager runs, so nothing creates default service
-                // accounts; pods must still be admitted.
+                // Pods get no service account token (no test needs one, and
+                // without a controller manager no default account exists).
                 "--disable-admission-plugins=ServiceAccount",
+                // A real node's kubelet listens on loopback only; its host name
+                // resolves there (its InternalIP may not be loopback).
+                "--kubelet-preferred-address-types=Hostname,InternalIP",
             ],
         )?);
 
@@ -175,7 +178,35 @@ impl ControlPlane {
         Ok(())
     }
 
-    /// Process ids of etcd and kube-apiserver.
+    /// Starts kube-scheduler and kube-controller-manager (from
+    /// `tests/realnode/build.sh`, the API server's release), so that
+    /// Deployments, ReplicaSets and DaemonSets become pods on a real node.
+    pub fn start_controllers(&mut self, bin: &Path) -> Result<()> {
+        let kubeconfig = self.kubeconfig.display().to_string();
+        let pki = self.dir.path().join("pki");
+        self.processes.push(spawn(
+            "kube-scheduler",
+            &bin.join("kube-scheduler"),
+            self.dir.path(),
+            &[&format!("--kubeconfig={kubeconfig}"), "--leader-elect=false", "--secure-port=0"],
+        )?);
+        self.processes.push(spawn(
+            "kube-controller-manager",
+            &bin.join("kube-controller-manager"),
+            self.dir.path(),
+            &[
+                &format!("--kubeconfig={kubeconfig}"),
+                "--leader-elect=false",
+                "--secure-port=0",
+                &format!("--service-account-private-key-file={}", pki.join("service-account.key").display()),
+                &format!("--root-ca-file={}", pki.join("ca.crt").display()),
+                "--use-service-account-credentials=false",
+            ],
+        )?);
+        Ok(())
+    }
+
+    /// Process ids of etcd and kube-apiserver (and the controllers, if started).
     pub fn pids(&self) -> Vec<u32> {
         self.processes.iter().map(|p| p.child.id()).collect()
     }
@@ -309,7 +340,7 @@ pub(crate) fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn tail(path: &Path, lines: usize) -> String {
+pub(crate) fn tail(path: &Path, lines: usize) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")

@@ -8,6 +8,7 @@ pub mod kwok;
 pub mod operator;
 pub mod pki;
 pub mod prometheus;
+pub mod realnode;
 
 pub use controlplane::ControlPlane;
 
