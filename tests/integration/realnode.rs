@@ -144,7 +144,8 @@ try:
     import pytier
     print("pytier", pytier.status()[0], pytier.__file__, flush=True)
 except ImportError as e:
-    print("pytier missing:", e, "; shim:", os.listdir("/opt/pytier/shim"), flush=True)
+    shim = os.listdir("/opt/pytier/shim") if os.path.isdir("/opt/pytier/shim") else "not mounted"
+    print("pytier missing:", e, "; shim:", shim, flush=True)
 print("PYTHONPATH", os.environ.get("PYTHONPATH"), flush=True)
 time.sleep(3600)
 "#;
@@ -158,7 +159,10 @@ async fn cluster_with_webhook() -> (ControlPlane, RealNode, Operator, NodeDirs) 
     std::fs::create_dir_all(&dirs.shim_host).unwrap();
     let kubeconfig = install_rbac(&plane).await.unwrap();
     let shim_path = dirs.shim_host.display().to_string();
-    let mut operator = Operator::start_with(&plane, &kubeconfig, "op", &["--shim-host-path", &shim_path]).unwrap();
+    // The API server calls the webhook at its loopback address (no Service
+    // network here), so the serving certificate names that address.
+    let args = ["--shim-host-path", &shim_path, "--webhook-dns-names", "127.0.0.1"];
+    let mut operator = Operator::start_with(&plane, &kubeconfig, "op", &args).unwrap();
     operator.wait_ready().unwrap();
     install_webhook(&plane, &operator).await.unwrap();
     (plane, node, operator, dirs)
@@ -194,7 +198,7 @@ async fn the_webhook_injects_pytier_into_a_real_pod() {
     let pod = node.run_pod(&python_pod("plain", REPORT, json!({}), json!({}))).await.unwrap();
     assert!(!pod.annotations().contains_key("pytier.dev/injected"));
     let log = node.wait_log("default", "plain", "app", "PYTHONPATH").await.unwrap();
-    assert!(log.contains("PYTHONPATH None"), "{log}");
+    assert!(log.contains("shim: not mounted") && log.contains("PYTHONPATH None"), "{log}");
 
     drop(_operator);
     tear_down(node);
@@ -215,7 +219,13 @@ fn interposer_settings(socket: &Path) -> Result<pytier_contract::Settings, Strin
 }
 
 fn sockets_in(dir: &Path) -> Vec<PathBuf> {
-    std::fs::read_dir(dir).into_iter().flatten().flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "sock")).collect()
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "sock"))
+        .collect()
 }
 
 #[tokio::test]
@@ -274,7 +284,8 @@ async fn the_agent_tiers_a_pod_the_kubelet_started() {
     })
     .await;
     let metrics = agent.get("/metrics").unwrap();
-    let series = format!(r#"pytier_pod_state{{node="{}",namespace="default",pod="web-0",state="Managed"}} 1"#, node.name);
+    let series =
+        format!(r#"pytier_pod_state{{node="{}",namespace="default",pod="web-0",state="Managed"}} 1"#, node.name);
     assert!(metrics.contains(&series), "{series} not in\n{metrics}");
 
     drop(agent);

@@ -87,12 +87,8 @@ impl RealNode {
         let images = images()?;
         cleanup(None)?;
         let dir = tempfile::Builder::new().prefix("pytier-realnode-").tempdir()?.keep();
-        let mut node = RealNode {
-            name: hostname()?,
-            dir: dir.clone(),
-            processes: Default::default(),
-            client: plane.client(),
-        };
+        let mut node =
+            RealNode { name: hostname()?, dir: dir.clone(), processes: Default::default(), client: plane.client() };
         save_sysctls(&dir)?;
         plane.start_controllers(&bin)?;
         node.start_containerd(&bin)?;
@@ -264,7 +260,9 @@ evictionHard: {{memory.available: "1Mi", nodefs.available: "1%", imagefs.availab
     pub async fn run_pod(&self, pod: &Pod) -> Result<Pod> {
         let ns = pod.namespace().unwrap_or_else(|| "default".into());
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
-        pods.create(&PostParams::default(), pod).await.with_context(|| format!("cannot create pod {}", pod.name_any()))?;
+        pods.create(&PostParams::default(), pod)
+            .await
+            .with_context(|| format!("cannot create pod {}", pod.name_any()))?;
         self.wait_running(&ns, &pod.name_any()).await
     }
 
@@ -277,13 +275,21 @@ evictionHard: {{memory.available: "1Mi", nodefs.available: "1%", imagefs.availab
             let pod = pods.get(name).await?;
             let status = pod.status.clone().unwrap_or_default();
             let containers = status.container_statuses.clone().unwrap_or_default();
-            if status.phase.as_deref() == Some("Running") && !containers.is_empty() && containers.iter().all(|c| c.ready || c.started == Some(true)) {
+            if status.phase.as_deref() == Some("Running")
+                && !containers.is_empty()
+                && containers.iter().all(|c| c.ready || c.started == Some(true))
+            {
                 return Ok(pod);
             }
             let waiting: Vec<String> = containers
                 .iter()
                 .filter_map(|c| c.state.as_ref()?.waiting.as_ref())
-                .filter(|w| matches!(w.reason.as_deref(), Some("ErrImageNeverPull" | "CrashLoopBackOff" | "CreateContainerError" | "RunContainerError")))
+                .filter(|w| {
+                    matches!(
+                        w.reason.as_deref(),
+                        Some("ErrImageNeverPull" | "CrashLoopBackOff" | "CreateContainerError" | "RunContainerError")
+                    )
+                })
                 .map(|w| format!("{}: {}", w.reason.clone().unwrap_or_default(), w.message.clone().unwrap_or_default()))
                 .collect();
             if !waiting.is_empty() || status.phase.as_deref() == Some("Failed") || Instant::now() > deadline {
@@ -302,7 +308,12 @@ evictionHard: {{memory.available: "1Mi", nodefs.available: "1%", imagefs.availab
     pub async fn events(&self, ns: &str, name: &str) -> Result<String> {
         let events: Api<Event> = Api::namespaced(self.client.clone(), ns);
         let list = events.list(&ListParams::default().fields(&format!("involvedObject.name={name}"))).await?;
-        Ok(list.items.iter().map(|e| format!("  {} {}", e.reason.clone().unwrap_or_default(), e.message.clone().unwrap_or_default())).collect::<Vec<_>>().join("\n"))
+        Ok(list
+            .items
+            .iter()
+            .map(|e| format!("  {} {}", e.reason.clone().unwrap_or_default(), e.message.clone().unwrap_or_default()))
+            .collect::<Vec<_>>()
+            .join("\n"))
     }
 
     /// A container's log, read through the API server (and so the kubelet).
@@ -339,7 +350,12 @@ evictionHard: {{memory.available: "1Mi", nodefs.available: "1%", imagefs.availab
         let (stdout, stderr) = futures::join!(stdout, stderr);
         let status = status.await.context("exec ended without a status")?;
         if status.status.as_deref() != Some("Success") {
-            bail!("exec {command:?} in {ns}/{pod}: {:?} {}\nstderr: {}", status.reason, status.message.unwrap_or_default(), stderr?);
+            bail!(
+                "exec {command:?} in {ns}/{pod}: {:?} {}\nstderr: {}",
+                status.reason,
+                status.message.unwrap_or_default(),
+                stderr?
+            );
         }
         stdout
     }
@@ -367,7 +383,8 @@ evictionHard: {{memory.available: "1Mi", nodefs.available: "1%", imagefs.availab
             }
         }
         cgroups.sort();
-        let procs = cgroups.first().with_context(|| format!("no cgroup of container {id} (pod {uid})"))?.join("cgroup.procs");
+        let procs =
+            cgroups.first().with_context(|| format!("no cgroup of container {id} (pod {uid})"))?.join("cgroup.procs");
         let pids = fs::read_to_string(&procs)?.lines().filter_map(|l| l.trim().parse().ok()).collect();
         Ok(ContainerCgroups { id, cgroups, pids })
     }
@@ -432,12 +449,18 @@ pub fn leftovers(run_dir: &Path) -> Vec<String> {
     for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
         let cmdline = fs::read(entry.path().join("cmdline")).unwrap_or_default();
         if String::from_utf8_lossy(&cmdline).contains(&needle) {
-            found.push(format!("process {} {:?}", entry.file_name().to_string_lossy(), String::from_utf8_lossy(&cmdline).replace('\0', " ")));
+            found.push(format!(
+                "process {} {:?}",
+                entry.file_name().to_string_lossy(),
+                String::from_utf8_lossy(&cmdline).replace('\0', " ")
+            ));
         }
     }
     for line in fs::read_to_string("/proc/self/mountinfo").unwrap_or_default().lines() {
         if let Some(point) = line.split(' ').nth(4)
-            && (point.starts_with(&needle) || point.starts_with("/run/containerd") || point.starts_with("/var/lib/kubelet"))
+            && (point.starts_with(&needle)
+                || point.starts_with("/run/containerd")
+                || point.starts_with("/var/lib/kubelet"))
         {
             found.push(format!("mount {point}"));
         }
