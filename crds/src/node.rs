@@ -25,13 +25,43 @@ use crate::policy::Settings;
 )]
 #[serde(rename_all = "camelCase")]
 pub struct TieringNodeSpec {
-    /// The pods on this node that a policy governs, with that policy's settings.
+    /// The settings of each policy that governs a pod on this node, once per
+    /// policy however many pods it governs (an edit rewrites one entry, and
+    /// the object stays small on a node with many pods).
+    #[serde(default)]
+    #[schemars(length(max = 1000))]
+    pub policies: Vec<PolicySettings>,
+    /// The pods on this node that a policy governs.
     #[serde(default)]
     #[schemars(length(max = 1000))]
     pub pods: Vec<PodTiering>,
 }
 
-/// One pod the node agent should tier, and how.
+impl TieringNodeSpec {
+    /// The settings of the policy that governs `pod`, if the spec lists them.
+    pub fn settings_of(&self, pod: &PodTiering) -> Option<&Settings> {
+        self.settings_of_policy(&pod.namespace, &pod.policy)
+    }
+
+    /// The settings of the policy `namespace/name`, if the spec lists them.
+    pub fn settings_of_policy(&self, namespace: &str, name: &str) -> Option<&Settings> {
+        self.policies.iter().find(|p| p.namespace == namespace && p.name == name).map(|p| &p.settings)
+    }
+}
+
+/// A policy's settings, with defaults filled in.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicySettings {
+    /// Namespace of the TieringPolicy.
+    pub namespace: String,
+    /// Name of the TieringPolicy.
+    pub name: String,
+    /// Its settings.
+    pub settings: Settings,
+}
+
+/// One pod the node agent should tier, and the policy that says how.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct PodTiering {
@@ -41,10 +71,9 @@ pub struct PodTiering {
     pub name: String,
     /// UID of the pod; the agent finds its containers' cgroups by it.
     pub uid: String,
-    /// Name of the TieringPolicy (in the pod's namespace) these settings come from.
+    /// Name of the TieringPolicy (in the pod's namespace) that governs it; its
+    /// settings are in `policies`.
     pub policy: String,
-    /// The policy's settings, with defaults filled in.
-    pub settings: Settings,
 }
 
 /// What the node agent found on this node.

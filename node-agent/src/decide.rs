@@ -4,7 +4,7 @@
 
 use pytier_contract::Settings;
 use pytier_contract::stats::Stats;
-use pytier_crds::node::{NumaNode, PodState, PodStatus, PodTiering, Tier, TieringNodeStatus};
+use pytier_crds::node::{NumaNode, PodState, PodStatus, PodTiering, Tier, TieringNodeSpec, TieringNodeStatus};
 
 use crate::topology::{self, NodeFacts, Overrides};
 
@@ -21,6 +21,14 @@ pub fn resolve(settings: &Settings, facts: &[NodeFacts]) -> Result<Settings, Str
     resolved.tiers.cxl_nodes = ids(Tier::Cxl);
     resolved.validate().map_err(|e| e.to_string())?;
     Ok(resolved)
+}
+
+/// `resolve` for a pod of the spec, with the settings of its policy.
+pub fn resolve_pod(spec: &TieringNodeSpec, pod: &PodTiering, facts: &[NodeFacts]) -> Result<Settings, String> {
+    let settings = spec.settings_of(pod).ok_or_else(|| {
+        format!("the TieringNode lists no settings for policy {}/{} (operator out of date?)", pod.namespace, pod.policy)
+    })?;
+    resolve(settings, facts)
 }
 
 /// The memory nodes a container of a pod with these (resolved) settings may
@@ -136,13 +144,18 @@ mod tests {
     }
 
     fn pod() -> PodTiering {
-        PodTiering {
-            namespace: "ns".into(),
-            name: "web-0".into(),
-            uid: "u".into(),
-            policy: "p".into(),
-            settings: Settings::default(),
-        }
+        PodTiering { namespace: "ns".into(), name: "web-0".into(), uid: "u".into(), policy: "p".into() }
+    }
+
+    #[test]
+    fn a_pod_gets_its_policys_settings_or_a_clear_error() {
+        let mut spec = TieringNodeSpec { pods: vec![pod()], ..Default::default() };
+        let err = resolve_pod(&spec, &spec.pods[0], &facts()).unwrap_err();
+        assert!(err.contains("no settings for policy ns/p"), "{err}");
+        let mut settings = Settings::default();
+        settings.tracking.hot_threshold = 3.0;
+        spec.policies.push(pytier_crds::node::PolicySettings { namespace: "ns".into(), name: "p".into(), settings });
+        assert_eq!(resolve_pod(&spec, &spec.pods[0], &facts()).unwrap().tracking.hot_threshold, 3.0);
     }
 
     #[test]

@@ -27,7 +27,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use pytier_contract::Settings;
 use pytier_crds::TieringNode;
 use pytier_crds::injection::SHIM_PYTHONPATH;
-use pytier_crds::node::{PodState, PodTiering, TieringNodeStatus};
+use pytier_crds::node::{PodState, TieringNodeSpec, TieringNodeStatus};
 use serde_json::json;
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
@@ -128,11 +128,11 @@ impl Agent {
 
     /// Sends each interposer of the spec's pods its settings unless it has
     /// them. Returns how many were configured.
-    fn configure(&mut self, pods: &[PodTiering]) -> usize {
+    fn configure(&mut self, spec: &TieringNodeSpec) -> usize {
         let mut seen = Vec::new();
         let mut work = Vec::new();
-        for pod in pods {
-            let Ok(resolved) = decide::resolve(&pod.settings, &self.facts) else { continue };
+        for pod in &spec.pods {
+            let Ok(resolved) = decide::resolve_pod(spec, pod, &self.facts) else { continue };
             for socket in sockets::pod_sockets(&self.args.kubelet_pods_dir, &pod.uid) {
                 seen.push(socket.path.clone());
                 let current = self.configured.get(&socket.path);
@@ -169,12 +169,12 @@ impl Agent {
 
     /// Reads every pod's interposers, processes and cgroups; sets memory
     /// nodes; returns the pods' findings.
-    fn observe(&mut self, pods: &[PodTiering], container_names: &HashMap<String, String>) -> Vec<PodFindings> {
+    fn observe(&mut self, spec: &TieringNodeSpec, container_names: &HashMap<String, String>) -> Vec<PodFindings> {
         let cgroups = cgroups::find_pods(&cgroups::hierarchy(&self.args.cgroup_root));
         let mut all = Vec::new();
-        for pod in pods {
+        for pod in &spec.pods {
             let mut found = PodFindings::default();
-            let resolved = decide::resolve(&pod.settings, &self.facts);
+            let resolved = decide::resolve_pod(spec, pod, &self.facts);
             if let Err(why) = &resolved {
                 found.invalid = Some(why.clone());
             }
@@ -327,7 +327,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
         let tn = tiering_nodes.get(&ObjectRef::new(&node));
-        let spec_pods = tn.as_ref().map(|tn| tn.spec.pods.clone()).unwrap_or_default();
+        let spec = tn.as_ref().map(|tn| tn.spec.clone()).unwrap_or_default();
         let observe_now = Instant::now() >= next_observe;
         let names = if observe_now { container_names(&pods) } else { HashMap::new() };
         let pass = {
@@ -340,10 +340,10 @@ pub async fn run(args: ServeArgs) -> Result<()> {
                         warn!(error = format!("{e:#}"), "cannot read the NUMA topology");
                     }
                 }
-                agent.configure(&spec_pods);
-                let findings = if observe_now { Some(agent.observe(&spec_pods, &names)) } else { None };
+                agent.configure(&spec);
+                let findings = if observe_now { Some(agent.observe(&spec, &names)) } else { None };
                 let numa = topology::classify(&agent.facts, &Overrides::default()).unwrap_or_default();
-                (findings, numa, agent.shim.clone().err(), spec_pods)
+                (findings, numa, agent.shim.clone().err(), spec.pods)
             })
             .await
         };

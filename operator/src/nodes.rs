@@ -12,7 +12,7 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Config, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
-use pytier_crds::node::PodTiering;
+use pytier_crds::node::{PodTiering, PolicySettings, TieringNodeSpec};
 use pytier_crds::{TieringNode, TieringPolicy};
 use serde_json::json;
 use tracing::{debug, warn};
@@ -67,9 +67,9 @@ fn error_policy(node: Arc<NodeMeta>, error: &Error, _ctx: Arc<Context>) -> Actio
 
 pub async fn apply(node: &NodeMeta, ctx: &Context) -> Result<(), Error> {
     let name = node.name_any();
-    let pods = desired_pods(&name, &ctx.stores.pods.state(), &ctx.stores.policies.state());
+    let spec = desired_spec(&name, &ctx.stores.pods.state(), &ctx.stores.policies.state());
     let current = ctx.stores.tiering_nodes.get(&ObjectRef::new(&name));
-    if current.is_some_and(|tn| tn.spec.pods == pods) {
+    if current.is_some_and(|tn| tn.spec == spec) {
         return Ok(());
     }
     let owner = json!({
@@ -79,34 +79,37 @@ pub async fn apply(node: &NodeMeta, ctx: &Context) -> Result<(), Error> {
         "apiVersion": TieringNode::api_version(&()),
         "kind": TieringNode::kind(&()),
         "metadata": { "name": name, "ownerReferences": [owner] },
-        "spec": { "pods": pods },
+        "spec": spec,
     });
     let api: Api<TieringNode> = Api::all(ctx.client.clone());
     api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&tn))
         .await
         .map_err(|source| Error { node: name.clone(), source })?;
-    debug!(node = name, pods = pods.len(), "TieringNode applied");
+    debug!(node = name, pods = spec.pods.len(), "TieringNode applied");
     Ok(())
 }
 
-/// The pods on `node` that a policy governs, sorted by namespace and name.
-pub fn desired_pods(node: &str, pods: &[Arc<Pod>], policies: &[Arc<TieringPolicy>]) -> Vec<PodTiering> {
-    let mut out: Vec<PodTiering> = pods
-        .iter()
-        .filter(|p| selection::node_name(p) == Some(node) && selection::is_active(p))
-        .filter_map(|pod| {
-            let policy = *selection::selecting_policies(pod, policies).first()?;
-            Some(PodTiering {
-                namespace: pod.namespace()?,
-                name: pod.name_any(),
-                uid: pod.uid()?,
-                policy: policy.name_any(),
+/// The pods on `node` that a policy governs, sorted by namespace and name,
+/// and the settings of each policy that governs one of them, sorted likewise.
+pub fn desired_spec(node: &str, pods: &[Arc<Pod>], policies: &[Arc<TieringPolicy>]) -> TieringNodeSpec {
+    let mut spec = TieringNodeSpec::default();
+    for pod in pods.iter().filter(|p| selection::node_name(p) == Some(node) && selection::is_active(p)) {
+        let selecting = selection::selecting_policies(pod, policies);
+        let (Some(policy), Some(namespace), Some(uid)) = (selecting.first(), pod.namespace(), pod.uid()) else {
+            continue;
+        };
+        if spec.settings_of_policy(&namespace, &policy.name_any()).is_none() {
+            spec.policies.push(PolicySettings {
+                namespace: namespace.clone(),
+                name: policy.name_any(),
                 settings: policy.spec.settings.clone(),
-            })
-        })
-        .collect();
-    out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-    out
+            });
+        }
+        spec.pods.push(PodTiering { namespace, name: pod.name_any(), uid, policy: policy.name_any() });
+    }
+    spec.pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    spec.policies.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    spec
 }
 
 #[cfg(test)]
@@ -130,10 +133,11 @@ mod tests {
         let mut fast = (*policy("a", "fast", 20, Some(("app", "web")))).clone();
         fast.spec.settings.mode = pytier_crds::policy::Mode::Observe;
         let policies = vec![Arc::new(fast), policy("a", "first", 10, Some(("app", "web")))];
-        let listed = desired_pods("n1", &pods, &policies);
-        let names: Vec<_> = listed.iter().map(|p| (p.name.as_str(), p.policy.as_str())).collect();
+        let spec = desired_spec("n1", &pods, &policies);
+        let names: Vec<_> = spec.pods.iter().map(|p| (p.name.as_str(), p.policy.as_str())).collect();
         assert_eq!(names, [("web-1", "first"), ("web-2", "first")]);
-        assert_eq!(listed[0].uid, "uid-web-1");
-        assert_eq!(listed[0].settings, policies[1].spec.settings);
+        assert_eq!(spec.pods[0].uid, "uid-web-1");
+        assert_eq!(spec.policies.len(), 1, "one entry per policy, not per pod");
+        assert_eq!(spec.settings_of(&spec.pods[1]), Some(&policies[1].spec.settings));
     }
 }

@@ -376,7 +376,7 @@ async fn a_tiering_node_from_a_newer_api_is_reported_not_fatal() {
     type Crd = k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     let crds: Api<Crd> = Api::all(c.clone());
     let mut crd = serde_json::to_value(crds.get("tieringnodes.pytier.dev").await.unwrap()).unwrap();
-    let settings = &mut crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["pods"]
+    let settings = &mut crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["policies"]
         ["items"]["properties"]["settings"]["properties"];
     settings["futureSetting"] = json!({"type": "string", "description": "from a newer pytier"});
     crds.replace("tieringnodes.pytier.dev", &PostParams::default(), &serde_json::from_value(crd).unwrap())
@@ -389,8 +389,10 @@ async fn a_tiering_node_from_a_newer_api_is_reported_not_fatal() {
     // Raw objects: this test's own types would refuse the new field too.
     let api: Api<DynamicObject> = Api::all_with(c.clone(), &ApiResource::erase::<TieringNode>(&()));
     let pod = json!({"namespace": "default", "name": "web-0", "uid": "7d1c5a1e-0000-4000-8000-000000000001",
-                     "policy": "web", "settings": {"futureSetting": "x"}});
-    let tn = DynamicObject::new("n1", &ApiResource::erase::<TieringNode>(&())).data(json!({"spec": {"pods": [pod]}}));
+                     "policy": "web"});
+    let policy = json!({"namespace": "default", "name": "web", "settings": {"futureSetting": "x"}});
+    let spec = json!({"spec": {"policies": [policy], "pods": [pod]}});
+    let tn = DynamicObject::new("n1", &ApiResource::erase::<TieringNode>(&())).data(spec);
     api.create(&PostParams::default(), &tn).await.unwrap();
 
     let dirs = NodeDirs::new(&plane, "n1").unwrap();

@@ -5,7 +5,7 @@
 use kube::ResourceExt;
 use kube::api::{Api, DynamicObject, PostParams};
 use kube::core::ApiResource;
-use pytier_crds::node::{NumaNode, PodTiering, Tier, TierSource};
+use pytier_crds::node::{NumaNode, PodTiering, PolicySettings, Tier, TierSource};
 use pytier_crds::{TieringNode, TieringNodeSpec, TieringNodeStatus, TieringPolicy};
 use pytier_tests::ControlPlane;
 use serde_json::json;
@@ -116,12 +116,16 @@ async fn tiering_node_spec_and_status_round_trip() {
     let mut node = TieringNode::new(
         "worker-1",
         TieringNodeSpec {
+            policies: vec![PolicySettings {
+                namespace: "default".into(),
+                name: "web".into(),
+                settings: Default::default(),
+            }],
             pods: vec![PodTiering {
                 namespace: "default".into(),
                 name: "web-0".into(),
                 uid: "7d1c5a1e-0000-4000-8000-000000000001".into(),
                 policy: "web".into(),
-                settings: Default::default(),
             }],
         },
     );

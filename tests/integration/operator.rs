@@ -137,7 +137,8 @@ async fn policies_become_tiering_node_specs() {
     wait_listed(&c, "n2", &[("web-2", "web")]).await;
     wait_listed(&c, "n3", &[("batch", "batch")]).await;
     let tn = Api::<TieringNode>::all(c.clone()).get("n3").await.unwrap();
-    assert_eq!(tn.spec.pods[0].settings.mode, pytier_crds::policy::Mode::Observe, "settings are copied");
+    let settings = tn.spec.settings_of(&tn.spec.pods[0]).expect("the policy's settings are listed");
+    assert_eq!(settings.mode, pytier_crds::policy::Mode::Observe, "settings are copied");
     assert_eq!(tn.owner_references()[0].kind, "Node", "a TieringNode goes with its node");
 
     // A selector edit moves pods in and out.

@@ -172,7 +172,7 @@ impl TieringNodes {
                         got.namespace != *ns
                             || got.name != *name
                             || got.policy != POLICY
-                            || settings.get(ns) != Some(&got.settings.tracking.scan_interval_millis)
+                            || settings.get(ns) != tn.spec.settings_of(got).map(|s| &s.tracking.scan_interval_millis)
                     })
             })
             .count()
