@@ -221,16 +221,28 @@ impl Agent {
 
 /// `f` over `items` on up to 16 threads at once, results in order: socket
 /// requests wait on other processes, so one slow interposer must not hold up
-/// the rest.
+/// the rest. Each thread takes the next item when it is done with one.
 fn in_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
     const THREADS: usize = 16;
-    let chunk = items.len().div_ceil(THREADS).max(1);
-    std::thread::scope(|scope| {
-        let f = &f;
-        let threads: Vec<_> =
-            items.chunks(chunk).map(|c| scope.spawn(move || c.iter().map(f).collect::<Vec<_>>())).collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut done: Vec<(usize, R)> = std::thread::scope(|scope| {
+        let (f, next) = (&f, &next);
+        let threads: Vec<_> = (0..THREADS.min(items.len()))
+            .map(|_| {
+                scope.spawn(move || {
+                    let mut out = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(item) = items.get(i) else { return out };
+                        out.push((i, f(item)));
+                    }
+                })
+            })
+            .collect();
         threads.into_iter().flat_map(|t| t.join().expect("socket requests do not panic")).collect()
-    })
+    });
+    done.sort_unstable_by_key(|(i, _)| *i);
+    done.into_iter().map(|(_, r)| r).collect()
 }
 
 fn short(id: &str) -> String {
@@ -439,4 +451,21 @@ where
         }
     });
     reader
+}
+
+#[cfg(test)]
+mod tests {
+    use super::in_parallel;
+
+    #[test]
+    fn in_parallel_returns_every_result_in_order() {
+        let items: Vec<u64> = (0..50).collect();
+        // Early items are the slow ones: the others must not queue behind them.
+        let out = in_parallel(&items, |&i| {
+            std::thread::sleep(std::time::Duration::from_millis(if i < 4 { 20 } else { 1 }));
+            i * 2
+        });
+        assert_eq!(out, items.iter().map(|i| i * 2).collect::<Vec<_>>());
+        assert!(in_parallel(&[] as &[u64], |&i| i).is_empty());
+    }
 }

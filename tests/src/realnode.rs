@@ -198,7 +198,7 @@ disabled_plugins = ["io.containerd.nri.v1.nri"]
         fs::create_dir_all(&root)?;
         let port = crate::controlplane::free_port()?;
         let d = self.dir.display();
-        // Each setting is one this machine needs (see tests/realnode/README.md).
+        // Each setting is one this machine needs (README, "The real node").
         let config = format!(
             r#"apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
