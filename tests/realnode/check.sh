@@ -10,5 +10,10 @@ grep -qw overlay /proc/filesystems || modprobe overlay 2>/dev/null ||
 host=$(tr 'A-Z' 'a-z' </proc/sys/kernel/hostname)
 getent ahostsv4 "$host" | grep -q '^127\.' ||
   { echo "the host name $host does not resolve to 127.0.0.1 (the API server reaches the loopback-only kubelet by host name)"; exit 1; }
+# cleanup.sh removes every kubepods cgroup and container: never on a real node.
+for pid in $(pgrep -x kubelet); do
+  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q /tmp/pytier-realnode- ||
+    { echo "a kubelet of this machine's own runs (pid $pid): the harness would disturb its pods"; exit 1; }
+done
 command -v ip >/dev/null || { echo "no ip command (iproute2) to find the node's address"; exit 1; }
 exit 0
