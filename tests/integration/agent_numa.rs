@@ -111,7 +111,7 @@ async fn in_the_numa_vm_the_agent_keeps_a_pods_cold_pages_on_cxl() {
     let cold = result["coldOnNode1"].as_f64().unwrap();
     let hot = result["hotOnNode0"].as_f64().unwrap();
     assert!(cold > 0.8, "cold objects' pages on node 1: {cold}: {result}");
-    assert!(hot > 0.8, "hot objects' pages on node 0: {hot}: {result}");
+    assert!(hot > 0.8, "hot objects' pages on node 0: {hot}: {result}\nagent log:\n{log}");
 
     let metrics = std::fs::read_to_string(share.path().join("metrics.txt")).unwrap();
     let cxl_series = r#"pytier_memory_bytes{node="vm",namespace="default",pod="svc-0",container="app",tier="cxl"} "#;
