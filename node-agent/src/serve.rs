@@ -27,7 +27,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use pytier_contract::Settings;
 use pytier_crds::TieringNode;
 use pytier_crds::injection::SHIM_PYTHONPATH;
-use pytier_crds::node::{PodState, TieringNodeSpec, TieringNodeStatus};
+use pytier_crds::node::{NumaNode, PodState, PodTiering, TieringNodeSpec, TieringNodeStatus};
 use serde_json::json;
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
@@ -78,29 +78,94 @@ pub struct ServeArgs {
     pub no_memory_nodes: bool,
 }
 
-/// The agent's memory between passes. All of it can be rebuilt from the
-/// sockets: it only saves sending a config an interposer already has.
-struct Agent {
+/// What the configure loop and the observe loop share. A lock is held only
+/// to read or write its value, never across a socket request: an observe
+/// pass (stats of every interposer) never delays a configure.
+#[derive(Default)]
+struct Shared {
+    /// This machine's NUMA nodes as last read.
+    facts: Mutex<Vec<NodeFacts>>,
+    /// Per socket: why it could not be configured.
+    refused: Mutex<HashMap<PathBuf, String>>,
+}
+
+impl Shared {
+    /// The NUMA nodes, read now if they have not been yet.
+    fn facts(&self, sysfs: &std::path::Path) -> Vec<NodeFacts> {
+        let mut facts = self.facts.lock().expect("facts lock");
+        if facts.is_empty() {
+            match topology::read_facts(sysfs) {
+                Ok(read) => *facts = read,
+                Err(e) => warn!(error = format!("{e:#}"), "cannot read the NUMA topology"),
+            }
+        }
+        facts.clone()
+    }
+}
+
+/// The configure loop's memory. All of it can be rebuilt from the sockets:
+/// it only saves sending a config an interposer already has.
+struct Configurer {
     args: ServeArgs,
     /// Per socket: the socket's identity and the settings it confirmed.
     configured: HashMap<PathBuf, ((u64, i64), Settings)>,
-    /// Per socket: why it could not be configured.
-    refused: HashMap<PathBuf, String>,
-    shim: Result<shim::Installed, String>,
-    shim_checked: Option<Instant>,
-    facts: Vec<NodeFacts>,
 }
 
-impl Agent {
-    fn new(args: ServeArgs) -> Agent {
-        Agent {
-            args,
-            configured: HashMap::new(),
-            refused: HashMap::new(),
-            shim: Err("not installed yet".into()),
-            shim_checked: None,
-            facts: Vec::new(),
+impl Configurer {
+    /// Sends each interposer of the spec's pods its settings unless it has
+    /// them. Returns how many were configured.
+    fn configure(&mut self, spec: &TieringNodeSpec, shared: &Shared) -> usize {
+        let facts = shared.facts(&self.args.sysfs);
+        let mut seen = Vec::new();
+        let mut work = Vec::new();
+        for pod in &spec.pods {
+            let Ok(resolved) = decide::resolve_pod(spec, pod, &facts) else { continue };
+            for socket in sockets::pod_sockets(&self.args.kubelet_pods_dir, &pod.uid) {
+                seen.push(socket.path.clone());
+                let current = self.configured.get(&socket.path);
+                if !current.is_some_and(|(id, s)| *id == socket.identity && *s == resolved) {
+                    work.push((pod, socket, resolved.clone()));
+                }
+            }
         }
+        let results = in_parallel(&work, |(_, socket, resolved)| control::configure(&socket.path, resolved));
+        let mut refused = shared.refused.lock().expect("refused lock");
+        let mut sent = 0;
+        for ((pod, socket, resolved), result) in work.into_iter().zip(results) {
+            match result {
+                Ok(_) => {
+                    sent += 1;
+                    debug!(namespace = pod.namespace, pod = pod.name, container = socket.container, "configured");
+                    refused.remove(&socket.path);
+                    self.configured.insert(socket.path, (socket.identity, resolved));
+                }
+                Err(e) => {
+                    let why = format!("{e:#}");
+                    if refused.get(&socket.path) != Some(&why) {
+                        let (namespace, name, container) = (&pod.namespace, &pod.name, &socket.container);
+                        warn!(namespace, pod = name, container, error = why, "cannot configure an interposer");
+                    }
+                    self.configured.remove(&socket.path);
+                    refused.insert(socket.path, why);
+                }
+            }
+        }
+        self.configured.retain(|path, _| seen.contains(path));
+        refused.retain(|path, _| seen.contains(path));
+        sent
+    }
+}
+
+/// The observe loop's memory: the shim it installed.
+struct Observer {
+    args: ServeArgs,
+    shim: Result<shim::Installed, String>,
+    shim_checked: Option<Instant>,
+}
+
+impl Observer {
+    fn new(args: ServeArgs) -> Observer {
+        Observer { args, shim: Err("not installed yet".into()), shim_checked: None }
     }
 
     /// Installs (or re-checks) the shim at most once a minute.
@@ -121,65 +186,30 @@ impl Agent {
         self.shim = result.map_err(|e| format!("{e:#}"));
     }
 
-    fn read_topology(&mut self) -> Result<()> {
-        self.facts = topology::read_facts(&self.args.sysfs)?;
-        Ok(())
-    }
-
-    /// Sends each interposer of the spec's pods its settings unless it has
-    /// them. Returns how many were configured.
-    fn configure(&mut self, spec: &TieringNodeSpec) -> usize {
-        let mut seen = Vec::new();
-        let mut work = Vec::new();
-        for pod in &spec.pods {
-            let Ok(resolved) = decide::resolve_pod(spec, pod, &self.facts) else { continue };
-            for socket in sockets::pod_sockets(&self.args.kubelet_pods_dir, &pod.uid) {
-                seen.push(socket.path.clone());
-                let current = self.configured.get(&socket.path);
-                if !current.is_some_and(|(id, s)| *id == socket.identity && *s == resolved) {
-                    work.push((pod, socket, resolved.clone()));
-                }
-            }
+    /// Re-reads the NUMA topology, then every pod's interposers, processes
+    /// and cgroups; sets memory nodes; returns the pods' findings.
+    fn observe(
+        &mut self,
+        spec: &TieringNodeSpec,
+        container_names: &HashMap<String, String>,
+        shared: &Shared,
+    ) -> Vec<PodFindings> {
+        match topology::read_facts(&self.args.sysfs) {
+            Ok(read) => *shared.facts.lock().expect("facts lock") = read,
+            Err(e) => warn!(error = format!("{e:#}"), "cannot read the NUMA topology"),
         }
-        let results = in_parallel(&work, |(_, socket, resolved)| control::configure(&socket.path, resolved));
-        let mut sent = 0;
-        for ((pod, socket, resolved), result) in work.into_iter().zip(results) {
-            match result {
-                Ok(_) => {
-                    sent += 1;
-                    debug!(namespace = pod.namespace, pod = pod.name, container = socket.container, "configured");
-                    self.refused.remove(&socket.path);
-                    self.configured.insert(socket.path, (socket.identity, resolved));
-                }
-                Err(e) => {
-                    let why = format!("{e:#}");
-                    if self.refused.get(&socket.path) != Some(&why) {
-                        let (namespace, name, container) = (&pod.namespace, &pod.name, &socket.container);
-                        warn!(namespace, pod = name, container, error = why, "cannot configure an interposer");
-                    }
-                    self.configured.remove(&socket.path);
-                    self.refused.insert(socket.path, why);
-                }
-            }
-        }
-        self.configured.retain(|path, _| seen.contains(path));
-        self.refused.retain(|path, _| seen.contains(path));
-        sent
-    }
-
-    /// Reads every pod's interposers, processes and cgroups; sets memory
-    /// nodes; returns the pods' findings.
-    fn observe(&mut self, spec: &TieringNodeSpec, container_names: &HashMap<String, String>) -> Vec<PodFindings> {
+        let facts = shared.facts(&self.args.sysfs);
+        let refused = shared.refused.lock().expect("refused lock").clone();
         let cgroups = cgroups::find_pods(&cgroups::hierarchy(&self.args.cgroup_root));
         let mut all = Vec::new();
         for pod in &spec.pods {
             let mut found = PodFindings::default();
-            let resolved = decide::resolve_pod(spec, pod, &self.facts);
+            let resolved = decide::resolve_pod(spec, pod, &facts);
             if let Err(why) = &resolved {
                 found.invalid = Some(why.clone());
             }
             let sockets = sockets::pod_sockets(&self.args.kubelet_pods_dir, &pod.uid);
-            let outcomes = in_parallel(&sockets, |socket| match self.refused.get(&socket.path) {
+            let outcomes = in_parallel(&sockets, |socket| match refused.get(&socket.path) {
                 Some(why) => Err(why.clone()),
                 None => control::stats(&socket.path).map_err(|e| format!("{e:#}")),
             });
@@ -322,12 +352,22 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     });
     tokio::spawn(pytier_admin::http::serve(listener, None, handler));
 
-    let api: Api<TieringNode> = Api::all(client);
-    let agent = Arc::new(Mutex::new(Agent::new(args.clone())));
-    let observe_every = Duration::from_secs_f64(args.observe_every);
-    let status_every = Duration::from_secs_f64(args.status_every);
-    let mut next_observe = Instant::now();
-    let mut last_written: Option<(TieringNodeStatus, Instant)> = None;
+    let shared = Arc::new(Shared::default());
+    let reporter = Reporter {
+        api: Api::all(client),
+        node: node.clone(),
+        tiering_nodes: tiering_nodes.clone(),
+        pods,
+        spec_error,
+        snapshot,
+        ready,
+        observe_every: Duration::from_secs_f64(args.observe_every),
+        status_every: Duration::from_secs_f64(args.status_every),
+    };
+    tokio::spawn(reporter.run(Observer::new(args.clone()), shared.clone()));
+
+    // The configure loop: settings go out as soon as the spec changes.
+    let configurer = Arc::new(Mutex::new(Configurer { args, configured: HashMap::new() }));
     let mut shutdown = std::pin::pin!(pytier_admin::shutdown_signal());
     loop {
         tokio::select! {
@@ -338,32 +378,74 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             _ = wake.notified() => {}
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
-        let tn = tiering_nodes.get(&ObjectRef::new(&node));
-        let spec = tn.as_ref().map(|tn| tn.spec.clone()).unwrap_or_default();
-        let observe_now = Instant::now() >= next_observe;
-        let names = if observe_now { container_names(&pods) } else { HashMap::new() };
-        let pass = {
-            let agent = agent.clone();
-            tokio::task::spawn_blocking(move || {
-                let mut agent = agent.lock().expect("the agent's lock is never poisoned: passes do not panic");
-                if observe_now || agent.facts.is_empty() {
-                    agent.ensure_shim();
-                    if let Err(e) = agent.read_topology() {
-                        warn!(error = format!("{e:#}"), "cannot read the NUMA topology");
-                    }
-                }
-                agent.configure(&spec);
-                let findings = if observe_now { Some(agent.observe(&spec, &names)) } else { None };
-                let numa = topology::classify(&agent.facts, &Overrides::default()).unwrap_or_default();
-                (findings, numa, agent.shim.clone().err(), spec.pods)
-            })
-            .await
-        };
-        let Ok((Some(findings), numa, shim_error, spec_pods)) = pass else { continue };
-        next_observe = Instant::now() + observe_every;
+        let spec = tiering_nodes.get(&ObjectRef::new(&node)).map(|tn| tn.spec.clone()).unwrap_or_default();
+        let (configurer, shared) = (configurer.clone(), shared.clone());
+        let _ = tokio::task::spawn_blocking(move || {
+            let mut configurer = configurer.lock().expect("the configurer's lock is never poisoned: it does not panic");
+            configurer.configure(&spec, &shared)
+        })
+        .await;
+    }
+}
 
+/// The observe loop: every `observe_every`, reads what every pod's
+/// interposers and cgroups show, publishes it as metrics and writes the
+/// TieringNode's status.
+struct Reporter {
+    api: Api<TieringNode>,
+    node: String,
+    tiering_nodes: Store<TieringNode>,
+    pods: Store<Pod>,
+    /// Why this agent cannot read its TieringNode, if it cannot.
+    spec_error: Arc<Mutex<Option<String>>>,
+    snapshot: metrics::Shared,
+    ready: Arc<std::sync::atomic::AtomicBool>,
+    observe_every: Duration,
+    status_every: Duration,
+}
+
+impl Reporter {
+    async fn run(self, mut observer: Observer, shared: Arc<Shared>) {
+        let mut last_written: Option<(TieringNodeStatus, Instant)> = None;
+        loop {
+            let tn = self.tiering_nodes.get(&ObjectRef::new(&self.node));
+            let spec = tn.as_ref().map(|tn| tn.spec.clone()).unwrap_or_default();
+            let names = container_names(&self.pods);
+            let shared = shared.clone();
+            let pass = tokio::task::spawn_blocking(move || {
+                observer.ensure_shim();
+                let findings = observer.observe(&spec, &names, &shared);
+                let numa = topology::classify(&shared.facts(&observer.args.sysfs), &Overrides::default())
+                    .unwrap_or_default();
+                let shim_error = observer.shim.clone().err();
+                (observer, findings, numa, shim_error, spec.pods)
+            })
+            .await;
+            let Ok((back, findings, numa, shim_error, spec_pods)) = pass else {
+                warn!("an observe pass failed; observing stops");
+                return;
+            };
+            observer = back;
+            self.report(tn, findings, numa, shim_error, spec_pods, &mut last_written).await;
+            tokio::time::sleep(self.observe_every).await;
+        }
+    }
+
+    /// Publishes one pass's findings as metrics and writes the status when
+    /// it changed (at once for a change of state, else at most every
+    /// `status_every`).
+    async fn report(
+        &self,
+        tn: Option<Arc<TieringNode>>,
+        findings: Vec<PodFindings>,
+        numa: Vec<NumaNode>,
+        shim_error: Option<String>,
+        spec_pods: Vec<PodTiering>,
+        last_written: &mut Option<(TieringNodeStatus, Instant)>,
+    ) {
+        let node = &self.node;
         let statuses: Vec<_> = spec_pods.iter().zip(&findings).map(|(p, f)| decide::pod_status(p, f)).collect();
-        *snapshot.lock().expect("metrics snapshot lock") = Snapshot {
+        *self.snapshot.lock().expect("metrics snapshot lock") = Snapshot {
             numa_nodes: numa.clone(),
             pods: spec_pods
                 .iter()
@@ -381,9 +463,9 @@ pub async fn run(args: ServeArgs) -> Result<()> {
                 })
                 .collect(),
         };
-        ready.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.ready.store(true, std::sync::atomic::Ordering::Relaxed);
 
-        let spec_error = spec_error.lock().expect("spec error lock").clone();
+        let spec_error = self.spec_error.lock().expect("spec error lock").clone();
         let Some(tn) = tn else {
             if let Some(e) = spec_error {
                 // The object exists but this agent cannot read it: say so on it.
@@ -391,13 +473,13 @@ pub async fn run(args: ServeArgs) -> Result<()> {
                 let patch = Patch::Merge(
                     json!({ "status": { "conditions": conditions(None, false, "SpecUnreadable", message) } }),
                 );
-                if let Err(e) = api.patch_status(&node, &PatchParams::default(), &patch).await {
+                if let Err(e) = self.api.patch_status(node, &PatchParams::default(), &patch).await {
                     debug!(node, error = %e, "cannot write the TieringNode status");
                 }
             } else {
                 debug!(node, "no TieringNode for this node yet");
             }
-            continue;
+            return;
         };
         let mut status = decide::node_status(numa, statuses, tn.metadata.generation);
         let unmanaged: Vec<String> = status
@@ -417,11 +499,11 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         };
         let old = last_written.as_ref().map(|(s, _)| s).or(tn.status.as_ref());
         status.conditions = conditions(old, ok, reason, message);
-        let due = last_written.as_ref().is_none_or(|(_, at)| at.elapsed() >= status_every);
+        let due = last_written.as_ref().is_none_or(|(_, at)| at.elapsed() >= self.status_every);
         if decide::significant_change(old, &status) || (due && Some(&status) != old) {
             let patch = Patch::Merge(json!({ "status": status }));
-            match api.patch_status(&node, &PatchParams::default(), &patch).await {
-                Ok(_) => last_written = Some((status, Instant::now())),
+            match self.api.patch_status(node, &PatchParams::default(), &patch).await {
+                Ok(_) => *last_written = Some((status, Instant::now())),
                 Err(e) => warn!(node, error = %e, "cannot write the TieringNode status"),
             }
         }
