@@ -224,7 +224,6 @@ impl Collector for AgentCollector {
             let (sum, count) = histogram_sum(&s.histogram);
             histogram.encode_family(at)?.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
         }
-        drop(histogram);
 
         let by_direction = |values: fn(&Sums) -> [u64; 2]| {
             let mut rows = Vec::new();

@@ -415,8 +415,8 @@ impl Reporter {
             let pass = tokio::task::spawn_blocking(move || {
                 observer.ensure_shim();
                 let findings = observer.observe(&spec, &names, &shared);
-                let numa = topology::classify(&shared.facts(&observer.args.sysfs), &Overrides::default())
-                    .unwrap_or_default();
+                let numa =
+                    topology::classify(&shared.facts(&observer.args.sysfs), &Overrides::default()).unwrap_or_default();
                 let shim_error = observer.shim.clone().err();
                 (observer, findings, numa, shim_error, spec.pods)
             })

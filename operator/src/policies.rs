@@ -321,7 +321,7 @@ mod tests {
         let mut bad = (*policy("a", "web", 1, Some(("app", "web")))).clone();
         bad.spec.settings.tracking.hot_threshold = 100.0;
         let bad = Arc::new(bad);
-        let s = summarize(&bad, &[], &[bad.clone()], &[], &Default::default(), now());
+        let s = summarize(&bad, &[], std::slice::from_ref(&bad), &[], &Default::default(), now());
         assert_eq!(
             (cond(&s, "Ready").reason.as_str(), cond(&s, "Degraded").reason.as_str()),
             ("InvalidSettings", "InvalidSettings")
@@ -334,7 +334,7 @@ mod tests {
         let web = policy("a", "web", 1, Some(("app", "web")));
         let pods: Vec<_> = ["w1", "w2", "w3"].iter().map(|n| Arc::new(pod("a", n, &[("app", "web")], &[]))).collect();
         let tns = [agent_reports(&[("w1", PodState::Managed, 100), ("w2", PodState::Managed, 10)])];
-        let s = summarize(&web, &pods, &[web.clone()], &tns, &Default::default(), now());
+        let s = summarize(&web, &pods, std::slice::from_ref(&web), &tns, &Default::default(), now());
         assert_eq!((s.matched_pods, s.injected_pods, s.failed_pods), (3, 2, 0));
         assert_eq!((s.dram_bytes, s.cxl_bytes), (110, 330));
         assert_eq!(cond(&s, "Ready").reason, "PodsPending");
@@ -343,7 +343,7 @@ mod tests {
 
         let tns =
             [agent_reports(&[("w1", PodState::Managed, 1), ("w2", PodState::Managed, 1), ("w3", PodState::Failed, 0)])];
-        let s = summarize(&web, &pods, &[web.clone()], &tns, &s, now());
+        let s = summarize(&web, &pods, std::slice::from_ref(&web), &tns, &s, now());
         assert_eq!(s.failed_pods, 1);
         assert_eq!(
             (cond(&s, "Degraded").status.as_str(), cond(&s, "Degraded").reason.as_str()),
@@ -370,13 +370,13 @@ mod tests {
     #[test]
     fn transition_time_moves_only_when_the_status_changes() {
         let web = policy("a", "web", 1, Some(("app", "web")));
-        let first = summarize(&web, &[], &[web.clone()], &[], &Default::default(), now());
+        let first = summarize(&web, &[], std::slice::from_ref(&web), &[], &Default::default(), now());
         assert_eq!(cond(&first, "Ready").reason, "NoPodsSelected");
         let later = Time(k8s_openapi::jiff::Timestamp::from_second(2000).unwrap());
-        let again = summarize(&web, &[], &[web.clone()], &[], &first, later.clone());
+        let again = summarize(&web, &[], std::slice::from_ref(&web), &[], &first, later.clone());
         assert_eq!(again, first, "nothing changed, so nothing is written");
         let pods = [Arc::new(pod("a", "w1", &[("app", "web")], &[]))];
-        let pending = summarize(&web, &pods, &[web.clone()], &[], &first, later.clone());
+        let pending = summarize(&web, &pods, std::slice::from_ref(&web), &[], &first, later.clone());
         assert_eq!(cond(&pending, "Ready").last_transition_time, later);
         assert_eq!(cond(&pending, "Degraded").last_transition_time, now());
     }

@@ -214,12 +214,11 @@ async fn every_value_the_api_server_accepts_the_interposer_accepts() {
     }
 }
 
-/// (path, is integer, minimum, maximum) of every bounded number in a schema.
-fn collect_bounds(
-    schema: &serde_json::Value,
-    path: &mut Vec<String>,
-    out: &mut Vec<(Vec<String>, bool, Option<f64>, Option<f64>)>,
-) {
+/// (path, is integer, minimum, maximum) of a bounded number in a schema.
+type Bound = (Vec<String>, bool, Option<f64>, Option<f64>);
+
+/// Every bounded number in a schema.
+fn collect_bounds(schema: &serde_json::Value, path: &mut Vec<String>, out: &mut Vec<Bound>) {
     if let Some(props) = schema["properties"].as_object() {
         for (name, sub) in props {
             path.push(name.clone());

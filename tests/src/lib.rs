@@ -74,7 +74,7 @@ pub fn workspace_binary(
             return Err(format!("cargo build -p {package} failed"));
         }
         let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), Into::into);
-        let path = std::path::PathBuf::from(target).join("debug").join(bin);
+        let path = target.join("debug").join(bin);
         if path.exists() { Ok(path) } else { Err(format!("{} not found after building", path.display())) }
     });
     built.clone().map_err(anyhow::Error::msg)

@@ -82,12 +82,11 @@ impl Request {
         let Value::Object(mut fields) = value else { unreachable!("check_version saw an object") };
         fields.remove("v");
         // Settings are checked on their own, so the error names the setting.
-        if fields.get("op").and_then(Value::as_str) == Some("config") && fields.len() == 2 {
-            if let Some(config) = fields.remove("config") {
-                return Settings::from_value(config)
-                    .map(|config| Request::Config { config })
-                    .map_err(|e| e.to_string());
-            }
+        if fields.get("op").and_then(Value::as_str) == Some("config")
+            && fields.len() == 2
+            && let Some(config) = fields.remove("config")
+        {
+            return Settings::from_value(config).map(|config| Request::Config { config }).map_err(|e| e.to_string());
         }
         serde_json::from_value(Value::Object(fields)).map_err(|e| format!("bad request: {e}"))
     }

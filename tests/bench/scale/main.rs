@@ -104,7 +104,7 @@ impl Cluster {
             (json!({}), json!({"pytier.dev/policy": POLICY}))
         };
         // Half the pods bring their own PYTHONPATH, which the webhook appends to.
-        let env = if i % 2 == 0 { json!([{"name": "PYTHONPATH", "value": "/app/lib"}]) } else { json!([]) };
+        let env = if i.is_multiple_of(2) { json!([{"name": "PYTHONPATH", "value": "/app/lib"}]) } else { json!([]) };
         json!({
             "metadata": {"name": self.pod(i), "labels": labels, "annotations": annotations},
             "spec": {
@@ -311,7 +311,7 @@ async fn main() -> Result<()> {
     let rss_mib = rss as f64 / (1 << 20) as f64;
     println!();
     println!("scale: {} nodes (kwok), {} pods, {} policies, {} edits", a.nodes, a.pods, a.policies, a.edits);
-    println!("{:<34} {}", "measure", "result");
+    println!("{:<34} result", "measure");
     println!(
         "{:<34} {} pods in {create_seconds:.1}s ({:.1}/s), all injected",
         "pod creation",
