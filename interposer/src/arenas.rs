@@ -140,6 +140,17 @@ pub unsafe fn install_hook() {
     }
 }
 
+/// Puts the wrapped allocator back, for a start that failed after the hook
+/// went in. Arenas allocated meanwhile are freed by it as they would be by us.
+///
+/// # Safety
+/// As `install_hook`.
+pub unsafe fn uninstall_hook() {
+    if HOOKED.swap(false, Ordering::AcqRel) {
+        unsafe { PyObject_SetArenaAllocator(&raw mut ORIGINAL) };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -186,6 +186,16 @@ pub unsafe fn install_hook() {
     }
 }
 
+/// Puts the wrapped allocator back (see `arenas::uninstall_hook`).
+///
+/// # Safety
+/// As `install_hook`.
+pub unsafe fn uninstall_hook() {
+    if HOOKED.swap(false, Ordering::AcqRel) {
+        unsafe { PyMem_SetAllocator(DOMAIN_RAW, &raw mut ORIGINAL) };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,6 +11,9 @@
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unsupported(pub String);
 
+/// The CPython versions the interposer knows, as people write them.
+pub const SUPPORTED: &str = "3.11, 3.12, 3.13, 3.14, 3.15";
+
 /// Layout constants for one CPython version (64-bit, default build).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Layout {
@@ -25,6 +28,9 @@ pub struct Layout {
     pub managed_dict_flag: u64,
     /// Refcounts at or above this are immortal (3.12+) and never change.
     pub immortal_refcnt: Option<u64>,
+    /// The reference-count word's upper 16 bits are `ob_flags`, not count
+    /// (3.14+: `uint32 ob_refcnt, uint16 ob_overflow, uint16 ob_flags`).
+    pub flags_in_refcount_word: bool,
 }
 
 pub const TPFLAGS_HAVE_GC: u64 = 1 << 14;
@@ -65,15 +71,35 @@ impl Layout {
             managed_dict_preheader: 16,
             managed_dict_flag: 1 << 4,
             immortal_refcnt: None,
+            flags_in_refcount_word: false,
         };
+        // Same pools from 3.11 to 3.15. 3.12 adds immortal objects (low 32
+        // bits of the count at 2^31 or more) and the managed weakref slot in
+        // the preheader; 3.14 splits the count word.
+        let immortal = Layout { immortal_refcnt: Some(1 << 31), managed_dict_flag: 1 << 4 | 1 << 3, ..base };
         match (major, minor) {
             (3, 11) => Ok(base),
-            // Same pools; immortal objects; managed dict/weakref preheader.
-            (3, 12) | (3, 13) => {
-                Ok(Layout { immortal_refcnt: Some(1 << 31), managed_dict_flag: 1 << 4 | 1 << 3, ..base })
-            }
-            _ => Err(Unsupported(format!("CPython {major}.{minor} is not supported (supported: 3.11, 3.12, 3.13)"))),
+            (3, 12) | (3, 13) => Ok(immortal),
+            (3, 14) | (3, 15) => Ok(Layout { flags_in_refcount_word: true, ..immortal }),
+            (3, ..=10) => Err(Unsupported(format!(
+                "CPython {major}.{minor} is not supported: it has reached its end of life (supported: {SUPPORTED})"
+            ))),
+            _ => Err(Unsupported(format!("CPython {major}.{minor} is not supported yet (supported: {SUPPORTED})"))),
         }
+    }
+
+    /// The reference count in an object's first word, or `None` when the
+    /// word cannot be a live object's: zero, or 2^32 and more (a pointer —
+    /// pymalloc's free-list link — or garbage). `ob_flags` (3.14+) are not
+    /// part of the count; `ob_overflow` must be zero.
+    pub fn refcount(&self, word: u64) -> Option<u64> {
+        let count = if self.flags_in_refcount_word { word & 0x0000_ffff_ffff_ffff } else { word };
+        (count != 0 && count < 1 << 32).then_some(count)
+    }
+
+    /// Whether a count read by `refcount` is an immortal object's.
+    pub fn is_immortal(&self, refcount: u64) -> bool {
+        self.immortal_refcnt.is_some_and(|limit| refcount >= limit)
     }
 
     pub fn block_size(&self, szidx: u32) -> usize {
@@ -142,10 +168,34 @@ mod tests {
     fn supported_versions() {
         assert!(Layout::for_version(0x030b07f0, false).unwrap().immortal_refcnt.is_none());
         assert_eq!(Layout::for_version(0x030c00f0, false).unwrap().immortal_refcnt, Some(1 << 31));
+        for hexversion in [0x030e0af0, 0x030f02f0] {
+            assert!(Layout::for_version(hexversion, false).unwrap().flags_in_refcount_word);
+        }
         let old = Layout::for_version(0x030a00f0, false).unwrap_err();
-        assert!(old.0.contains("3.10 is not supported"), "{}", old.0);
+        assert!(old.0.contains("3.10 is not supported: it has reached its end of life"), "{}", old.0);
+        let new = Layout::for_version(0x031000a1, false).unwrap_err();
+        assert!(new.0.contains("3.16 is not supported yet"), "{}", new.0);
         let ft = Layout::for_version(0x030d00f0, true).unwrap_err();
         assert!(ft.0.contains("free-threaded"), "{}", ft.0);
+    }
+
+    #[test]
+    fn reference_count_words() {
+        let l311 = Layout::for_version(0x030b07f0, false).unwrap();
+        let l314 = Layout::for_version(0x030e0af0, false).unwrap();
+        for l in [l311, l314] {
+            assert_eq!(l.refcount(3), Some(3));
+            assert_eq!(l.refcount(0), None, "a freed block");
+            assert_eq!(l.refcount(0x7f12_3456_7890), None, "a free-list link");
+        }
+        // 3.14: an object made immortal at run time, with ob_flags set.
+        let word = 0x0001_0000_c000_0000;
+        assert_eq!(l311.refcount(word), None);
+        assert_eq!(l314.refcount(word), Some(0xc000_0000));
+        assert!(l314.is_immortal(0xc000_0000) && !l314.is_immortal(5));
+        assert!(!l311.is_immortal(0xc000_0000), "3.11 has no immortal objects");
+        // ob_flags on a mortal object (statically allocated flag, say).
+        assert_eq!(l314.refcount(0x0080_0000_0000_0002), Some(2));
     }
 
     #[test]

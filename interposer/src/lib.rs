@@ -96,6 +96,44 @@ static THREADS: Mutex<Vec<JoinHandle<()>>> = Mutex::new(Vec::new());
 /// Set in a child after `fork()`: its copy of our state has no threads.
 static FORKED: AtomicBool = AtomicBool::new(false);
 
+/// Whether `pytier_start` would refuse this interpreter or these settings:
+/// 0 if not, else 1 with a one-line reason in `err`. Changes nothing, so a
+/// refused process stays exactly as it was.
+///
+/// # Safety
+/// `config_json` is a C string; `err` holds `err_len` bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pytier_check(
+    config_json: *const c_char,
+    hexversion: u32,
+    free_threaded: i32,
+    err: *mut c_char,
+    err_len: usize,
+) -> i32 {
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        let config = unsafe { CStr::from_ptr(config_json) }.to_string_lossy().into_owned();
+        check(&config, hexversion, free_threaded != 0)
+    }));
+    let message = match result {
+        Ok(Ok(_)) => return 0,
+        Ok(Err(message)) => message,
+        Err(_) => "internal error while checking (a bug in pytier)".to_string(),
+    };
+    unsafe { write_c_string(&message, err, err_len) };
+    1
+}
+
+/// The interpreter's layout and the settings, or why pytier cannot run.
+fn check(config_json: &str, hexversion: u32, free_threaded: bool) -> Result<(Layout, Settings), String> {
+    let layout = Layout::for_version(hexversion, free_threaded).map_err(|e| e.0)?;
+    let config = if config_json.trim().is_empty() {
+        Settings::default()
+    } else {
+        Settings::from_json(config_json).map_err(|e| e.to_string())?
+    };
+    Ok((layout, config))
+}
+
 /// Starts learning of new arenas. Call first, with the GIL held, so that
 /// arenas allocated while `pytier_start`'s arguments are built are seen.
 #[unsafe(no_mangle)]
@@ -140,7 +178,13 @@ pub unsafe extern "C" fn pytier_start(
         Ok(Err(message)) => message,
         Err(_) => "internal error while starting (a bug in pytier)".to_string(),
     };
-    unsafe { write_c_string(&message, err, err_len) };
+    // Not started: the process goes on as it would without pytier.
+    // SAFETY: the caller holds the GIL.
+    unsafe {
+        arenas::uninstall_hook();
+        large::uninstall_hook();
+        write_c_string(&message, err, err_len);
+    }
     1
 }
 
@@ -153,12 +197,7 @@ fn start(
     socket: &str,
 ) -> Result<(), String> {
     let t0 = Instant::now();
-    let layout = Layout::for_version(hexversion, free_threaded).map_err(|e| e.0)?;
-    let config = if config_json.trim().is_empty() {
-        Settings::default()
-    } else {
-        Settings::from_json(config_json).map_err(|e| e.to_string())?
-    };
+    let (layout, config) = check(config_json, hexversion, free_threaded)?;
     memory::read_exact_self(type_type, &mut [0u8; 8])
         .map_err(|e| format!("cannot read this process's memory with process_vm_readv: {e}"))?;
 

@@ -201,12 +201,7 @@ impl TypeCache {
         if offset != expected || offset + info.basic_size > block_len {
             return None;
         }
-        // A live count is positive; counts of 2^32 and more are pointers
-        // (a free-list link) or garbage. Immortals (3.12+) stay below.
-        let refcnt = u64_at(block, offset)?;
-        if refcnt == 0 || refcnt >= 1 << 32 {
-            return Some(None);
-        }
+        let Some(refcnt) = layout.refcount(u64_at(block, offset)?) else { return Some(None) };
         Some(Some(Found { offset, type_addr, type_flags: info.flags, refcnt }))
     }
 }

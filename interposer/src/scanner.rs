@@ -467,7 +467,7 @@ impl Tracker {
                 slot.clear();
                 continue;
             };
-            if layout.immortal_refcnt.is_some_and(|limit| found.refcnt >= limit) {
+            if layout.is_immortal(found.refcnt) {
                 slot.clear();
                 continue;
             }

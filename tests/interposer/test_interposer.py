@@ -21,7 +21,8 @@ FAST = json.dumps({"tracking": {"scanIntervalMillis": 20, "maxCpuFraction": 0.5}
 
 def python(code, env=None, shim=None, timeout=60, **kw):
     """Runs `code` in a fresh python3 with the shim; returns the CompletedProcess."""
-    full = dict(os.environ, PYTHONPATH=shim or SHIM, PYTIER_SOCKET="", **(env or {}))
+    full = dict(os.environ, PYTHONPATH=shim or SHIM, PYTIER_SOCKET="")
+    full.update(env or {})
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=full, capture_output=True,
                           text=True, timeout=timeout, **kw)
 
@@ -199,6 +200,10 @@ def test_control_socket_answers_and_survives_garbage(tmp_path):
         assert hello["ok"] and hello["hello"]["pid"] == proc.pid and hello["hello"]["protocol"] == 2
         stats = ask(b'{"v":2,"op":"stats"}\n')
         assert stats["ok"] and stats["stats"]["active"] and stats["stats"]["config"]["tracking"]["hotThreshold"] == 2.0
+        deadline = time.monotonic() + 20  # the CLI below prints a finished scan
+        while stats["stats"]["passes"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            stats = ask(b'{"v":2,"op":"stats"}\n')
 
         cli = subprocess.run([sys.executable, "-m", "pytier", "stats", "--socket", path], capture_output=True,
                              text=True, env=dict(os.environ, PYTHONPATH=SHIM, PYTIER_DISABLE="1"), timeout=30)
@@ -238,6 +243,47 @@ def test_bad_config_fails_open_with_the_field_named():
     assert r.returncode == 0 and r.stdout.splitlines()[0] == EXPECTED
     assert "unknown field `hotThreshhold`" in r.stderr
     assert "(False," in r.stdout
+
+
+# Prints where the arena allocator's functions are: in pytier's library while
+# its hook is in, in the interpreter otherwise.
+ARENA_ALLOCATOR_OWNER = """
+import ctypes, pytier
+class Allocator(ctypes.Structure):
+    _fields_ = [("ctx", ctypes.c_void_p), ("alloc", ctypes.c_void_p), ("free", ctypes.c_void_p)]
+a = Allocator()
+ctypes.pythonapi.PyObject_GetArenaAllocator(ctypes.byref(a))
+owner = "?"
+for line in open("/proc/self/maps"):
+    fields = line.split()
+    start, end = (int(x, 16) for x in fields[0].split("-"))
+    if start <= a.alloc < end:
+        owner = fields[-1].rsplit("/", 1)[-1]
+print(pytier.status()[0], owner)
+"""
+
+
+@pytest.mark.parametrize("why,env", [
+    ("bad settings", {"PYTIER_CONFIG": '{"tracking": {"hotThreshold": 100}}'}),
+    ("socket that cannot be made", {"PYTIER_SOCKET": "/nonexistent/dir/app.sock"}),
+])
+def test_a_refused_process_keeps_its_own_allocator(why, env):
+    r = python(ARENA_ALLOCATOR_OWNER, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "pytier: not active" in r.stderr, why
+    active, owner = r.stdout.split()
+    assert active == "False" and owner != "_native.so", f"{why}: the arena hook stayed in: {r.stdout}"
+    # And the same check sees the hook when pytier runs.
+    r = python(ARENA_ALLOCATOR_OWNER)
+    assert r.stdout.split() == ["True", "_native.so"], r.stdout + r.stderr
+
+
+def test_dev_mode_is_refused_with_the_way_out():
+    r = python(WORK + "\nimport pytier; print(pytier.status()[0])", env={"PYTHONDEVMODE": "1"})
+    assert r.returncode == 0 and r.stdout.split() == [EXPECTED, "False"], r.stdout
+    assert "pytier: not active: python -X dev" in r.stderr and "PYTHONMALLOC=pymalloc" in r.stderr
+    r = python("import pytier; print(pytier.status()[0])", env={"PYTHONDEVMODE": "1", "PYTHONMALLOC": "pymalloc"})
+    assert r.stdout.strip() == "True", r.stdout + r.stderr
 
 
 def test_users_sitecustomize_still_runs_and_pythonpath_is_kept(tmp_path):

@@ -28,17 +28,30 @@ def default_socket(pid):
     return os.path.join(os.environ.get(ENV_SOCKET_DIR, "/tmp"), f"{name}.{pid}.sock")
 
 
+def _free_threaded():
+    """Whether this is a free-threaded build, from the build's own flags (a
+    3.13t started with PYTHON_GIL=1 runs with the GIL but keeps the
+    free-threaded object layout)."""
+    return "t" in getattr(sys, "abiflags", "")
+
+
 def _unsupported():
-    """Why this interpreter cannot be tracked, or None."""
+    """Why this interpreter cannot be tracked, or None. Decided from what the
+    interpreter says about itself, before anything in the process changes."""
     if sys.implementation.name != "cpython":
         return f"{sys.implementation.name} is not supported (CPython only)"
     if sys.platform != "linux":
         return f"{sys.platform} is not supported (Linux only)"
     if sys.maxsize < 2**63 - 1:
         return "32-bit interpreters are not supported"
+    if hasattr(sys, "gettotalrefcount"):
+        return "a debug build of CPython is not supported (its objects carry extra fields)"
     malloc = os.environ.get("PYTHONMALLOC", "")
     if malloc not in ("", "pymalloc"):
-        return f"PYTHONMALLOC={malloc} is not supported (pytier reads pymalloc's pools)"
+        return f"PYTHONMALLOC={malloc} is not supported (pytier reads pymalloc's pools without debug hooks)"
+    if sys.flags.dev_mode and not malloc:
+        return ("python -X dev (or PYTHONDEVMODE) installs pymalloc's debug hooks, which shift every object: "
+                "run without it, or with PYTHONMALLOC=pymalloc")
     if sys.getallocatedblocks() == 0:
         return "this interpreter does not use pymalloc"
     return None
@@ -73,9 +86,15 @@ def start():
     lib.pytier_classify.restype = ctypes.c_int
     lib.pytier_classify.argtypes = [ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_int8), ctypes.c_size_t, ctypes.c_int]
 
-    free_threaded = bool(getattr(sys, "_is_gil_enabled", lambda: True)() is False)
-    if free_threaded:
-        _reason = "free-threaded CPython is not supported yet (objects have split reference counts)"
+    lib.pytier_check.restype = ctypes.c_int
+    lib.pytier_check.argtypes = [ctypes.c_char_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t]
+    free_threaded = _free_threaded()
+    config = os.environ.get(ENV_CONFIG, "").encode()
+    err = ctypes.create_string_buffer(512)
+    # The interpreter and the settings are checked before anything changes:
+    # a refused process runs exactly as it would without pytier.
+    if lib.pytier_check(config, sys.hexversion, int(free_threaded), err, len(err)) != 0:
+        _reason = err.value.decode(errors="replace")
         sys.stderr.write(f"pytier: not active: {_reason}\n")
         return
     # From here on every new arena is seen; objects alive now tell where the
@@ -86,9 +105,8 @@ def start():
     socket = os.environ.get(ENV_SOCKET)
     if socket is None:
         socket = default_socket(os.getpid())
-    err = ctypes.create_string_buffer(512)
     code = lib.pytier_start(
-        os.environ.get(ENV_CONFIG, "").encode(), sys.hexversion, int(free_threaded), id(type),
+        config, sys.hexversion, int(free_threaded), id(type),
         early_array, len(early), socket.encode(), err, len(err),
     )
     if code not in (0, 2):  # 2: already running, started by an earlier import
