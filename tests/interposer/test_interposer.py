@@ -286,6 +286,43 @@ def test_dev_mode_is_refused_with_the_way_out():
     assert r.stdout.strip() == "True", r.stdout + r.stderr
 
 
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="isolated subinterpreters came in 3.12")
+def test_an_isolated_subinterpreter_runs_without_a_word_from_pytier():
+    # It runs site (so the shim's sitecustomize) but cannot load ctypes.
+    r = python("""
+        import pytier
+        try:
+            import _interpreters as interpreters
+        except ImportError:
+            import _xxsubinterpreters as interpreters
+        run = getattr(interpreters, "run_string", None) or interpreters.exec
+        sub = interpreters.create()
+        run(sub, "import sys, sitecustomize; print('subinterpreter ran'); sys.stdout.flush()")
+        interpreters.destroy(sub)
+        print(pytier.status()[0])
+    """)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[:2] == ["subinterpreter ran", "True"], r.stdout
+    assert "pytier" not in r.stderr, r.stderr
+
+
+FREE_THREADED = os.environ.get("PYTIER_FREE_THREADED_PYTHON")
+
+
+@pytest.mark.skipif(not FREE_THREADED, reason="PYTIER_FREE_THREADED_PYTHON not set (tests/pythons/build.sh makes one)")
+@pytest.mark.parametrize("gil", ["default", "PYTHON_GIL=1"])
+def test_a_free_threaded_build_is_refused_and_left_as_it_was(gil):
+    # With PYTHON_GIL=1 the build runs with a GIL but keeps its object layout.
+    env = dict(os.environ, PYTHONPATH=SHIM, PYTIER_SOCKET="")
+    if gil != "default":
+        env["PYTHON_GIL"] = "1"
+    code = "import sys; print(sum(range(10)), sys._is_gil_enabled(), 'ctypes' in sys.modules)"
+    r = subprocess.run([FREE_THREADED, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["45", str(gil != "default"), "False"], "ran, and pytier loaded nothing: " + r.stdout
+    assert "pytier: not active: free-threaded CPython is not supported yet" in r.stderr, r.stderr
+
+
 def test_users_sitecustomize_still_runs_and_pythonpath_is_kept(tmp_path):
     user = tmp_path / "user"
     user.mkdir()

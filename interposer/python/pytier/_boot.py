@@ -1,6 +1,5 @@
 """Starts the native interposer in this process, or says why it did not."""
 
-import ctypes
 import gc
 import os
 import sys
@@ -17,6 +16,7 @@ ENV_CONTAINER = "PYTIER_CONTAINER"  # the container's name (set by the webhook)
 ENV_DISABLE = "PYTIER_DISABLE"  # "1": do nothing
 NATIVE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_native.so")
 
+ctypes = None  # imported once the interpreter is known to be supported
 _lib = None
 _reason = "not started"
 
@@ -44,6 +44,9 @@ def _unsupported():
         return f"{sys.platform} is not supported (Linux only)"
     if sys.maxsize < 2**63 - 1:
         return "32-bit interpreters are not supported"
+    if _free_threaded():
+        return ("free-threaded CPython is not supported yet (objects have split reference counts and live in "
+                "mimalloc heaps, not pymalloc pools)")
     if hasattr(sys, "gettotalrefcount"):
         return "a debug build of CPython is not supported (its objects carry extra fields)"
     malloc = os.environ.get("PYTHONMALLOC", "")
@@ -58,7 +61,7 @@ def _unsupported():
 
 
 def start():
-    global _lib, _reason
+    global _lib, _reason, ctypes
     if _lib is not None:
         return  # sitecustomize ran again in this process
     if os.environ.get(ENV_DISABLE) == "1":
@@ -68,6 +71,15 @@ def start():
     if why is not None:
         _reason = why
         sys.stderr.write(f"pytier: not active: {why}\n")
+        return
+    try:
+        import ctypes
+    except ImportError as error:
+        _reason = f"ctypes cannot be loaded here: {error}"
+        # An isolated subinterpreter (3.12+) cannot load _ctypes; pytier runs
+        # in the process's main interpreter, which has said all there is to say.
+        if "subinterpreter" not in str(error):
+            sys.stderr.write(f"pytier: not active: {_reason}\n")
         return
     try:
         lib = ctypes.PyDLL(NATIVE)
