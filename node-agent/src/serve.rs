@@ -194,11 +194,16 @@ impl Observer {
         container_names: &HashMap<String, String>,
         shared: &Shared,
     ) -> Vec<PodFindings> {
-        match topology::read_facts(&self.args.sysfs) {
-            Ok(read) => *shared.facts.lock().expect("facts lock") = read,
-            Err(e) => warn!(error = format!("{e:#}"), "cannot read the NUMA topology"),
-        }
-        let facts = shared.facts(&self.args.sysfs);
+        let facts = match topology::read_facts(&self.args.sysfs) {
+            Ok(read) => {
+                *shared.facts.lock().expect("facts lock") = read.clone();
+                read
+            }
+            Err(e) => {
+                warn!(error = format!("{e:#}"), "cannot read the NUMA topology");
+                shared.facts.lock().expect("facts lock").clone()
+            }
+        };
         let refused = shared.refused.lock().expect("refused lock").clone();
         let cgroups = cgroups::find_pods(&cgroups::hierarchy(&self.args.cgroup_root));
         let mut all = Vec::new();
@@ -415,8 +420,8 @@ impl Reporter {
             let pass = tokio::task::spawn_blocking(move || {
                 observer.ensure_shim();
                 let findings = observer.observe(&spec, &names, &shared);
-                let numa =
-                    topology::classify(&shared.facts(&observer.args.sysfs), &Overrides::default()).unwrap_or_default();
+                let facts = shared.facts.lock().expect("facts lock").clone();
+                let numa = topology::classify(&facts, &Overrides::default()).unwrap_or_default();
                 let shim_error = observer.shim.clone().err();
                 (observer, findings, numa, shim_error, spec.pods)
             })
