@@ -56,6 +56,12 @@ WORKLOAD = """
     def share(nodes, node):
         return sum(1 for s in nodes if s == node) / len(nodes)
 
+    def kernel_numa_migrations():
+        # Pages the kernel's own NUMA balancing moved: pytier's arenas should see none.
+        with open("/proc/vmstat") as f:
+            return dict(line.split() for line in f).get("numa_pages_migrated", "0")
+
+    kernel_before = int(kernel_numa_migrations())
     cold = [(float(i), float(-i)) for i in range(COLD)]
     hot = [float(i) + 0.5 for i in range(HOT)]
     checksum = sum(a - b for a, b in cold) + sum(hot)
@@ -64,13 +70,17 @@ WORKLOAD = """
         holders = [x for x in hot if random.random() < 0.5]
         time.sleep(0.05)
     del holders
+    # Where the pages are, before the checksum reads (and so warms) every object.
+    hot_nodes = nodes_of(hot)
+    cold_nodes = nodes_of(cold[::7] + [x for t in cold[::7] for x in t])
     stats = pytier.stats()
     intact = sum(a - b for a, b in cold) + sum(hot) == checksum
     print(json.dumps({
-        "hot_on_dram": share(nodes_of(hot), 0),
-        "cold_on_cxl": share(nodes_of(cold[::7] + [x for t in cold[::7] for x in t]), CXL),
+        "hot_on_dram": share(hot_nodes, 0),
+        "cold_on_cxl": share(cold_nodes, CXL),
         "placement": stats["last"]["placement"],
         "intact": intact,
+        "kernel_numa_migrations": int(kernel_numa_migrations()) - kernel_before,
     }))
 """
 

@@ -2,8 +2,9 @@
 # Makes the CPython interpreters the interposer is tested on beyond the host's
 # own, and prints a directory holding them:
 #   sid/        a Debian sid chroot with python3.13, python3.14 and python3.15,
-#               their regression test suites and pytest (their binaries need
-#               sid's glibc, so they run in it: see tests/pythons/run);
+#               their regression test suites and venv modules, pytest and
+#               valgrind (their binaries need sid's glibc, so they run in
+#               it: see tests/pythons/run);
 #   3.14t/python  a free-threaded CPython 3.14 (--disable-gil), built from
 #               its source as the Go module proxy serves it (github.com/python/cpython;
 #               Debian's mirror here serves no source packages); only the
@@ -18,14 +19,15 @@ MIRROR=${PYTIER_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 VERSIONS="3.13 3.14 3.15"
 
 key() { sha256sum | cut -c1-16; }
-sid=$out/sid-$(echo "sid $VERSIONS $MIRROR python3-pytest libpython-testsuite" | key)
+sid=$out/sid-$(echo "sid $VERSIONS $MIRROR python3-pytest libpython-testsuite venv valgrind" | key)
 if [[ ! -e $sid/.complete ]]; then
   command -v debootstrap >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends debootstrap >&2; }
   echo "pythons/build.sh: building the sid chroot (debootstrap, about two minutes)" >&2
   rm -rf "$sid" "$sid.tmp"
   debootstrap --variant=minbase sid "$sid.tmp" "$MIRROR" >&2
-  packages=(python3-pytest)
-  for v in $VERSIONS; do packages+=("python$v" "libpython$v-testsuite"); done
+  # venv and valgrind: the overhead benchmark runs in here too.
+  packages=(python3-pytest valgrind)
+  for v in $VERSIONS; do packages+=("python$v" "libpython$v-testsuite" "python$v-venv"); done
   # The archive's Release files may be past their Valid-Until date.
   chroot "$sid.tmp" apt-get -o Acquire::Check-Valid-Until=false update -qq >&2
   chroot "$sid.tmp" env DEBIAN_FRONTEND=noninteractive apt-get -o Acquire::Check-Valid-Until=false \
