@@ -99,6 +99,12 @@ unsafe extern "C" fn arena_alloc(_ctx: *mut c_void, size: usize) -> *mut c_void 
     if !ptr.is_null() {
         ARENA_SIZE.store(size, Ordering::Relaxed);
         ARENAS.insert(ptr as usize);
+        // Small pages only: page writes, page heat and moves are all per
+        // 4 KiB page, and a transparent huge page would make each one 2 MiB
+        // (3.15 asks for huge pages on its arenas; khugepaged may collapse
+        // any arena). Before the first touch, so no huge page is ever made.
+        // SAFETY: the range is the arena just mapped; advice changes no data.
+        unsafe { libc::madvise(ptr, size, libc::MADV_NOHUGEPAGE) };
         let node = PREFERRED_NODE.load(Ordering::Relaxed);
         if node >= 0 {
             // Before the first touch, so the pages land there; a failure only
