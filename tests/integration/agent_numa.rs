@@ -110,12 +110,10 @@ async fn in_the_numa_vm_the_agent_keeps_a_pods_cold_pages_on_cxl() {
     assert!(result["intact"].as_bool().unwrap());
     let cold = result["coldOnNode1"].as_f64().unwrap();
     assert!(cold > 0.8, "cold objects' pages on node 1: {cold}: {result}");
-    // Where the hot set ends is the placement tests' to assert
-    // (tests/numa-vm/test_placement.py). Here it is only printed: in about
-    // one run of three, 30 to 94% of the hot floats' pages stay on node 1
-    // although the policy wants them and DRAM has room under the budget,
-    // with no promotion pending — an open placement defect (see README).
-    println!("hot objects' pages on node 0: {}", result["hotOnNode0"]);
+    // Measured as the loop ends (see agent_workload.py): where a set the
+    // program no longer uses ends up is not what this test is about.
+    let hot = result["hotOnNode0"].as_f64().unwrap();
+    assert!(hot > 0.8, "hot objects' pages on node 0: {hot}: {result}");
 
     let metrics = std::fs::read_to_string(share.path().join("metrics.txt")).unwrap();
     let cxl_series = r#"pytier_memory_bytes{node="vm",namespace="default",pod="svc-0",container="app",tier="cxl"} "#;

@@ -1,8 +1,8 @@
 """A pod's Python service in the NUMA VM: a big cold table and a small hot set
-it keeps using (as tests/numa-vm/test_placement.py's workload does). It takes no settings of its own: the node agent sends the
-policy's. After SECONDS it prints, as JSON, where the pages of its hot and
-cold objects are (move_pages), what the interposer reports, and whether its
-data is intact.
+it keeps using (as tests/numa-vm/test_placement.py's workload does). It
+takes no settings of its own: the node agent sends the policy's. After SECONDS it prints, as JSON, where the pages of its hot and
+cold objects are (move_pages, at the end of the loop), what the interposer
+reports, and whether its data is intact.
 
     python3 agent_workload.py SECONDS METRICS_URL METRICS_FILE
 
@@ -46,6 +46,10 @@ while time.monotonic() < deadline:
     holders = [x for x in hot if random.random() < 0.5]
     time.sleep(0.05)
 del holders
+# Where the pages are while the hot set is still in use: once the program
+# stops using it, it is rightly no longer wanted on DRAM.
+cold_nodes = nodes_of(list(cold.values())[::50])
+hot_nodes = nodes_of(hot)
 
 time.sleep(3)  # the agent observes every 2 s
 with open(metrics_file, "w") as f:
@@ -58,8 +62,6 @@ def share_on(nodes, node):
     return sum(1 for n in nodes if n == node) / max(1, len(nodes))
 
 
-cold_nodes = nodes_of(list(cold.values())[::50])
-hot_nodes = nodes_of(hot)
 print(json.dumps({
     "active": stats.get("active"),
     "configuredThreshold": (config.get("tracking") or {}).get("hotThreshold"),
