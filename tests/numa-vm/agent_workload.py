@@ -1,8 +1,9 @@
 """A pod's Python service in the NUMA VM: a big cold table and a small hot set
 it keeps using (as tests/numa-vm/test_placement.py's workload does). It
-takes no settings of its own: the node agent sends the policy's. After SECONDS it prints, as JSON, where the pages of its hot and
-cold objects are (move_pages, at the end of the loop), what the interposer
-reports, and whether its data is intact.
+takes no settings of its own: the node agent sends the policy's. After
+SECONDS it prints, as JSON, where the pages of its hot and cold objects are
+(move_pages, at the end of the loop), what the interposer reports, and
+whether its data is intact.
 
     python3 agent_workload.py SECONDS METRICS_URL METRICS_FILE
 
