@@ -114,13 +114,18 @@ pub unsafe extern "C" fn pytier_check(
         let config = unsafe { CStr::from_ptr(config_json) }.to_string_lossy().into_owned();
         check(&config, hexversion, free_threaded != 0)
     }));
-    let message = match result {
-        Ok(Ok(_)) => return 0,
-        Ok(Err(message)) => message,
-        Err(_) => "internal error while checking (a bug in pytier)".to_string(),
-    };
+    let Some(message) = failure(result, "checking") else { return 0 };
     unsafe { write_c_string(&message, err, err_len) };
     1
+}
+
+/// Why an entry point failed, if it did (a panic is a bug of ours).
+fn failure<T>(result: std::thread::Result<Result<T, String>>, doing: &str) -> Option<String> {
+    match result {
+        Ok(Ok(_)) => None,
+        Ok(Err(message)) => Some(message),
+        Err(_) => Some(format!("internal error while {doing} (a bug in pytier)")),
+    }
 }
 
 /// The interpreter's layout and the settings, or why pytier cannot run.
@@ -173,11 +178,7 @@ pub unsafe extern "C" fn pytier_start(
         let early = if early.is_null() { &[][..] } else { std::slice::from_raw_parts(early, n_early) };
         start(&config, hexversion, free_threaded != 0, type_type, early, &socket)
     }));
-    let message = match result {
-        Ok(Ok(())) => return 0,
-        Ok(Err(message)) => message,
-        Err(_) => "internal error while starting (a bug in pytier)".to_string(),
-    };
+    let Some(message) = failure(result, "starting") else { return 0 };
     // Not started: the process goes on as it would without pytier.
     // SAFETY: the caller holds the GIL.
     unsafe {

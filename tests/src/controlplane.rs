@@ -8,7 +8,7 @@
 use std::fs;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -262,13 +262,7 @@ impl Drop for ControlPlane {
     fn drop(&mut self) {
         // Stop the API server before etcd so it does not spin on a dead backend.
         for p in self.processes.iter_mut().rev() {
-            unsafe { libc::kill(p.child.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while matches!(p.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = p.child.kill();
-            let _ = p.child.wait();
+            crate::stop_child(&mut p.child);
             if std::thread::panicking() {
                 eprintln!("--- last lines of {} ({}):\n{}", p.name, self.dir.path().display(), tail(&p.log, 30));
             }
@@ -285,17 +279,7 @@ pub fn binaries() -> Result<PathBuf> {
 }
 
 fn find_binaries() -> Result<PathBuf> {
-    let dir = match std::env::var_os("PYTIER_CONTROLPLANE_BIN") {
-        Some(dir) => PathBuf::from(dir),
-        None => {
-            let script = crate::repo_root().join("tests/controlplane/build.sh");
-            let out = Command::new(&script).stderr(Stdio::inherit()).output()?;
-            if !out.status.success() {
-                bail!("{} failed ({})", script.display(), out.status);
-            }
-            PathBuf::from(String::from_utf8(out.stdout)?.trim())
-        }
-    };
+    let dir = crate::built_dir("PYTIER_CONTROLPLANE_BIN", "tests/controlplane/build.sh")?;
     for name in ["etcd", "kube-apiserver"] {
         let out = Command::new(dir.join(name))
             .arg("--version")

@@ -17,6 +17,20 @@ pub fn repo_root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
 }
 
+/// `$env_var` when set, else the directory `script` (a path in the
+/// repository that builds and caches) prints.
+pub fn built_dir(env_var: &str, script: &str) -> anyhow::Result<std::path::PathBuf> {
+    if let Some(dir) = std::env::var_os(env_var) {
+        return Ok(dir.into());
+    }
+    let script = repo_root().join(script);
+    let out = std::process::Command::new(&script).stderr(std::process::Stdio::inherit()).output()?;
+    if !out.status.success() {
+        anyhow::bail!("{} failed ({})", script.display(), out.status);
+    }
+    Ok(std::path::PathBuf::from(String::from_utf8(out.stdout)?.trim()))
+}
+
 /// Starts `cmd` with no stdin and its stdout and stderr in the file `log`,
 /// to be killed when the thread that started it exits: a test process that
 /// dies without running Drop takes its children with it. (So whatever owns
@@ -34,6 +48,19 @@ pub fn spawn_logged(cmd: &mut std::process::Command, log: &std::path::Path) -> a
         });
     }
     cmd.spawn().with_context(|| format!("cannot start {:?}", cmd.get_program()))
+}
+
+/// Stops a child: SIGTERM, up to 5 s to exit, then SIGKILL.
+pub fn stop_child(child: &mut std::process::Child) {
+    use std::time::{Duration, Instant};
+    // SAFETY: plain syscall on a pid we started and have not reaped.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// The body of a plain-HTTP GET of `path` at `addr`; an error unless 200.

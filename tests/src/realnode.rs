@@ -424,13 +424,7 @@ impl Drop for RealNode {
             }
         }
         for (_, child, _) in self.processes.get_mut().unwrap().iter_mut().rev() {
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+            crate::stop_child(child);
         }
         if let Err(e) = cleanup(Some(&self.dir)) {
             eprintln!("real node cleanup failed: {e:#}");
@@ -563,7 +557,7 @@ fn path_with(bin: &Path) -> String {
 /// The directory with the node's binaries (kubelet, containerd, runc, cni/).
 pub fn binaries() -> Result<PathBuf> {
     static BIN: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
-    BIN.get_or_init(|| script_output("PYTIER_REALNODE_BIN", "tests/realnode/build.sh").map_err(|e| format!("{e:#}")))
+    BIN.get_or_init(|| crate::built_dir("PYTIER_REALNODE_BIN", "tests/realnode/build.sh").map_err(|e| format!("{e:#}")))
         .clone()
         .map_err(anyhow::Error::msg)
 }
@@ -571,20 +565,7 @@ pub fn binaries() -> Result<PathBuf> {
 /// The directory with the test images as OCI archives.
 pub fn images() -> Result<PathBuf> {
     static DIR: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
-    DIR.get_or_init(|| script_output("PYTIER_IMAGES", "tests/realnode/images.sh").map_err(|e| format!("{e:#}")))
+    DIR.get_or_init(|| crate::built_dir("PYTIER_IMAGES", "tests/realnode/images.sh").map_err(|e| format!("{e:#}")))
         .clone()
         .map_err(anyhow::Error::msg)
-}
-
-/// `$env_var` when set, else what `script` prints (it builds and caches).
-fn script_output(env_var: &str, script: &str) -> Result<PathBuf> {
-    if let Some(dir) = std::env::var_os(env_var) {
-        return Ok(dir.into());
-    }
-    let script = crate::repo_root().join(script);
-    let out = Command::new(&script).stderr(Stdio::inherit()).output()?;
-    if !out.status.success() {
-        bail!("{} failed ({})", script.display(), out.status);
-    }
-    Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()))
 }
