@@ -57,7 +57,8 @@ WORKLOAD = """
         return sum(1 for s in nodes if s == node) / len(nodes)
 
     def kernel_numa_migrations():
-        # Pages the kernel's own NUMA balancing moved: pytier's arenas should see none.
+        # Pages the kernel's own NUMA balancing moved (in the whole VM), printed
+        # with the result: the kernel moves pages too, so a figure off by it shows.
         with open("/proc/vmstat") as f:
             return dict(line.split() for line in f).get("numa_pages_migrated", "0")
 
