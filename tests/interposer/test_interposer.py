@@ -19,11 +19,27 @@ pytestmark = pytest.mark.skipif(not SHIM, reason="PYTIER_SHIM not set; run tests
 FAST = json.dumps({"tracking": {"scanIntervalMillis": 20, "maxCpuFraction": 0.5}})
 
 
+# Defined in every test program: waits until a whole scan cycle has started
+# and finished after the call, so every object made before it has been seen.
+# (The cycle running at the call may have passed an arena before the objects
+# were put there.)
+WAIT_FOR_A_FULL_CYCLE = """
+def wait_for_a_full_cycle(timeout=30):
+    import pytier, time
+    first = pytier.stats()["passes"] + 2
+    deadline = time.monotonic() + timeout
+    while pytier.stats()["passes"] < first:
+        assert time.monotonic() < deadline, "no full scan cycle within %d s" % timeout
+        time.sleep(0.02)
+"""
+
+
 def python(code, env=None, shim=None, timeout=60, **kw):
     """Runs `code` in a fresh python3 with the shim; returns the CompletedProcess."""
     full = dict(os.environ, PYTHONPATH=shim or SHIM, PYTIER_SOCKET="")
     full.update(env or {})
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=full, capture_output=True,
+    program = WAIT_FOR_A_FULL_CYCLE + textwrap.dedent(code)
+    return subprocess.run([sys.executable, "-c", program], env=full, capture_output=True,
                           text=True, timeout=timeout, **kw)
 
 
@@ -31,7 +47,7 @@ def test_loads_and_reports_stats():
     r = python("""
         import pytier, time
         data = [float(i) for i in range(50000)]
-        time.sleep(0.5)
+        wait_for_a_full_cycle()
         s = pytier.stats()
         assert s["active"], s
         last = s["last"]
@@ -52,14 +68,8 @@ def test_a_big_heap_is_scanned_in_slices_within_the_cpu_budget():
     r = python("""
         import pytier, time
         data = [(float(i), str(i)) for i in range(400000)]  # ~60 arenas
-        # The first full cycle: about 3 s, later on a loaded machine.
-        time.sleep(3)
+        wait_for_a_full_cycle()
         s = pytier.stats()
-        for _ in range(40):
-            if s["last"]:
-                break
-            time.sleep(0.5)
-            s = pytier.stats()
         last = s["last"]
         print(last["slices"], last["longestSliceSeconds"], last["arenas"], s["scannerCpuFraction"],
               pytier.classify(data[:1000]).count(None))
@@ -80,7 +90,7 @@ def test_blocks_too_big_for_pymalloc_are_seen_through_the_allocator():
         strings = ["s%d" % i * 300 for i in range(1000)]   # ~1.2 KB each
         tuples = [tuple(range(i, i + 100)) for i in range(1000)]
         lists = [list(range(100)) for i in range(1000)]     # 800-byte item arrays
-        time.sleep(1)
+        wait_for_a_full_cycle()
         big = pytier.stats()["last"]["bigBlocks"]
         print(json.dumps(big), pytier.classify(strings + tuples).count(None))
     """
