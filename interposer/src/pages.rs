@@ -71,6 +71,9 @@ struct ArenaPages {
     write_heat: Vec<f32>,
     /// Registration failed (not anonymous memory): no temperatures.
     unwatchable: bool,
+    /// A collection after the baseline has run: until then registration has
+    /// counted every page as written, and the pages have no class.
+    measured: bool,
 }
 
 impl Default for PageTracker {
@@ -165,11 +168,13 @@ impl PageTracker {
                 first_seen: Vec::new(),
                 write_heat: Vec::new(),
                 unwatchable: false,
+                measured: false,
             });
             if arena.unwatchable {
                 continue;
             }
-            if arena.temps.is_empty() || (recheck && !writes.is_watched(base, len)) {
+            let baseline = arena.temps.is_empty() || (recheck && !writes.is_watched(base, len));
+            if baseline {
                 // New (or recycled) arena: watch it; its first collection is a baseline.
                 if writes.watch(base, len).is_err() {
                     arena.unwatchable = true;
@@ -179,13 +184,16 @@ impl PageTracker {
                 arena.first_seen = vec![0.0; pages];
                 arena.write_heat = vec![0.0; pages];
             }
+            arena.measured = !baseline;
             written.clear();
             written.resize(pages, false);
             let Ok(n) = writes.take_written(base, len, |page| written[(page - base) / PAGE] = true) else { continue };
             report.last_written_pages += n as u64;
             for (i, was_written) in written.iter().enumerate() {
                 let class = arena.temps[i].record(*was_written, &rules);
-                report.pages.add(class, 1);
+                if arena.measured {
+                    report.pages.add(class, 1);
+                }
                 let seen = std::mem::take(&mut arena.first_seen[i]) as f64;
                 let heat = &mut arena.write_heat[i];
                 *heat *= decay;
@@ -255,11 +263,12 @@ impl PageTracker {
         arena.write_heat.get((addr - base) / PAGE).copied().unwrap_or(0.0)
     }
 
-    /// The class of the page holding `addr`, if it is watched.
+    /// The class of the page holding `addr`, if it is watched and has been
+    /// measured (a collection after its arena's baseline).
     pub fn class_of(&self, addr: usize, rules: &Rules) -> Option<Class> {
         let (base, arena) = self.arenas.range(..=addr).next_back()?;
         let temp = arena.temps.get((addr - base) / PAGE)?;
-        temp.is_present().then(|| temp.class(rules))
+        (arena.measured && temp.is_present()).then(|| temp.class(rules))
     }
 }
 
@@ -316,6 +325,27 @@ mod tests {
         for (page, (got, want)) in heat.iter().zip(want).enumerate() {
             assert!((got - want).abs() < 1e-6, "page {page}: heat {got}, want {want} (all: {heat:?})");
         }
+    }
+
+    #[test]
+    fn pages_have_no_class_until_a_collection_after_the_baseline() {
+        let Some((mut tracker, mut memory, offset)) = tracker_and_memory() else { return };
+        let start = memory.as_ptr() as usize + offset;
+        let regions = [(start, 8 * PAGE)];
+        let rules = Rules::new(1.0, 10.0, 1.0);
+        let collect = |t: &mut PageTracker| {
+            t.last_collection = None;
+            t.maybe_collect(&regions, |_| rules, 1e9, Spacing { max_fault_fraction: 1.0, min_seconds: 0.0 });
+        };
+        collect(&mut tracker);
+        assert_eq!(tracker.class_of(start, &rules), None, "the baseline says nothing about use");
+        assert_eq!(tracker.report().pages, Default::default());
+        memory[offset + 3 * PAGE] = 2;
+        collect(&mut tracker);
+        assert_eq!(tracker.class_of(start + 3 * PAGE, &rules), Some(Class::Hot));
+        assert_eq!(tracker.class_of(start, &rules), Some(Class::Cold));
+        let pages = &tracker.report().pages;
+        assert_eq!(pages.hot + pages.warm + pages.cold, 8);
     }
 
     #[test]

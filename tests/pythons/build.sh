@@ -15,6 +15,10 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out=${PYTIER_CACHE:-/var/cache/pytier}/pythons
 mkdir -p "$out"
+# One builder at a time: a second caller (tests/pythons/run from another
+# shell) waits here rather than deleting the first one's build under it.
+exec 9>"$out/.lock"
+flock 9
 MIRROR=${PYTIER_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 VERSIONS="3.13 3.14 3.15"
 

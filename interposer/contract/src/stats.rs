@@ -173,6 +173,8 @@ pub struct PageReport {
     pub off_reason: Option<String>,
     pub watched_pages: u64,
     /// Pages by class (hot: written often lately; cold: not for a long time).
+    /// An arena's pages get a class at its second collection: the first, at
+    /// registration, is a baseline that counts every page as written.
     pub pages: ByClass,
     /// Written pages found by the last collection, and collections so far.
     pub last_written_pages: u64,
