@@ -294,15 +294,14 @@ fn scan_loop(shared: Arc<Shared>) {
                 // The cycle is complete: place its pages (within the same budget).
                 report.placement = placement.round(tracker.page_heat(), report.heap_bytes, &config).clone();
             }
-            // The pause after a slice keeps its cost within the CPU budget.
-            let slice = started.elapsed().as_secs_f64();
-            next_slice =
-                Instant::now() + Duration::from_secs_f64(slice * (1.0 / config.tracking.max_cpu_fraction - 1.0));
         }
+        // All of this turn's work (collection, peeks, slice, placement) adds
+        // to the pause that keeps the scanner within its CPU budget.
+        let took = started.elapsed();
+        next_slice = next_slice.max(Instant::now()) + took.mul_f64(1.0 / config.tracking.max_cpu_fraction - 1.0);
         let slice_due = if tracker.in_cycle() { next_slice } else { next_slice.max(next_cycle) };
         let look_due = tracker.next_page_look(&config);
         drop(tracker);
-        let took = started.elapsed();
         shared.scan_nanos.fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
         if let Ok(mut latest) = shared.latest.lock() {
             match report {
