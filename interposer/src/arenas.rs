@@ -1,6 +1,6 @@
 //! Where Python's small objects live: the pymalloc arenas created since the
 //! interposer started (learned by wrapping the arena allocator), plus arenas
-//! found at start-up from the addresses of objects that already existed.
+//! found at start-up by their pool headers (see `early`).
 //!
 //! The registry is a fixed array of atomics: the hook runs on the application
 //! thread under the GIL and must never wait for the scanner, and a `fork()`
@@ -62,7 +62,7 @@ impl<const N: usize> AddrSet<N> {
 
 /// Arenas allocated since start: 16384 slots cover 16 GiB of small objects.
 pub static ARENAS: AddrSet<16384> = AddrSet::new();
-/// First pools of arenas that existed before start (found from live objects).
+/// First pools of arenas that existed before start (see `early`).
 pub static EARLY_ARENAS: AddrSet<4096> = AddrSet::new();
 /// Size of the arenas seen (the hook learns it; 1 MiB on 3.10+).
 pub static ARENA_SIZE: AtomicUsize = AtomicUsize::new(0);

@@ -31,11 +31,16 @@ pub struct Layout {
     /// The reference-count word's upper 16 bits are `ob_flags`, not count
     /// (3.14+: `uint32 ob_refcnt, uint16 ob_overflow, uint16 ob_flags`).
     pub flags_in_refcount_word: bool,
+    /// Size of `PyASCIIObject`, the header of the compact strings programs
+    /// make (the characters follow it). `str`'s `tp_basicsize` is that of a
+    /// legacy string, larger than most compact ones.
+    pub compact_str_header: usize,
 }
 
 pub const TPFLAGS_HAVE_GC: u64 = 1 << 14;
 pub const TPFLAGS_READY: u64 = 1 << 12;
 pub const TPFLAGS_LIST_SUBCLASS: u64 = 1 << 25;
+pub const TPFLAGS_UNICODE_SUBCLASS: u64 = 1 << 28;
 pub const TPFLAGS_DICT_SUBCLASS: u64 = 1 << 29;
 pub const TPFLAGS_TYPE_SUBCLASS: u64 = 1 << 31;
 
@@ -72,11 +77,18 @@ impl Layout {
             managed_dict_flag: 1 << 4,
             immortal_refcnt: None,
             flags_in_refcount_word: false,
+            compact_str_header: 48,
         };
         // Same pools from 3.11 to 3.15. 3.12 adds immortal objects (low 32
         // bits of the count at 2^31 or more) and the managed weakref slot in
-        // the preheader; 3.14 splits the count word.
-        let immortal = Layout { immortal_refcnt: Some(1 << 31), managed_dict_flag: 1 << 4 | 1 << 3, ..base };
+        // the preheader, and drops the strings' `wstr` pointer; 3.14 splits
+        // the count word.
+        let immortal = Layout {
+            immortal_refcnt: Some(1 << 31),
+            managed_dict_flag: 1 << 4 | 1 << 3,
+            compact_str_header: 40,
+            ..base
+        };
         match (major, minor) {
             (3, 11) => Ok(base),
             (3, 12) | (3, 13) => Ok(immortal),
@@ -86,6 +98,12 @@ impl Layout {
             ))),
             _ => Err(Unsupported(format!("CPython {major}.{minor} is not supported yet (supported: {SUPPORTED})"))),
         }
+    }
+
+    /// The fewest bytes an object of a type with these flags and
+    /// `tp_basicsize` takes.
+    pub fn min_object_size(&self, type_flags: u64, basic_size: usize) -> usize {
+        if type_flags & TPFLAGS_UNICODE_SUBCLASS != 0 { basic_size.min(self.compact_str_header) } else { basic_size }
     }
 
     /// The reference count in an object's first word, or `None` when the

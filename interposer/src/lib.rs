@@ -15,6 +15,7 @@
 
 pub mod arenas;
 pub mod control;
+pub mod early;
 pub mod large;
 pub mod layout;
 pub mod memory;
@@ -150,8 +151,7 @@ pub extern "C" fn pytier_install_hook() {
 /// Starts tracking. Called once, with the GIL held.
 ///
 /// `config_json` may be empty (defaults). `type_type` is `id(type)`.
-/// `early` points to `n_early` addresses of objects alive now. `socket_path`
-/// may be empty (no control socket). Returns 0 when started, 2 when it was
+/// `socket_path` may be empty (no control socket). Returns 0 when started, 2 when it was
 /// already running (sitecustomize ran twice), else 1 with a one-line reason
 /// in `err`; the program continues untouched either way.
 ///
@@ -163,8 +163,6 @@ pub unsafe extern "C" fn pytier_start(
     hexversion: u32,
     free_threaded: i32,
     type_type: usize,
-    early: *const usize,
-    n_early: usize,
     socket_path: *const c_char,
     err: *mut c_char,
     err_len: usize,
@@ -175,8 +173,7 @@ pub unsafe extern "C" fn pytier_start(
     let result = catch_unwind(AssertUnwindSafe(|| unsafe {
         let config = CStr::from_ptr(config_json).to_string_lossy().into_owned();
         let socket = CStr::from_ptr(socket_path).to_string_lossy().into_owned();
-        let early = if early.is_null() { &[][..] } else { std::slice::from_raw_parts(early, n_early) };
-        start(&config, hexversion, free_threaded != 0, type_type, early, &socket)
+        start(&config, hexversion, free_threaded != 0, type_type, &socket)
     }));
     let Some(message) = failure(result, "starting") else { return 0 };
     // Not started: the process goes on as it would without pytier.
@@ -194,7 +191,6 @@ fn start(
     hexversion: u32,
     free_threaded: bool,
     type_type: usize,
-    early: &[usize],
     socket: &str,
 ) -> Result<(), String> {
     let t0 = Instant::now();
@@ -209,7 +205,7 @@ fn start(
         Some(bind(Path::new(socket)).map_err(|e| format!("cannot listen on {socket}: {e}"))?)
     };
 
-    let mut tracker = Tracker::new(layout, type_type);
+    let tracker = Tracker::new(layout, type_type);
     // SAFETY: called with the GIL held, from inside CPython. Usually already
     // done by pytier_install_hook.
     unsafe { arenas::install_hook() };
@@ -217,7 +213,8 @@ fn start(
         // SAFETY: as above.
         unsafe { large::install_hook() };
     }
-    let early_arenas = tracker.add_early_objects(early);
+    // With the hook in, the heap's other arenas are all older: find them now.
+    let early_arenas = early::find_arenas(&layout);
     unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
 
     let shared = Arc::new(Shared {

@@ -198,7 +198,7 @@ impl TypeCache {
         } else {
             gc
         };
-        if offset != expected || offset + info.basic_size > block_len {
+        if offset != expected || offset + layout.min_object_size(info.flags, info.basic_size) > block_len {
             return None;
         }
         let Some(refcnt) = layout.refcount(u64_at(block, offset)?) else { return Some(None) };

@@ -155,50 +155,6 @@ impl Tracker {
         }
     }
 
-    /// Registers the arenas holding these addresses (objects alive at start,
-    /// in arenas the hook never saw allocated). Returns how many arenas.
-    ///
-    /// An early arena is known by its first pool: walking down from a pool
-    /// that holds one of the objects while the pools below carry the same
-    /// arena index. Addresses outside pymalloc pools are dropped: their would-be
-    /// pool header does not hold up.
-    pub fn add_early_objects(&mut self, addrs: &[usize]) -> usize {
-        let pool_size = self.layout.pool_size;
-        let mut header = [0u8; 48];
-        let mut read_header = |pool: usize| read_self(pool, &mut header).ok().filter(|n| *n == 48).map(|_| header);
-        let mut checked = std::collections::HashSet::new();
-        let mut added = 0;
-        for &addr in addrs {
-            let pool = self.layout.pool_of(addr);
-            if !checked.insert(pool) {
-                continue;
-            }
-            let Some(bytes) = read_header(pool) else { continue };
-            let Some(h) = PoolHeader::parse(&self.layout, &bytes) else { continue };
-            let offset = addr - pool;
-            let in_block =
-                offset.checked_sub(self.layout.pool_header_size).map(|o| o % self.layout.block_size(h.szidx));
-            if !matches!(in_block, Some(0 | 16 | 32)) || offset >= h.next_offset as usize {
-                continue;
-            }
-            let index = arena_index(&bytes);
-            let mut first = pool;
-            for _ in 0..(self.layout.arena_size / pool_size) {
-                let below = first - pool_size;
-                match read_header(below) {
-                    // Empty pools keep their arena index: match on it alone.
-                    Some(b) if arena_index(&b) == index => first = below,
-                    _ => break,
-                }
-                checked.insert(first);
-            }
-            if !EARLY_ARENAS.contains(first) && EARLY_ARENAS.insert(first) {
-                added += 1;
-            }
-        }
-        added
-    }
-
     /// The class of the object at `addr`, if the last pass recognised one there.
     pub fn class_of(&self, addr: usize, rules: &Rules) -> Option<Class> {
         if let Some(big) = self.big.get(&addr) {

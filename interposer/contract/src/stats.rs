@@ -56,7 +56,7 @@ pub struct Stats {
     /// Time the program's own threads held the GIL for pytier (start-up only:
     /// the scanner never takes it).
     pub gil_seconds_total: f64,
-    /// Arenas found from the objects alive at start.
+    /// Arenas that existed at start (found by their pool headers).
     pub early_arenas: u64,
     pub socket: Option<String>,
     /// The last complete scan cycle.

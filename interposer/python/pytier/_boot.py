@@ -1,6 +1,5 @@
 """Starts the native interposer in this process, or says why it did not."""
 
-import gc
 import os
 import sys
 
@@ -90,8 +89,7 @@ def start():
     lib.pytier_start.restype = ctypes.c_int
     lib.pytier_start.argtypes = [
         ctypes.c_char_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_size_t,
-        ctypes.POINTER(ctypes.c_size_t), ctypes.c_size_t, ctypes.c_char_p,
-        ctypes.c_char_p, ctypes.c_size_t,
+        ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t,
     ]
     lib.pytier_stats.restype = ctypes.c_void_p
     lib.pytier_free.argtypes = [ctypes.c_void_p]
@@ -109,17 +107,14 @@ def start():
         _reason = err.value.decode(errors="replace")
         sys.stderr.write(f"pytier: not active: {_reason}\n")
         return
-    # From here on every new arena is seen; objects alive now tell where the
-    # older arenas are.
+    # From here on every new arena is seen; pytier_start finds the older ones.
     lib.pytier_install_hook()
-    early = [id(o) for o in gc.get_objects()]
-    early_array = (ctypes.c_size_t * len(early))(*early)
     socket = os.environ.get(ENV_SOCKET)
     if socket is None:
         socket = default_socket(os.getpid())
     code = lib.pytier_start(
         config, sys.hexversion, int(free_threaded), id(type),
-        early_array, len(early), socket.encode(), err, len(err),
+        socket.encode(), err, len(err),
     )
     if code not in (0, 2):  # 2: already running, started by an earlier import
         _reason = err.value.decode(errors="replace")

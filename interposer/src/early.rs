@@ -1,0 +1,115 @@
+//! Arenas that existed before the arena hook went in: found by their pool
+//! headers in the process's anonymous memory, at start.
+//!
+//! Objects alive at start cannot tell them all: an arena holding only
+//! strings, numbers or buffers has no object the garbage collector lists,
+//! and objects made later in its free blocks would go unseen. Every live
+//! arena has at least one pool in use (pymalloc frees empty arenas), and a
+//! pool in use has a header that can be recognised.
+
+use crate::arenas::{ARENA_SIZE, ARENAS, EARLY_ARENAS};
+use crate::layout::{Layout, PoolHeader, arena_index, u32_at};
+use crate::memory::read_each;
+
+const PAGE: usize = 4096;
+const HEADER: usize = 48;
+
+/// Finds the arenas of `layout`'s pymalloc that the hook has not seen and
+/// records the first pool of each in `EARLY_ARENAS`; returns how many.
+pub fn find_arenas(layout: &Layout) -> usize {
+    let hooked = hooked_arenas(layout);
+    let mut candidates: Vec<usize> = Vec::new();
+    for (start, end) in anonymous_mappings() {
+        let resident = resident_pages(start, end);
+        let first = start.next_multiple_of(layout.pool_size);
+        for pool in (first..end.saturating_sub(HEADER)).step_by(layout.pool_size) {
+            let in_hooked = hooked.iter().any(|&(base, len)| pool >= base && pool < base + len);
+            if resident[(pool - start) / PAGE] && !in_hooked {
+                candidates.push(pool);
+            }
+        }
+    }
+    let mut headers = Vec::new();
+    let read = read_each(&candidates, HEADER, &mut headers);
+
+    // Pools of one arena are contiguous and share its index (empty pools
+    // keep it); a run of them starts at the arena's first pool.
+    let mut run: Option<(usize, Option<u32>, usize)> = None; // (first pool, index, last pool)
+    let mut added = 0;
+    for (i, &pool) in candidates.iter().enumerate() {
+        if !read[i] {
+            run = None;
+            continue;
+        }
+        let bytes = &headers[i * HEADER..(i + 1) * HEADER];
+        let index = arena_index(bytes);
+        let first = match run {
+            Some((first, run_index, last)) if run_index == index && last + layout.pool_size == pool => first,
+            _ => pool,
+        };
+        run = Some((first, index, pool));
+        if is_pool_in_use(layout, bytes) && !EARLY_ARENAS.contains(first) && EARLY_ARENAS.insert(first) {
+            added += 1;
+        }
+    }
+    added
+}
+
+/// A pool header of a pool in use: the checks of `PoolHeader::parse`, and
+/// the last block offset its size class implies.
+fn is_pool_in_use(layout: &Layout, bytes: &[u8]) -> bool {
+    let Some(header) = PoolHeader::parse(layout, bytes) else { return false };
+    let max_next_offset = layout.pool_size - layout.block_size(header.szidx);
+    u32_at(bytes, 44) == Some(max_next_offset as u32)
+}
+
+/// Arenas the hook has seen: [base, base + size).
+fn hooked_arenas(layout: &Layout) -> Vec<(usize, usize)> {
+    let size = match ARENA_SIZE.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => layout.arena_size,
+        size => size,
+    };
+    ARENAS.snapshot().into_iter().map(|base| (base, size)).collect()
+}
+
+/// Private anonymous read-write mappings, where pymalloc's arenas live.
+fn anonymous_mappings() -> Vec<(usize, usize)> {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    maps.lines().filter_map(parse_anonymous).collect()
+}
+
+/// `start-end rw-p offset dev inode` with no path: an anonymous mapping.
+fn parse_anonymous(line: &str) -> Option<(usize, usize)> {
+    let mut fields = line.split_whitespace();
+    let (start, end) = fields.next()?.split_once('-')?;
+    let perms = fields.next()?;
+    let inode = fields.nth(2)?;
+    if perms != "rw-p" || inode != "0" || fields.next().is_some() {
+        return None;
+    }
+    Some((usize::from_str_radix(start, 16).ok()?, usize::from_str_radix(end, 16).ok()?))
+}
+
+/// Which pages of `[start, end)` are resident: the rest were never touched
+/// and hold no pool (reading them would only map zero pages).
+fn resident_pages(start: usize, end: usize) -> Vec<bool> {
+    let mut vec = vec![0u8; (end - start).div_ceil(PAGE)];
+    // SAFETY: `vec` has one byte per page of the range, as mincore writes.
+    let ok = unsafe { libc::mincore(start as *mut libc::c_void, end - start, vec.as_mut_ptr()) } == 0;
+    vec.iter().map(|v| !ok || v & 1 != 0).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_private_anonymous_read_write_mappings_count() {
+        assert_eq!(parse_anonymous("7f00a000-7f00b000 rw-p 00000000 00:00 0 "), Some((0x7f00a000, 0x7f00b000)));
+        assert_eq!(parse_anonymous("7f00a000-7f00b000 rw-p 00000000 00:00 0"), Some((0x7f00a000, 0x7f00b000)));
+        assert_eq!(parse_anonymous("55d000-57e000 rw-p 00000000 00:00 0      [heap]"), None);
+        assert_eq!(parse_anonymous("7f00a000-7f00b000 r--p 00000000 00:00 0"), None);
+        assert_eq!(parse_anonymous("7f00a000-7f00b000 rw-p 00001000 08:01 1234   /usr/lib/libc.so.6"), None);
+        assert_eq!(parse_anonymous("7f00a000-7f00b000 rw-s 00000000 00:01 5 /dev/zero (deleted)"), None);
+    }
+}
