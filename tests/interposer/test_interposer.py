@@ -154,13 +154,6 @@ def test_objects_whose_references_change_are_hot_and_untouched_ones_cold():
     assert untouched_cold >= 0.95, f"only {untouched_cold:.0%} of untouched objects are cold"
 
 
-# A known defect, open: on 3.12 (pyenv's 3.12.1), in about a third of the
-# processes, 1 to 30% of the read floats' pages, the last ones allocated, are
-# never seen written, even after 20 s; 3.11, 3.13, 3.14 and 3.15 give 1.0 in
-# every run. Not understood yet (an arena the page-write tracker could not
-# register?); such a page reads cold where it should read unknown.
-@pytest.mark.xfail(sys.version_info[:2] == (3, 12), strict=False,
-                   reason="3.12: some pages of the newest arena are never seen written (open defect)")
 def test_pages_of_objects_only_read_are_hot_and_untouched_pages_cold():
     # Reading an object writes its reference count, so page writes see plain
     # reads that reference-count snapshots miss. The two groups are allocated
