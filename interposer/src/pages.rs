@@ -43,6 +43,10 @@ pub struct Spacing {
     /// And at least this many seconds (the scan interval), however little is
     /// written: a page's heat comes from the peeks in between.
     pub min_seconds: f64,
+    /// The share of one CPU a collection and its peeks may take (part of
+    /// the scanner's budget): on a heap written little, collections a scan
+    /// interval apart, each with its ladder of peeks, would cost more.
+    pub max_cpu_fraction: f64,
 }
 
 pub struct PageTracker {
@@ -56,6 +60,8 @@ pub struct PageTracker {
     /// Pages written since the last collection, as far as peeks have seen:
     /// the faults the next collection will have cost.
     written_since: u64,
+    /// Seconds the last collection and the peeks since took.
+    round_seconds: f64,
     frees_seen: u64,
     report: PageReport,
 }
@@ -93,6 +99,7 @@ impl PageTracker {
             last_collection: None,
             last_peek: 0.0,
             written_since: 0,
+            round_seconds: 0.0,
             frees_seen: 0,
             report,
         }
@@ -147,6 +154,7 @@ impl PageTracker {
         self.last_collection = Some(started);
         self.last_peek = 0.0;
         self.written_since = 0;
+        self.round_seconds = 0.0;
         let frees = ARENA_FREES.load(Ordering::Relaxed);
         let recheck = frees != self.frees_seen;
         self.frees_seen = frees;
@@ -206,6 +214,7 @@ impl PageTracker {
         }
         report.fault_seconds_total += report.last_written_pages as f64 * self.fault_seconds;
         report.collect_seconds = started.elapsed().as_secs_f64();
+        self.round_seconds += report.collect_seconds;
         self.report = report;
     }
 
@@ -214,6 +223,7 @@ impl PageTracker {
     /// first saw it: when the look at its arena ended, the latest it can
     /// have been written. Protects nothing: free for the program.
     fn peek(&mut self, clock: impl Fn() -> f64) {
+        let started = Instant::now();
         let Ok(writes) = &mut self.writes else { return };
         let mut fresh = Vec::new();
         for (&base, arena) in self.arenas.iter_mut().filter(|(_, a)| !a.first_seen.is_empty()) {
@@ -232,13 +242,17 @@ impl PageTracker {
             self.written_since += fresh.len() as u64;
         }
         self.last_peek = clock();
+        self.round_seconds += started.elapsed().as_secs_f64();
     }
 
     /// The time the last collection must be past before the next: the
     /// program pays a fault for each page written meanwhile, which must stay
-    /// within `max_fault_fraction` of that time.
+    /// within `max_fault_fraction` of that time, and the round's own work
+    /// within `max_cpu_fraction` of it.
     fn interval(&self, spacing: Spacing) -> f64 {
-        (self.written_since as f64 * self.fault_seconds / spacing.max_fault_fraction).max(spacing.min_seconds)
+        let faults = self.written_since as f64 * self.fault_seconds / spacing.max_fault_fraction;
+        let cpu = self.round_seconds / spacing.max_cpu_fraction;
+        faults.max(cpu).max(spacing.min_seconds)
     }
 
     /// When page writes should next be looked at: the next peek, or the
@@ -305,7 +319,7 @@ mod tests {
         // A collection now, whatever the fault budget says; no decay to speak of.
         let collect = |t: &mut PageTracker| {
             t.last_collection = None;
-            t.maybe_collect(&regions, rules, 1e9, Spacing { max_fault_fraction: 1.0, min_seconds: 0.0 });
+            t.maybe_collect(&regions, rules, 1e9, NO_SPACING);
         };
         let mut write = |page: usize| memory[offset + page * PAGE + 7] = 2;
 
@@ -335,7 +349,7 @@ mod tests {
         let rules = Rules::new(1.0, 10.0, 1.0);
         let collect = |t: &mut PageTracker| {
             t.last_collection = None;
-            t.maybe_collect(&regions, |_| rules, 1e9, Spacing { max_fault_fraction: 1.0, min_seconds: 0.0 });
+            t.maybe_collect(&regions, |_| rules, 1e9, NO_SPACING);
         };
         collect(&mut tracker);
         assert_eq!(tracker.class_of(start, &rules), None, "the baseline says nothing about use");
@@ -348,14 +362,30 @@ mod tests {
         assert_eq!(pages.hot + pages.warm + pages.cold, 8);
     }
 
+    /// A collection whenever asked.
+    const NO_SPACING: Spacing = Spacing { max_fault_fraction: 1.0, min_seconds: 0.0, max_cpu_fraction: 1.0 };
+
+    #[test]
+    fn a_collection_waits_until_its_round_of_work_is_within_the_cpu_share() {
+        let Some((mut tracker, memory, offset)) = tracker_and_memory() else { return };
+        let start = memory.as_ptr() as usize + offset;
+        let spacing = Spacing { max_fault_fraction: 1.0, min_seconds: 0.1, max_cpu_fraction: 0.005 };
+        tracker.maybe_collect(&[(start, 8 * PAGE)], |_| Rules::new(1.0, 10.0, 1.0), 10.0, spacing);
+        assert!(tracker.round_seconds > 0.0, "the collection's own time counts");
+        tracker.round_seconds = 0.002;
+        // 2 ms of collection and peeks within 0.5% of a CPU: 0.4 s apart.
+        assert!((tracker.interval(spacing) - 0.4).abs() < 1e-9);
+    }
+
     #[test]
     fn a_collection_waits_for_the_faults_the_peeks_counted() {
         let Some((mut tracker, mut memory, offset)) = tracker_and_memory() else { return };
         let start = memory.as_ptr() as usize + offset;
         let regions = [(start, 8 * PAGE)];
-        let spacing = Spacing { max_fault_fraction: 0.1, min_seconds: 0.5 };
+        let spacing = Spacing { max_fault_fraction: 0.1, min_seconds: 0.5, max_cpu_fraction: 1.0 };
         tracker.maybe_collect(&regions, |_| Rules::new(1.0, 10.0, 1.0), 10.0, spacing);
         tracker.fault_seconds = 0.1;
+        tracker.round_seconds = 0.0;
         assert_eq!(tracker.interval(spacing), 0.5, "nothing written yet");
         for page in [1, 3, 4] {
             memory[offset + page * PAGE] = 2;

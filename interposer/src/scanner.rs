@@ -28,6 +28,9 @@ const PAGE: usize = 4096;
 /// 64 of its objects seen changing every cycle. Writes see every use, plain
 /// reads included; reference-count snapshots miss most of them.
 const WRITE_HEAT_WEIGHT: f32 = 64.0;
+/// The share of the scanner's CPU budget page-write collections and peeks
+/// may take; slices get what they leave.
+const PAGE_WRITES_CPU_SHARE: f64 = 0.25;
 
 /// Temperature state of one pool.
 struct PoolState {
@@ -484,6 +487,7 @@ fn spacing(config: &Settings) -> Spacing {
     Spacing {
         max_fault_fraction: config.tracking.max_fault_fraction,
         min_seconds: config.tracking.scan_interval_millis as f64 / 1000.0,
+        max_cpu_fraction: config.tracking.max_cpu_fraction * PAGE_WRITES_CPU_SHARE,
     }
 }
 
