@@ -198,6 +198,15 @@ mod tests {
     }
 
     #[test]
+    fn compact_strings_are_smaller_than_str_basic_size() {
+        let (v311, v312) =
+            (Layout::for_version(0x030b07f0, false).unwrap(), Layout::for_version(0x030c01f0, false).unwrap());
+        assert_eq!(v311.min_object_size(TPFLAGS_UNICODE_SUBCLASS, 80), 48, "3.11 keeps the wstr pointer");
+        assert_eq!(v312.min_object_size(TPFLAGS_UNICODE_SUBCLASS, 72), 40);
+        assert_eq!(v312.min_object_size(TPFLAGS_LIST_SUBCLASS, 40), 40, "other types: tp_basicsize");
+    }
+
+    #[test]
     fn reference_count_words() {
         let l311 = Layout::for_version(0x030b07f0, false).unwrap();
         let l314 = Layout::for_version(0x030e0af0, false).unwrap();

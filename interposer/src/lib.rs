@@ -151,9 +151,9 @@ pub extern "C" fn pytier_install_hook() {
 /// Starts tracking. Called once, with the GIL held.
 ///
 /// `config_json` may be empty (defaults). `type_type` is `id(type)`.
-/// `socket_path` may be empty (no control socket). Returns 0 when started, 2 when it was
-/// already running (sitecustomize ran twice), else 1 with a one-line reason
-/// in `err`; the program continues untouched either way.
+/// `socket_path` may be empty (no control socket). Returns 0 when started,
+/// 2 when it was already running (sitecustomize ran twice), else 1 with a
+/// one-line reason in `err`; the program continues untouched either way.
 ///
 /// # Safety
 /// Pointers must be valid as described; the caller holds the GIL.
