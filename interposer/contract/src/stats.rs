@@ -87,8 +87,9 @@ pub struct PassReport {
     pub histogram: [u64; 10],
     pub top_types_by_cold_bytes: Vec<TypeBytes>,
     pub top_types_by_hot_bytes: Vec<TypeBytes>,
-    /// Time spent scanning in this cycle, its slices and the longest one,
-    /// and the wall-clock time from its start to its end.
+    /// Time spent scanning in this cycle, its slices and the longest one (in
+    /// the scanner thread's CPU time, so a wait for a busy core is not
+    /// counted), and the wall-clock time from its start to its end.
     pub scan_seconds: f64,
     pub slices: u64,
     pub longest_slice_seconds: f64,
