@@ -34,7 +34,28 @@ pub mod injection {
 
 /// Every CRD this crate defines.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![TieringPolicy::crd(), TieringNode::crd()]
+    vec![without_unknown_formats(TieringPolicy::crd()), without_unknown_formats(TieringNode::crd())]
+}
+
+/// The CRD without the `format`s schemars gives unsigned integers (`uint32`,
+/// `uint64`), which Kubernetes does not know: it would ignore them and warn
+/// on every install. The bounds stay (`minimum: 0`).
+fn without_unknown_formats(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    fn walk(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                if map.get("format").and_then(|f| f.as_str()).is_some_and(|f| f.starts_with("uint")) {
+                    map.remove("format");
+                }
+                map.values_mut().for_each(walk);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    let mut json = serde_json::to_value(crd).expect("a CRD always serializes");
+    walk(&mut json);
+    serde_json::from_value(json).expect("removing formats keeps a CRD valid")
 }
 
 /// The file name under `crds/` a CRD is written to: `<plural>.<group>.yaml`.

@@ -8,15 +8,18 @@
 //! | name | type | extra labels |
 //! | --- | --- | --- |
 //! | `pytier_memory_bytes` | gauge | `tier` (dram, cxl, other): heap bytes resident there |
+//! | `pytier_dram_budget_bytes` | gauge | the most heap the policy lets stay on DRAM (0 unless placement enforces: off, or `observe` mode) |
 //! | `pytier_objects` | gauge | `class` (hot, warm, cold) |
 //! | `pytier_object_bytes` | gauge | `class` |
+//! | `pytier_type_bytes` | gauge | `type`, `class` (hot, cold): the interposers' top types by hot and by cold bytes |
 //! | `pytier_object_temperature` | histogram | objects by temperature in observed uses (`le` buckets 0.125 .. 32); `_sum` estimated from bucket midpoints |
 //! | `pytier_migrated_pages_total`, `pytier_migrated_bytes_total` | counter | `direction` (promote, demote) |
 //! | `pytier_migration_failures_total` | counter | `direction`, `reason` (ENOMEM, ...): pages |
 //! | `pytier_scan_cpu_seconds_total` | counter | scanner CPU time |
+//! | `pytier_scan_cpu_budget` | gauge | the share of a core the scanners may use (their `maxCpuFraction`s summed) |
 //! | `pytier_gil_seconds_total` | counter | time pytier held the GIL |
 //! | `pytier_interposers` | gauge | interposers answering in the container |
-//! | `pytier_pod_state` | gauge | `state` (Managed, Pending, Failed): 1 for the pod's state |
+//! | `pytier_pod_state` | gauge | `policy`, `state` (Managed, Pending, Failed): 1 for the pod's state |
 //! | `pytier_numa_node_capacity_bytes`, `pytier_numa_node_free_bytes` | gauge | `numa_node`, `tier` |
 
 use std::collections::BTreeMap;
@@ -27,6 +30,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
+use pytier_contract::settings::Mode;
 use pytier_contract::stats::{Class, HISTOGRAM_UPPER_BOUNDS, Stats};
 use pytier_crds::node::{NumaNode, PodState};
 
@@ -41,6 +45,8 @@ pub struct Snapshot {
 pub struct PodSample {
     pub namespace: String,
     pub name: String,
+    /// The TieringPolicy governing the pod (its name, in the pod's namespace).
+    pub policy: String,
     pub state: PodState,
     /// (container, stats) per interposer that answered.
     pub interposers: Vec<(String, Stats)>,
@@ -95,10 +101,19 @@ struct FailureLabels {
 }
 
 #[derive(Debug, Clone, EncodeLabelSet)]
+struct TypeLabels {
+    #[prometheus(flatten)]
+    at: ContainerLabels,
+    r#type: String,
+    class: &'static str,
+}
+
+#[derive(Debug, Clone, EncodeLabelSet)]
 struct PodStateLabels {
     node: String,
     namespace: String,
     pod: String,
+    policy: String,
     state: String,
 }
 
@@ -114,6 +129,10 @@ struct NumaLabels {
 struct Sums {
     interposers: u64,
     tier_bytes: [u64; 3],
+    budget_bytes: u64,
+    cpu_budget: f64,
+    /// (type, hot or cold) -> bytes, from each process's top types.
+    types: BTreeMap<(String, &'static str), u64>,
     objects: [u64; 3],
     object_bytes: [u64; 3],
     histogram: [u64; 10],
@@ -132,8 +151,17 @@ impl Sums {
         self.interposers += 1;
         self.scan_seconds += stats.scan_seconds_total;
         self.gil_seconds += stats.gil_seconds_total;
+        self.cpu_budget += stats.config.as_ref().map_or(0.0, |c| c.tracking.max_cpu_fraction);
         let Some(last) = &stats.last else { return };
         let p = &last.placement;
+        if p.off_reason.is_none() && p.mode == Mode::Enforce {
+            self.budget_bytes += p.budget_bytes;
+        }
+        for (class, top) in [("hot", &last.top_types_by_hot_bytes), ("cold", &last.top_types_by_cold_bytes)] {
+            for t in top {
+                *self.types.entry((t.type_name.clone(), class)).or_default() += t.bytes;
+            }
+        }
         for (sum, v) in self.tier_bytes.iter_mut().zip([p.dram_bytes, p.cxl_bytes, p.other_bytes]) {
             *sum += v;
         }
@@ -194,6 +222,13 @@ impl Collector for AgentCollector {
             }
             rows
         })?;
+        gauges(
+            e,
+            "pytier_dram_budget",
+            "The most Python heap the policy lets stay on DRAM (0 unless placement enforces)",
+            Some(Unit::Bytes),
+            &containers.iter().map(|(at, s)| (at.clone(), s.budget_bytes as f64)).collect::<Vec<_>>(),
+        )?;
         let by_class = |values: fn(&Sums) -> [u64; 3]| {
             let mut rows = Vec::new();
             for (at, s) in &containers {
@@ -211,6 +246,15 @@ impl Collector for AgentCollector {
             Some(Unit::Bytes),
             &by_class(|s| s.object_bytes),
         )?;
+        let types: Vec<_> = containers
+            .iter()
+            .flat_map(|(at, s)| {
+                s.types.iter().map(|((type_name, class), bytes)| {
+                    (TypeLabels { at: at.clone(), r#type: type_name.clone(), class }, *bytes as f64)
+                })
+            })
+            .collect();
+        gauges(e, "pytier_type", "Bytes of the top Python types by hot and by cold bytes", Some(Unit::Bytes), &types)?;
 
         let mut histogram = e.encode_descriptor(
             "pytier_object_temperature",
@@ -254,6 +298,13 @@ impl Collector for AgentCollector {
             Some(Unit::Seconds),
             &per_container(|s| s.scan_seconds),
         )?;
+        gauges(
+            e,
+            "pytier_scan_cpu_budget",
+            "Share of a core the container's scanners may use (their maxCpuFraction summed)",
+            None,
+            &per_container(|s| s.cpu_budget),
+        )?;
         counters(
             e,
             "pytier_gil",
@@ -278,6 +329,7 @@ impl Collector for AgentCollector {
                         node: self.node.clone(),
                         namespace: pod.namespace.clone(),
                         pod: pod.name.clone(),
+                        policy: pod.policy.clone(),
                         state: api_name(&state),
                     };
                     (labels, (pod.state == state) as u8 as f64)
@@ -365,12 +417,20 @@ fn histogram_sum(buckets: &[u64; 10]) -> (f64, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pytier_contract::stats::PassReport;
+    use pytier_contract::Settings;
+    use pytier_contract::stats::{PassReport, TypeBytes};
 
     fn snapshot_with(pods: &[(&str, PodState, usize)]) -> Shared {
-        let mut stats = Stats { scan_seconds_total: 1.5, last: Some(PassReport::default()), ..Default::default() };
+        let mut stats = Stats {
+            scan_seconds_total: 1.5,
+            config: Some(Settings::default()),
+            last: Some(PassReport::default()),
+            ..Default::default()
+        };
         let last = stats.last.as_mut().unwrap();
         last.placement.cxl_bytes = 8192;
+        last.placement.budget_bytes = 1024;
+        last.top_types_by_cold_bytes = vec![TypeBytes { type_name: "dict".into(), objects: 2, bytes: 500 }];
         last.objects.hot = 3;
         last.histogram[4] = 3;
         last.placement.demoted.errors.insert("ENOMEM".into(), 2);
@@ -379,6 +439,7 @@ mod tests {
             .map(|(name, state, n)| PodSample {
                 namespace: "ns".into(),
                 name: name.to_string(),
+                policy: "web".into(),
                 state: *state,
                 interposers: (0..*n).map(|_| ("app".to_string(), stats.clone())).collect(),
             })
@@ -400,7 +461,13 @@ mod tests {
             "{text}"
         );
         assert!(text.contains(&format!("pytier_object_temperature_bucket{{le=\"2.0\",{labels}}} 6")), "{text}");
-        assert!(text.contains(r#"pytier_pod_state{node="n1",namespace="ns",pod="web-0",state="Managed"} 1"#), "{text}");
+        assert!(
+            text.contains(r#"pytier_pod_state{node="n1",namespace="ns",pod="web-0",policy="web",state="Managed"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains(&format!("pytier_dram_budget_bytes{{{labels}}} 2048")), "{text}");
+        assert!(text.contains(&format!("pytier_type_bytes{{{labels},type=\"dict\",class=\"cold\"}} 1000")), "{text}");
+        assert!(text.contains(&format!("pytier_scan_cpu_budget{{{labels}}} 0.02")), "{text}");
         assert!(text.contains("# TYPE pytier_scan_cpu_seconds_total counter\n"), "{text}");
         assert!(!text.contains("# EOF") && !text.contains("# UNIT"), "{text}");
     }

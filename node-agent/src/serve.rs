@@ -459,6 +459,7 @@ impl Reporter {
                 .map(|((pod, found), status)| PodSample {
                     namespace: pod.namespace.clone(),
                     name: pod.name.clone(),
+                    policy: pod.policy.clone(),
                     state: status.state,
                     interposers: found
                         .interposers

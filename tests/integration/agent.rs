@@ -16,8 +16,9 @@ use pytier_contract::protocol::{Answer, Request};
 use pytier_contract::stats::Stats;
 use pytier_crds::node::PodState;
 use pytier_crds::{TieringNode, TieringPolicy};
-use pytier_tests::agent::{Driver, FakePod, NodeAgent, NodeDirs, SERVICE};
-use pytier_tests::operator::{Operator, eventually, install_rbac};
+use pytier_tests::agent::{Driver, FakePod, NodeAgent, NodeDirs, PodProcess, SERVICE};
+use pytier_tests::operator::{Operator, eventually, install_rbac, install_webhook};
+use pytier_tests::prometheus::Prometheus;
 use pytier_tests::{ControlPlane, repo_root};
 use serde_json::json;
 
@@ -27,7 +28,8 @@ const WAIT: Duration = Duration::from_secs(60);
 async fn cluster() -> (ControlPlane, Operator, std::path::PathBuf) {
     let plane = ControlPlane::start().await.unwrap();
     let kubeconfig = install_rbac(&plane).await.unwrap();
-    let mut operator = Operator::start_with(&plane, &kubeconfig, "op", &[]).unwrap();
+    // The API server reaches its webhook (where a test installs it) at 127.0.0.1.
+    let mut operator = Operator::start_with(&plane, &kubeconfig, "op", &["--webhook-dns-names", "127.0.0.1"]).unwrap();
     operator.wait_ready().unwrap();
     plane.apply_manifests(&repo_root().join("deploy/node-agent/rbac.yaml")).await.unwrap();
     let agent_kubeconfig = plane.kubeconfig_as_service_account("pytier-system", "pytier-node-agent").unwrap();
@@ -156,7 +158,7 @@ async fn a_policy_reaches_the_interposer_and_its_status_comes_back() {
         format!(r#"pytier_object_bytes{{{labels},class="cold"}}"#),
         format!(r#"pytier_object_temperature_bucket{{le="+Inf",{labels}}}"#),
         format!(r#"pytier_scan_cpu_seconds_total{{{labels}}}"#),
-        r#"pytier_pod_state{node="n1",namespace="default",pod="web-0",state="Managed"} 1"#.to_string(),
+        r#"pytier_pod_state{node="n1",namespace="default",pod="web-0",policy="web",state="Managed"} 1"#.to_string(),
         r#"pytier_numa_node_capacity_bytes{node="n1",numa_node="0",tier="dram"}"#.to_string(),
     ] {
         assert!(metrics.contains(&series), "{series} not in\n{metrics}");
@@ -187,12 +189,43 @@ async fn a_policy_reaches_the_interposer_and_its_status_comes_back() {
     assert!(exit.success() && out.contains("intact 20000"), "{out}");
 }
 
-/// A real Prometheus scrapes the agent: the output passes `promtool check
-/// metrics`, and every documented series has data with the documented labels.
-#[tokio::test]
-async fn prometheus_scrapes_the_documented_series() {
-    let (plane, _operator, agent_kubeconfig) = cluster().await;
+/// A service the agent tiers, its pod admitted through the operator's
+/// webhook, scraped by a real Prometheus under the job names the chart's
+/// monitors give (`pytier-system/pytier-node-agent`, `pytier-operator`),
+/// which also evaluates the chart's alerts. Fields drop in order.
+struct Scraped {
+    prometheus: Prometheus,
+    app: PodProcess,
+    _fake: FakePod,
+    agent: NodeAgent,
+    _operator: Operator,
+    _plane: ControlPlane,
+}
+
+async fn scraped_service() -> Scraped {
+    let (plane, operator, agent_kubeconfig) = cluster().await;
+    install_webhook(&plane, &operator).await.unwrap();
     let c = plane.client();
+    // The API server calls the webhook once it has read the new caBundle:
+    // admit unlabelled pods until one reaches the operator.
+    let mut attempt = 0;
+    eventually("the webhook called by the API server", WAIT, || {
+        attempt += 1;
+        let (pods, metrics) = (Api::<Pod>::namespaced(c.clone(), "default"), operator.get("/metrics"));
+        async move {
+            if metrics.map_err(|e| e.to_string())?.contains("pytier_operator_webhook_requests_total{") {
+                return Ok(());
+            }
+            let pod = serde_json::from_value(json!({
+                "metadata": {"name": format!("probe-{attempt}")},
+                "spec": {"containers": [{"name": "app", "image": "python:3.11"}]},
+            }))
+            .unwrap();
+            pods.create(&PostParams::default(), &pod).await.map_err(|e| e.to_string())?;
+            Err("not called yet".into())
+        }
+    })
+    .await;
     node(&c, "n1").await;
     policy(&c, "web", json!({"podSelector": {"matchLabels": {"app": "web"}}, "tracking": {"maxCpuFraction": 0.2}}))
         .await;
@@ -215,22 +248,47 @@ async fn prometheus_scrapes_the_documented_series() {
         }
     })
     .await;
-    let problems = pytier_tests::prometheus::promtool_check(&agent.get("/metrics").unwrap()).unwrap();
-    assert!(problems.is_empty(), "promtool check metrics: {problems}");
+    let rules = plane.data_dir().join("pytier-rules.yaml");
+    std::fs::write(&rules, chart_rules()).unwrap();
+    let prometheus = Prometheus::start(
+        &plane,
+        &[("pytier-system/pytier-node-agent", &[&agent.metrics_addr]), ("pytier-operator", &[&operator.metrics_addr])],
+        &[&rules],
+    )
+    .unwrap();
+    Scraped { prometheus, app, _fake: fake, agent, _operator: operator, _plane: plane }
+}
 
-    let prometheus =
-        pytier_tests::prometheus::Prometheus::start(&plane, "pytier-agent", &[&agent.metrics_addr]).unwrap();
+/// The chart's alert groups (from the PrometheusRule rendered into
+/// `deploy/monitoring`, which tests/run checks is fresh) as a rule file.
+fn chart_rules() -> String {
+    let path = repo_root().join("deploy/monitoring/prometheusrule.yaml");
+    let rule: serde_json::Value = serde_norway::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    serde_json::to_string(&rule["spec"]).unwrap()
+}
+
+/// The real Prometheus scrapes the agent: the output passes `promtool check
+/// metrics`, and every documented series has data with the documented labels.
+#[tokio::test]
+async fn prometheus_scrapes_the_documented_series() {
+    let s = scraped_service().await;
+    let prometheus = &s.prometheus;
+    let problems = pytier_tests::prometheus::promtool_check(&s.agent.get("/metrics").unwrap()).unwrap();
+    assert!(problems.is_empty(), "promtool check metrics: {problems}");
     let documented = [
         ("pytier_memory_bytes", &["node", "namespace", "pod", "container", "tier"][..]),
+        ("pytier_dram_budget_bytes", &["node", "namespace", "pod", "container"]),
+        ("pytier_type_bytes", &["node", "namespace", "pod", "container", "type", "class"]),
         ("pytier_objects", &["node", "namespace", "pod", "container", "class"]),
         ("pytier_object_bytes", &["node", "namespace", "pod", "container", "class"]),
         ("pytier_object_temperature_bucket", &["node", "namespace", "pod", "container", "le"]),
         ("pytier_migrated_pages_total", &["node", "namespace", "pod", "container", "direction"]),
         ("pytier_migrated_bytes_total", &["node", "namespace", "pod", "container", "direction"]),
         ("pytier_scan_cpu_seconds_total", &["node", "namespace", "pod", "container"]),
+        ("pytier_scan_cpu_budget", &["node", "namespace", "pod", "container"]),
         ("pytier_gil_seconds_total", &["node", "namespace", "pod", "container"]),
         ("pytier_interposers", &["node", "namespace", "pod", "container"]),
-        ("pytier_pod_state", &["node", "namespace", "pod", "state"]),
+        ("pytier_pod_state", &["node", "namespace", "pod", "policy", "state"]),
         ("pytier_numa_node_capacity_bytes", &["node", "numa_node", "tier"]),
         ("pytier_numa_node_free_bytes", &["node", "numa_node", "tier"]),
     ];
@@ -248,8 +306,88 @@ async fn prometheus_scrapes_the_documented_series() {
     let cold = prometheus.query(r#"sum(pytier_object_bytes{pod="web-0",class="cold"})"#).unwrap();
     let value: f64 = cold[0]["value"][1].as_str().unwrap().parse().unwrap();
     assert!(value > 1e6, "the service's cold records are cold: {value}");
-    let (out, _) = app.finish().unwrap();
+    let (out, _) = s.app.finish().unwrap();
     assert!(out.contains("intact 20000"), "{out}");
+}
+
+/// Every query of the shipped Grafana dashboards (panels and variables) and
+/// every alert of the chart runs in the real Prometheus against the live
+/// series: none is invalid, and every panel has data but those listed below.
+#[tokio::test]
+async fn every_dashboard_query_and_alert_runs_on_the_live_series() {
+    let s = scraped_service().await;
+    let prometheus = &s.prometheus;
+    // Panels that are rightly empty here, and why.
+    let empty_here = [("Migration failures", "no page failed to move")];
+    let mut checked = 0;
+    for (dashboard, panel, expr) in dashboard_queries() {
+        let expr = expr.replace("$namespace", "default").replace("$pod", "web-0").replace("$__rate_interval", "30s");
+        let what = format!("{dashboard} / {panel}: {expr}");
+        if let Some((_, why)) = empty_here.iter().find(|(title, _)| *title == panel) {
+            prometheus.query(&expr).unwrap_or_else(|e| panic!("{what}: {e}"));
+            eprintln!("{what}: may be empty ({why})");
+        } else {
+            let result = eventually(&what, WAIT, || async {
+                let r = prometheus.query(&expr).map_err(|e| format!("invalid: {e}"))?;
+                if r.is_empty() { Err("no data".into()) } else { Ok(r) }
+            })
+            .await;
+            eprintln!("{what}: {}", result.len());
+        }
+        checked += 1;
+    }
+    assert!(checked > 20, "only {checked} dashboard queries found");
+
+    let rules = eventually("the chart's alerts evaluated", WAIT, || async {
+        let groups = prometheus.rule_groups().map_err(|e| e.to_string())?;
+        let rules: Vec<_> = groups.iter().flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default()).collect();
+        if !rules.is_empty()
+            && rules.iter().all(|r| r["lastEvaluation"].as_str().is_some_and(|t| !t.starts_with("0001")))
+        {
+            Ok(rules)
+        } else {
+            Err(format!("{} rules, not all evaluated yet", rules.len()))
+        }
+    })
+    .await;
+    assert!(rules.len() >= 7, "{rules:?}");
+    for rule in &rules {
+        assert_eq!(rule["health"], "ok", "alert {} does not evaluate: {}", rule["name"], rule["lastError"]);
+        assert_eq!(rule["state"], "inactive", "alert {} fires on a healthy service: {rule}", rule["name"]);
+    }
+}
+
+/// (dashboard, panel title, PromQL) of every panel target and every query
+/// variable (`label_values(M, L)` run as `count by (L) (M)`) of the dashboards
+/// the chart ships.
+fn dashboard_queries() -> Vec<(String, String, String)> {
+    let mut queries = Vec::new();
+    let dir = repo_root().join("charts/pytier/dashboards");
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let title = dashboard["title"].as_str().unwrap().to_string();
+        for variable in dashboard["templating"]["list"].as_array().unwrap() {
+            let Some(q) = variable["query"]["query"].as_str() else { continue };
+            let (metric, label) = q
+                .strip_prefix("label_values(")
+                .and_then(|q| q.strip_suffix(')'))
+                .and_then(|q| q.rsplit_once(", "))
+                .unwrap_or_else(|| panic!("{title}: variable query {q} is not label_values(metric, label)"));
+            queries.push((
+                title.clone(),
+                format!("${}", variable["name"].as_str().unwrap()),
+                format!("count by ({label}) ({metric})"),
+            ));
+        }
+        for panel in dashboard["panels"].as_array().unwrap() {
+            for target in panel["targets"].as_array().into_iter().flatten() {
+                let expr = target["expr"].as_str().unwrap().to_string();
+                queries.push((title.clone(), panel["title"].as_str().unwrap().to_string(), expr));
+            }
+        }
+    }
+    queries
 }
 
 /// Two pods whose Python is PID 1 in its own PID namespace: no collision,
@@ -309,7 +447,9 @@ async fn pid_1_pods_are_isolated_and_survive_an_agent_crash() {
     let metrics = eventually("the restarted agent reporting both pods", WAIT, || async {
         let m = agent.get("/metrics").map_err(|e| e.to_string())?;
         let both = ["web-a", "web-b"].iter().all(|p| {
-            m.contains(&format!(r#"pytier_pod_state{{node="n1",namespace="default",pod="{p}",state="Managed"}} 1"#))
+            m.contains(&format!(
+                r#"pytier_pod_state{{node="n1",namespace="default",pod="{p}",policy="web",state="Managed"}} 1"#
+            ))
         });
         if both { Ok(m) } else { Err("not both Managed".into()) }
     })

@@ -284,8 +284,10 @@ async fn the_agent_tiers_a_pod_the_kubelet_started() {
     })
     .await;
     let metrics = agent.get("/metrics").unwrap();
-    let series =
-        format!(r#"pytier_pod_state{{node="{}",namespace="default",pod="web-0",state="Managed"}} 1"#, node.name);
+    let series = format!(
+        r#"pytier_pod_state{{node="{}",namespace="default",pod="web-0",policy="web",state="Managed"}} 1"#,
+        node.name
+    );
     assert!(metrics.contains(&series), "{series} not in\n{metrics}");
 
     drop(agent);

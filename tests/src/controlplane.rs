@@ -48,6 +48,13 @@ impl ControlPlane {
     /// Starts etcd and kube-apiserver, waits until the API server is ready, and
     /// applies every CRD under `crds/`.
     pub async fn start() -> Result<Self> {
+        let plane = Self::start_without_crds().await?;
+        plane.apply_crds(&crd_files()?).await?;
+        Ok(plane)
+    }
+
+    /// Starts etcd and kube-apiserver and waits until the API server is ready.
+    pub async fn start_without_crds() -> Result<Self> {
         let bin = binaries()?;
         let dir = tempfile::Builder::new().prefix("pytier-controlplane-").tempdir()?;
         let mut processes = Vec::new();
@@ -122,7 +129,6 @@ impl ControlPlane {
         let client = Client::try_from(config)?;
         let mut plane = ControlPlane { processes, dir, kubeconfig, client };
         plane.wait_ready().await?;
-        plane.apply_crds().await?;
         Ok(plane)
     }
 
@@ -235,11 +241,11 @@ impl ControlPlane {
         }
     }
 
-    /// Applies `crds/*.yaml` with server-side apply and waits until each is
+    /// Applies CRD files with server-side apply and waits until each is
     /// Established, so tests can use the types at once.
-    async fn apply_crds(&self) -> Result<()> {
+    pub async fn apply_crds(&self, paths: &[PathBuf]) -> Result<()> {
         let api: Api<CustomResourceDefinition> = Api::all(self.client());
-        for path in crd_files()? {
+        for path in paths {
             let text = fs::read_to_string(&path)?;
             let crd: CustomResourceDefinition =
                 serde_norway::from_str(&text).with_context(|| format!("{} is not a CRD", path.display()))?;

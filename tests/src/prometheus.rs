@@ -1,6 +1,6 @@
 //! A real Prometheus (Debian's `prometheus` package) scraping test targets.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 
 use anyhow::{Context, Result, bail};
@@ -14,22 +14,25 @@ pub struct Prometheus {
 }
 
 impl Prometheus {
-    /// Starts Prometheus scraping `targets` (host:port) every second.
-    pub fn start(plane: &ControlPlane, job: &str, targets: &[&str]) -> Result<Prometheus> {
+    /// Starts Prometheus scraping each job's targets (host:port) every
+    /// second, and evaluating the rule files `rules` (Prometheus's own
+    /// format) every second.
+    pub fn start(plane: &ControlPlane, jobs: &[(&str, &[&str])], rules: &[&Path]) -> Result<Prometheus> {
         let bin = which("prometheus")
             .context("no prometheus binary: install Debian's prometheus package (tests/run does)")?;
-        let dir = plane.data_dir().join(format!("prometheus-{job}"));
-        std::fs::create_dir_all(&dir)?;
+        let dir = tempfile::Builder::new().prefix("prometheus-").tempdir_in(plane.data_dir())?.keep();
         let config = dir.join("prometheus.yml");
-        let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
-        std::fs::write(
-            &config,
-            format!(
-                "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
-                 scrape_configs:\n  - job_name: {job}\n    static_configs:\n      - targets: [{}]\n",
-                targets.join(", ")
-            ),
-        )?;
+        let mut text = String::from("global: {scrape_interval: 1s, evaluation_interval: 1s}\n");
+        text += &format!("rule_files: {}\n", serde_json::to_string(rules)?);
+        text += "scrape_configs:\n";
+        for (job, targets) in jobs {
+            text += &format!(
+                "  - job_name: {}\n    static_configs:\n      - targets: {}\n",
+                serde_json::to_string(job)?,
+                serde_json::to_string(targets)?
+            );
+        }
+        std::fs::write(&config, text)?;
         let addr = format!("127.0.0.1:{}", crate::operator::free_port()?);
         let log = dir.join("prometheus.log");
         let mut cmd = Command::new(bin);
@@ -49,6 +52,15 @@ impl Prometheus {
             bail!("query {query:?}: {reply}");
         }
         Ok(reply["data"]["result"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// The rule groups as Prometheus evaluates them (`/api/v1/rules`).
+    pub fn rule_groups(&self) -> Result<Vec<serde_json::Value>> {
+        let reply: serde_json::Value = serde_json::from_str(&crate::http_get(&self.addr, "/api/v1/rules")?)?;
+        if reply["status"] != "success" {
+            bail!("/api/v1/rules: {reply}");
+        }
+        Ok(reply["data"]["groups"].as_array().cloned().unwrap_or_default())
     }
 
     pub fn log_text(&self) -> String {

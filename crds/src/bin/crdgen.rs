@@ -1,5 +1,6 @@
-//! Writes the CRD YAML of every pytier API type into a directory
-//! (default: the `crds/` directory of this repository).
+//! Writes the CRD YAML of every pytier API type into a directory (default:
+//! both places the repository keeps them, `crds/` and the Helm chart's
+//! `charts/pytier/crds/`).
 //!
 //! `crdgen [DIR]` writes the files; `crdgen --check [DIR]` writes nothing and
 //! exits 1 when a committed file differs from what the types generate.
@@ -9,19 +10,20 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let mut check = false;
-    let mut dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let crds = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut dirs = vec![crds.clone(), crds.join("../charts/pytier/crds")];
     for arg in std::env::args().skip(1) {
         match arg.as_str() {
             "--check" => check = true,
             "-h" | "--help" => {
-                println!("usage: crdgen [--check] [DIR]  (DIR defaults to {})", dir.display());
+                println!("usage: crdgen [--check] [DIR]  (DIR defaults to {} and the chart's crds/)", crds.display());
                 return ExitCode::SUCCESS;
             }
-            _ => dir = PathBuf::from(arg),
+            _ => dirs = vec![PathBuf::from(arg)],
         }
     }
     let mut stale = false;
-    for crd in pytier_crds::crds() {
+    for (dir, crd) in dirs.iter().flat_map(|d| pytier_crds::crds().into_iter().map(move |c| (d, c))) {
         let path = dir.join(pytier_crds::file_name(&crd));
         let want = pytier_crds::to_yaml(&crd);
         if check {
