@@ -294,3 +294,44 @@ async fn the_agent_tiers_a_pod_the_kubelet_started() {
     drop(_operator);
     tear_down(node);
 }
+
+/// pytier's own images (deploy/images.sh, no Docker engine) run on the real
+/// node with the chart's security settings: the operator as non-root on a
+/// read-only root file system, the node agent on one too.
+#[tokio::test]
+async fn the_operator_and_node_agent_images_run_on_the_node() {
+    let _turn = ONE_NODE_AT_A_TIME.lock().await;
+    let mut plane = ControlPlane::start().await.unwrap();
+    let node = RealNode::start(&mut plane).await.unwrap();
+    let pods = Api::<Pod>::namespaced(node.client(), "default");
+    let version = env!("CARGO_PKG_VERSION");
+    let one_shot = |name: &str, image: &str, args: serde_json::Value, security: serde_json::Value| -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {
+                "containers": [{"name": name, "image": format!("docker.io/pytier/{image}:{version}"),
+                                "imagePullPolicy": "Never", "args": args, "securityContext": security}],
+                "restartPolicy": "Never",
+                "terminationGracePeriodSeconds": 1,
+            },
+        }))
+        .unwrap()
+    };
+    let non_root = json!({"runAsNonRoot": true, "readOnlyRootFilesystem": true, "allowPrivilegeEscalation": false,
+                          "capabilities": {"drop": ["ALL"]}});
+    pods.create(&PostParams::default(), &one_shot("operator", "operator", json!(["crds"]), non_root)).await.unwrap();
+    let log = node.wait_log("default", "operator", "operator", "name: tieringnodes.pytier.dev").await.unwrap();
+    assert!(log.contains("kind: CustomResourceDefinition"), "{log}");
+
+    // The agent reads the node's NUMA nodes through the container's sysfs.
+    let agent_security = json!({"readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}});
+    pods.create(
+        &PostParams::default(),
+        &one_shot("agent", "node-agent", json!(["topology", "--json"]), agent_security),
+    )
+    .await
+    .unwrap();
+    let log = node.wait_log("default", "agent", "agent", "\"tier\"").await.unwrap();
+    assert!(log.contains("\"capacityBytes\""), "{log}");
+    tear_down(node);
+}

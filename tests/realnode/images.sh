@@ -4,6 +4,7 @@
 # (`ctr -n k8s.io images import` loads them; pods use imagePullPolicy: Never):
 #   pause.tar    pytier.test/pause:1          the pod sandbox (a static binary)
 #   python-<suite>.tar  pytier.test/python:<suite>  a Debian rootfs with python3
+#   operator.tar, node-agent.tar  pytier's own images (deploy/images.sh)
 # Cached under $PYTIER_CACHE/images, keyed by what goes into each image.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -13,7 +14,8 @@ mkdir -p "$out"
 PYTHON_SUITES=${PYTIER_PYTHON_SUITES:-bookworm}
 MIRROR=${PYTIER_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 
-key() { cat "$here/oci-archive.py" "$here/images.sh" "$@" | sha256sum | cut -c1-16; }
+oci_archive=$here/../../deploy/oci-archive.py
+key() { cat "$oci_archive" "$here/images.sh" "$@" | sha256sum | cut -c1-16; }
 
 # pause: one static binary, nothing else.
 pause=$out/pause-$(key "$here/pause.c").tar
@@ -21,7 +23,7 @@ if [ ! -e "$pause" ]; then
   rootfs=$(mktemp -d)
   gcc -static -Os -o "$rootfs/pause" "$here/pause.c"
   strip "$rootfs/pause"
-  python3 "$here/oci-archive.py" "$rootfs" "$pause" pytier.test/pause:1 --entrypoint /pause
+  python3 "$oci_archive" "$rootfs" "$pause" pytier.test/pause:1 --entrypoint /pause
   rm -rf "$rootfs"
 fi
 ln -sfn "$pause" "$out/pause.tar"
@@ -36,10 +38,15 @@ for suite in $PYTHON_SUITES; do
     # What a container never uses: package caches, docs, locales, man pages.
     rm -rf "$rootfs"/var/cache/apt/* "$rootfs"/var/lib/apt/lists/* "$rootfs"/usr/share/{doc,man,info,locale}/* \
       "$rootfs"/var/log/* "$rootfs"/dev/*
-    python3 "$here/oci-archive.py" "$rootfs" "$image" "pytier.test/python:$suite" \
+    python3 "$oci_archive" "$rootfs" "$image" "pytier.test/python:$suite" \
       --entrypoint python3 --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin --env PYTHONUNBUFFERED=1
     rm -rf "$rootfs"
   fi
   ln -sfn "$image" "$out/python-$suite.tar"
 done
+
+# pytier's images, from this checkout's release build (deploy/images.sh).
+ours=$("$here/../../deploy/images.sh" "$out/pytier")
+ln -sfn "$ours/operator.tar" "$out/operator.tar"
+ln -sfn "$ours/node-agent.tar" "$out/node-agent.tar"
 echo "$out"

@@ -2,7 +2,7 @@
 """Packs a directory into a one-layer OCI image archive that
 `ctr images import` loads, without a Docker engine or a registry.
 
-    oci-archive.py ROOTFS OUT.tar NAME:TAG [--entrypoint ARG ...] [--env K=V ...]
+    oci-archive.py ROOTFS OUT.tar NAME:TAG [--entrypoint ARG ...] [--env K=V ...] [--user UID:GID]
 
 The layer is a tarball of ROOTFS with owners and modes as they are (run as
 root so that files owned by root stay so) and mtimes clamped to 0, so the same
@@ -47,6 +47,7 @@ def main():
     ap.add_argument("ref", help="image name and tag, e.g. pytier.dev/python:3.11")
     ap.add_argument("--entrypoint", nargs="*", default=[])
     ap.add_argument("--env", action="append", default=[])
+    ap.add_argument("--user", help="the user the image runs as, e.g. 65532:65532")
     args = ap.parse_args()
 
     layer = layer_bytes(args.rootfs)
@@ -56,7 +57,7 @@ def main():
     config = {
         "architecture": "amd64",
         "os": "linux",
-        "config": {"Entrypoint": args.entrypoint or None, "Env": args.env or None},
+        "config": {"Entrypoint": args.entrypoint or None, "Env": args.env or None, "User": args.user or None},
         "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(layer).hexdigest()]},
     }
     config_desc = blob(files, json.dumps(config, sort_keys=True).encode())
