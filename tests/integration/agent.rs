@@ -320,7 +320,7 @@ async fn every_dashboard_query_and_alert_runs_on_the_live_series() {
     // Panels that are rightly empty here, and why.
     let empty_here = [("Migration failures", "no page failed to move")];
     let mut checked = 0;
-    for (dashboard, panel, expr) in dashboard_queries() {
+    for (dashboard, panel, expr) in pytier_tests::prometheus::dashboard_queries() {
         let expr = expr.replace("$namespace", "default").replace("$pod", "web-0").replace("$__rate_interval", "30s");
         let what = format!("{dashboard} / {panel}: {expr}");
         if let Some((_, why)) = empty_here.iter().find(|(title, _)| *title == panel) {
@@ -355,39 +355,6 @@ async fn every_dashboard_query_and_alert_runs_on_the_live_series() {
         assert_eq!(rule["health"], "ok", "alert {} does not evaluate: {}", rule["name"], rule["lastError"]);
         assert_eq!(rule["state"], "inactive", "alert {} fires on a healthy service: {rule}", rule["name"]);
     }
-}
-
-/// (dashboard, panel title, PromQL) of every panel target and every query
-/// variable (`label_values(M, L)` run as `count by (L) (M)`) of the dashboards
-/// the chart ships.
-fn dashboard_queries() -> Vec<(String, String, String)> {
-    let mut queries = Vec::new();
-    let dir = repo_root().join("charts/pytier/dashboards");
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        let title = dashboard["title"].as_str().unwrap().to_string();
-        for variable in dashboard["templating"]["list"].as_array().unwrap() {
-            let Some(q) = variable["query"]["query"].as_str() else { continue };
-            let (metric, label) = q
-                .strip_prefix("label_values(")
-                .and_then(|q| q.strip_suffix(')'))
-                .and_then(|q| q.rsplit_once(", "))
-                .unwrap_or_else(|| panic!("{title}: variable query {q} is not label_values(metric, label)"));
-            queries.push((
-                title.clone(),
-                format!("${}", variable["name"].as_str().unwrap()),
-                format!("count by ({label}) ({metric})"),
-            ));
-        }
-        for panel in dashboard["panels"].as_array().unwrap() {
-            for target in panel["targets"].as_array().into_iter().flatten() {
-                let expr = target["expr"].as_str().unwrap().to_string();
-                queries.push((title.clone(), panel["title"].as_str().unwrap().to_string(), expr));
-            }
-        }
-    }
-    queries
 }
 
 /// Two pods whose Python is PID 1 in its own PID namespace: no collision,

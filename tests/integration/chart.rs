@@ -3,7 +3,6 @@
 //! values, bad values refused by its schema, and install, upgrade and
 //! uninstall against the real kube-apiserver.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -11,41 +10,14 @@ use kube::api::{Api, DynamicObject};
 use kube::core::GroupVersionKind;
 use kube::discovery::Scope;
 use kube::{Client, ResourceExt};
+use pytier_tests::chart::{CHART, helm, helm_ok, monitoring_crds};
 use pytier_tests::operator::eventually;
-use pytier_tests::{ControlPlane, built_dir, repo_root};
+use pytier_tests::{ControlPlane, repo_root};
 use serde::Deserialize;
 
-const CHART: &str = "charts/pytier";
 const OTHER_VALUES: &str = "tests/chart/values-other.yaml";
 const ALL_MONITORING: &str =
     "metrics.podMonitor.enabled=true,metrics.serviceMonitor.enabled=true,metrics.prometheusRule.enabled=true";
-
-/// The directory with `helm` and `monitoring-crds/`.
-fn tools() -> PathBuf {
-    built_dir("PYTIER_CHART_TOOLS", "tests/chart/build.sh").unwrap()
-}
-
-/// Runs helm in the repository with its own config and cache directories;
-/// (success, stdout, stderr).
-fn helm(args: &[&str], kubeconfig: Option<&Path>) -> (bool, String, String) {
-    let home = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new(tools().join("helm"));
-    cmd.args(args).current_dir(repo_root());
-    for var in ["HELM_CACHE_HOME", "HELM_CONFIG_HOME", "HELM_DATA_HOME"] {
-        cmd.env(var, home.path());
-    }
-    if let Some(kubeconfig) = kubeconfig {
-        cmd.env("KUBECONFIG", kubeconfig);
-    }
-    let out = cmd.output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
-}
-
-fn helm_ok(args: &[&str], kubeconfig: Option<&Path>) -> String {
-    let (ok, out, err) = helm(args, kubeconfig);
-    assert!(ok, "helm {args:?} failed:\n{err}");
-    out
-}
 
 /// The objects of a rendered manifest.
 fn objects(manifest: &str) -> Vec<DynamicObject> {
@@ -190,12 +162,7 @@ async fn the_chart_installs_upgrades_and_uninstalls_on_a_real_api_server() {
     let plane = ControlPlane::start_without_crds().await.unwrap();
     let client = plane.client();
     let kubeconfig = Some(plane.kubeconfig());
-    let monitoring = tools().join("monitoring-crds");
-    let crds: Vec<PathBuf> = ["podmonitors", "servicemonitors", "prometheusrules"]
-        .iter()
-        .map(|r| monitoring.join(format!("monitoring.coreos.com_{r}.yaml")))
-        .collect();
-    plane.apply_crds(&crds).await.unwrap();
+    plane.apply_crds(&monitoring_crds()).await.unwrap();
 
     let install = ["install", "pytier", CHART, "-n", "pytier-system", "--create-namespace", "--set", ALL_MONITORING];
     let (ok, _, err) = helm(&install, kubeconfig);

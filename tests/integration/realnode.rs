@@ -335,3 +335,163 @@ async fn the_operator_and_node_agent_images_run_on_the_node() {
     assert!(log.contains("\"capacityBytes\""), "{log}");
     tear_down(node);
 }
+
+/// The user's path, on the real node: the chart installed with pytier's own
+/// images (operator Deployment, agent DaemonSet, monitors), the example
+/// policy and the sample Deployment applied as they are (but for the image:
+/// no registry here). The pod comes up injected, its Python has pytier
+/// active, the agent reports it in the TieringNode status, the policy turns
+/// Ready, and a real Prometheus scraping what the chart's monitors select has
+/// the pod's series and data for the pod dashboard's panels.
+///
+/// What the harness cannot give pods is bridged by values a user could set
+/// too: no kube-proxy routes the API server's ClusterIP, so the operator and
+/// agent run in the host's network (`hostNetwork`) and are pointed at the
+/// API server on loopback (`extraEnv`); one operator replica (two would
+/// share the node's ports).
+#[tokio::test]
+async fn the_chart_installed_on_the_node_tiers_the_sample_deployment() {
+    let _turn = ONE_NODE_AT_A_TIME.lock().await;
+    let mut plane = ControlPlane::start_for_cluster_pods().await.unwrap();
+    plane.apply_crds(&pytier_tests::chart::monitoring_crds()).await.unwrap();
+    let node = RealNode::start(&mut plane).await.unwrap();
+    let c = plane.client();
+
+    let api_server = json!([
+        {"name": "KUBERNETES_SERVICE_HOST", "value": "127.0.0.1"},
+        {"name": "KUBERNETES_SERVICE_PORT", "value": plane.port().to_string()},
+    ]);
+    let values = json!({
+        "operator": {"image": {"repository": "docker.io/pytier/operator", "pullPolicy": "Never"}, "replicas": 1,
+                     "hostNetwork": true, "extraEnv": api_server},
+        "nodeAgent": {"image": {"repository": "docker.io/pytier/node-agent", "pullPolicy": "Never"},
+                      "hostNetwork": true, "extraEnv": api_server,
+                      "kubeletRoot": node.kubelet_root(), "shimHostPath": node.dir().join("shim")},
+        "metrics": {"podMonitor": {"enabled": true}, "serviceMonitor": {"enabled": true},
+                    "prometheusRule": {"enabled": true}},
+    });
+    let values_file = node.dir().join("values.json");
+    std::fs::write(&values_file, values.to_string()).unwrap();
+    let kubeconfig = Some(plane.kubeconfig());
+    pytier_tests::chart::helm_ok(
+        &[
+            "install",
+            "pytier",
+            pytier_tests::chart::CHART,
+            "-n",
+            "pytier-system",
+            "--create-namespace",
+            "-f",
+            values_file.to_str().unwrap(),
+        ],
+        kubeconfig,
+    );
+    let system = Api::<Pod>::namespaced(c.clone(), "pytier-system");
+    for app in ["pytier-operator", "pytier-node-agent"] {
+        eventually(&format!("{app} Ready"), WAIT, || async {
+            let pods = system
+                .list(&ListParams::default().labels(&format!("app.kubernetes.io/name={app}")))
+                .await
+                .map_err(|e| e.to_string())?;
+            let ready = pods.items.iter().any(|p| {
+                p.status
+                    .iter()
+                    .flat_map(|s| s.conditions.iter().flatten())
+                    .any(|c| c.type_ == "Ready" && c.status == "True")
+            });
+            if ready { Ok(()) } else { Err(format!("{:?}", pods.items.iter().map(|p| &p.status).collect::<Vec<_>>())) }
+        })
+        .await;
+    }
+
+    plane.apply_manifests(&repo_root().join("deploy/examples/tieringpolicy.yaml")).await.unwrap();
+    let mut web: serde_json::Value =
+        serde_norway::from_str(&std::fs::read_to_string(repo_root().join("deploy/examples/web.yaml")).unwrap())
+            .unwrap();
+    let container = &mut web["spec"]["template"]["spec"]["containers"][0];
+    container["image"] = json!(python_image("bookworm"));
+    container["imagePullPolicy"] = json!("Never");
+    let web: Deployment = serde_json::from_value(web).unwrap();
+    Api::<Deployment>::namespaced(c.clone(), "default").create(&PostParams::default(), &web).await.unwrap();
+
+    let pods = Api::<Pod>::namespaced(c.clone(), "default");
+    let pod = eventually("the sample Deployment's pod Running", WAIT, || async {
+        let list = pods.list(&ListParams::default().labels("app=web")).await.map_err(|e| e.to_string())?;
+        let running =
+            list.items.into_iter().find(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"));
+        running.ok_or_else(|| "not Running yet".to_string())
+    })
+    .await;
+    let name = pod.name_any();
+    assert!(pod.annotations().contains_key("pytier.dev/injected"), "the webhook injected it: {:?}", pod.metadata);
+    let stats = eventually("pytier active in the pod's Python", WAIT, || async {
+        let out = node
+            .exec("default", &name, "app", &["python3", "-m", "pytier", "stats", "1"])
+            .await
+            .map_err(|e| e.to_string())?;
+        if out.contains("active: True") { Ok(out) } else { Err(out) }
+    })
+    .await;
+    assert!(stats.starts_with("python 3.11"), "{stats}");
+
+    let tiering_nodes: Api<pytier_crds::TieringNode> = Api::all(c.clone());
+    eventually("the pod Managed in the TieringNode status", WAIT, || async {
+        let tn = tiering_nodes.get(&node.name).await.map_err(|e| e.to_string())?;
+        let status = tn.status.unwrap_or_default();
+        match status.pods.iter().find(|p| p.name == name) {
+            Some(p) if p.state == PodState::Managed => Ok(()),
+            other => Err(format!("{other:?} {:?}", status.conditions)),
+        }
+    })
+    .await;
+    eventually("the policy Ready", WAIT, || async {
+        let p = Api::<TieringPolicy>::namespaced(c.clone(), "default").get("web").await.map_err(|e| e.to_string())?;
+        let s = p.status.unwrap_or_default();
+        let ready = s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
+        if ready && s.injected_pods == 1 { Ok(()) } else { Err(format!("{s:?}")) }
+    })
+    .await;
+
+    // Prometheus scrapes what the chart's monitors select, under the job
+    // names the Prometheus Operator would give them.
+    let agent_ip = pod_ips(&system, "app.kubernetes.io/name=pytier-node-agent").await;
+    let operator_ip = pod_ips(&system, "app.kubernetes.io/name=pytier-operator").await;
+    let agent_target = format!("{}:9478", agent_ip[0]);
+    let operator_target = format!("{}:8080", operator_ip[0]);
+    let prometheus = pytier_tests::prometheus::Prometheus::start(
+        &plane,
+        &[("pytier-system/pytier-node-agent", &[&agent_target]), ("pytier-operator", &[&operator_target])],
+        &[],
+    )
+    .unwrap();
+    let selector = format!(r#"namespace="default",pod="{name}""#);
+    eventually("the pod's series in Prometheus", WAIT, || async {
+        let r = prometheus
+            .query(&format!(r#"pytier_pod_state{{{selector},state="Managed"}} == 1"#))
+            .map_err(|e| e.to_string())?;
+        if r.is_empty() { Err("no data".into()) } else { Ok(()) }
+    })
+    .await;
+    for (dashboard, panel, expr) in pytier_tests::prometheus::dashboard_queries() {
+        if dashboard != "pytier: pod" {
+            continue;
+        }
+        let expr = expr.replace("$namespace", "default").replace("$pod", &name).replace("$__rate_interval", "30s");
+        let result = eventually(&format!("{panel}: {expr}"), WAIT, || async {
+            let r = prometheus.query(&expr).map_err(|e| format!("invalid: {e}"))?;
+            if r.is_empty() && panel != "Migration failures" { Err("no data".into()) } else { Ok(r) }
+        })
+        .await;
+        let values: Vec<String> = result.iter().map(|r| format!("{} {}", r["metric"], r["value"][1])).collect();
+        eprintln!("{panel}: {expr}\n    {}", values.join("\n    "));
+    }
+    drop(prometheus);
+    pytier_tests::chart::helm_ok(&["uninstall", "pytier", "-n", "pytier-system", "--wait"], kubeconfig);
+    tear_down(node);
+}
+
+/// The IPs of the running pods matching `labels`.
+async fn pod_ips(pods: &Api<Pod>, labels: &str) -> Vec<String> {
+    let list = pods.list(&ListParams::default().labels(labels)).await.unwrap();
+    list.items.iter().filter_map(|p| p.status.as_ref()?.pod_ip.clone()).collect()
+}

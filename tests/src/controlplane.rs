@@ -36,6 +36,7 @@ pub struct ControlPlane {
     dir: tempfile::TempDir,
     kubeconfig: PathBuf,
     client: Client,
+    port: u16,
 }
 
 struct Process {
@@ -55,6 +56,21 @@ impl ControlPlane {
 
     /// Starts etcd and kube-apiserver and waits until the API server is ready.
     pub async fn start_without_crds() -> Result<Self> {
+        Self::launch(false).await
+    }
+
+    /// Like `start`, for a cluster whose own pods talk to it (the chart's
+    /// operator and agent on a real node): pods get service account tokens
+    /// (the ServiceAccount admission plugin; the controller manager makes the
+    /// accounts and the CA ConfigMap), and the API server calls webhooks at
+    /// their Service's endpoints (no kube-proxy here to route a ClusterIP).
+    pub async fn start_for_cluster_pods() -> Result<Self> {
+        let plane = Self::launch(true).await?;
+        plane.apply_crds(&crd_files()?).await?;
+        Ok(plane)
+    }
+
+    async fn launch(cluster_pods: bool) -> Result<Self> {
         let bin = binaries()?;
         let dir = tempfile::Builder::new().prefix("pytier-controlplane-").tempdir()?;
         let mut processes = Vec::new();
@@ -112,9 +128,14 @@ impl ControlPlane {
                 "--service-account-issuer=https://kubernetes.default.svc",
                 "--service-cluster-ip-range=10.96.0.0/16",
                 "--authorization-mode=RBAC",
-                // Pods get no service account token (no test needs one, and
-                // without a controller manager no default account exists).
-                "--disable-admission-plugins=ServiceAccount",
+                // Unless cluster_pods: pods get no service account token (no
+                // other test needs one, and without a controller manager no
+                // default account exists).
+                if cluster_pods {
+                    "--enable-aggregator-routing=true"
+                } else {
+                    "--disable-admission-plugins=ServiceAccount"
+                },
                 // A real node's kubelet listens on loopback only; its host name
                 // resolves there (its InternalIP may not be loopback).
                 "--kubelet-preferred-address-types=Hostname,InternalIP",
@@ -127,9 +148,14 @@ impl ControlPlane {
             .await
             .context("test kubeconfig is unusable")?;
         let client = Client::try_from(config)?;
-        let mut plane = ControlPlane { processes, dir, kubeconfig, client };
+        let mut plane = ControlPlane { processes, dir, kubeconfig, client, port: apiserver_port };
         plane.wait_ready().await?;
         Ok(plane)
+    }
+
+    /// The API server's port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// A client authenticated as a cluster administrator.

@@ -2,6 +2,7 @@
 //! the upstream etcd and kube-apiserver binaries built from their Go modules.
 
 pub mod agent;
+pub mod chart;
 pub mod controlplane;
 pub mod daemon;
 pub mod kwok;

@@ -109,3 +109,36 @@ pub fn promtool_check(text: &str) -> Result<String> {
     let out = child.wait_with_output()?;
     Ok(format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)).trim().to_string())
 }
+
+/// (dashboard, panel title, PromQL) of every panel target and every query
+/// variable (`label_values(M, L)` run as `count by (L) (M)`) of the dashboards
+/// the chart ships.
+pub fn dashboard_queries() -> Vec<(String, String, String)> {
+    let mut queries = Vec::new();
+    let dir = crate::repo_root().join("charts/pytier/dashboards");
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let title = dashboard["title"].as_str().unwrap().to_string();
+        for variable in dashboard["templating"]["list"].as_array().unwrap() {
+            let Some(q) = variable["query"]["query"].as_str() else { continue };
+            let (metric, label) = q
+                .strip_prefix("label_values(")
+                .and_then(|q| q.strip_suffix(')'))
+                .and_then(|q| q.rsplit_once(", "))
+                .unwrap_or_else(|| panic!("{title}: variable query {q} is not label_values(metric, label)"));
+            queries.push((
+                title.clone(),
+                format!("${}", variable["name"].as_str().unwrap()),
+                format!("count by ({label}) ({metric})"),
+            ));
+        }
+        for panel in dashboard["panels"].as_array().unwrap() {
+            for target in panel["targets"].as_array().into_iter().flatten() {
+                let expr = target["expr"].as_str().unwrap().to_string();
+                queries.push((title.clone(), panel["title"].as_str().unwrap().to_string(), expr));
+            }
+        }
+    }
+    queries
+}
