@@ -276,13 +276,7 @@ async fn the_agent_tiers_a_pod_the_kubelet_started() {
         }
     })
     .await;
-    eventually("the policy Ready with one injected pod", WAIT, || async {
-        let p = Api::<TieringPolicy>::namespaced(c.clone(), "default").get("web").await.map_err(|e| e.to_string())?;
-        let s = p.status.unwrap_or_default();
-        let ready = s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
-        if ready && s.injected_pods == 1 { Ok(()) } else { Err(format!("{s:?}")) }
-    })
-    .await;
+    wait_web_policy_ready(&c).await;
     let metrics = agent.get("/metrics").unwrap();
     let series = format!(
         r#"pytier_pod_state{{node="{}",namespace="default",pod="web-0",policy="web",state="Managed"}} 1"#,
@@ -444,13 +438,7 @@ async fn the_chart_installed_on_the_node_tiers_the_sample_deployment() {
         }
     })
     .await;
-    eventually("the policy Ready", WAIT, || async {
-        let p = Api::<TieringPolicy>::namespaced(c.clone(), "default").get("web").await.map_err(|e| e.to_string())?;
-        let s = p.status.unwrap_or_default();
-        let ready = s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
-        if ready && s.injected_pods == 1 { Ok(()) } else { Err(format!("{s:?}")) }
-    })
-    .await;
+    wait_web_policy_ready(&c).await;
 
     // Prometheus scrapes what the chart's monitors select, under the job
     // names the Prometheus Operator would give them.
@@ -488,6 +476,17 @@ async fn the_chart_installed_on_the_node_tiers_the_sample_deployment() {
     drop(prometheus);
     pytier_tests::chart::helm_ok(&["uninstall", "pytier", "-n", "pytier-system", "--wait"], kubeconfig);
     tear_down(node);
+}
+
+/// Waits until the policy `default/web` is Ready with one injected pod.
+async fn wait_web_policy_ready(c: &Client) {
+    eventually("the policy Ready with one injected pod", WAIT, || async {
+        let p = Api::<TieringPolicy>::namespaced(c.clone(), "default").get("web").await.map_err(|e| e.to_string())?;
+        let s = p.status.unwrap_or_default();
+        let ready = s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
+        if ready && s.injected_pods == 1 { Ok(()) } else { Err(format!("{s:?}")) }
+    })
+    .await;
 }
 
 /// The IPs of the running pods matching `labels`.
