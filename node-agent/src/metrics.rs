@@ -105,7 +105,7 @@ struct TypeLabels {
     #[prometheus(flatten)]
     at: ContainerLabels,
     r#type: String,
-    class: &'static str,
+    class: String,
 }
 
 #[derive(Debug, Clone, EncodeLabelSet)]
@@ -132,7 +132,7 @@ struct Sums {
     budget_bytes: u64,
     cpu_budget: f64,
     /// (type, hot or cold) -> bytes, from each process's top types.
-    types: BTreeMap<(String, &'static str), u64>,
+    types: BTreeMap<(String, Class), u64>,
     objects: [u64; 3],
     object_bytes: [u64; 3],
     histogram: [u64; 10],
@@ -157,7 +157,7 @@ impl Sums {
         if p.off_reason.is_none() && p.mode == Mode::Enforce {
             self.budget_bytes += p.budget_bytes;
         }
-        for (class, top) in [("hot", &last.top_types_by_hot_bytes), ("cold", &last.top_types_by_cold_bytes)] {
+        for (class, top) in [(Class::Hot, &last.top_types_by_hot_bytes), (Class::Cold, &last.top_types_by_cold_bytes)] {
             for t in top {
                 *self.types.entry((t.type_name.clone(), class)).or_default() += t.bytes;
             }
@@ -250,7 +250,7 @@ impl Collector for AgentCollector {
             .iter()
             .flat_map(|(at, s)| {
                 s.types.iter().map(|((type_name, class), bytes)| {
-                    (TypeLabels { at: at.clone(), r#type: type_name.clone(), class }, *bytes as f64)
+                    (TypeLabels { at: at.clone(), r#type: type_name.clone(), class: api_name(class) }, *bytes as f64)
                 })
             })
             .collect();
