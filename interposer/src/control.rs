@@ -13,25 +13,35 @@ use std::time::Duration;
 use pytier_contract::protocol::{Answer, Hello, MAX_REQUEST_BYTES, PROTOCOL_VERSION, Request};
 
 use crate::Shared;
+use crate::fds::Guarded;
 
-/// Serves clients one at a time until `shared.stop` is set.
-pub fn serve(listener: UnixListener, shared: Arc<Shared>) {
+/// Serves clients one at a time until `shared.stop` is set, or until the
+/// program closes the socket's descriptor (see `fds`: then it stops, saying
+/// why in the stats, and never touches that number again).
+pub fn serve(socket: Guarded<UnixListener>, shared: Arc<Shared>) {
     // Non-blocking accept after a poll with a timeout: a client is answered
     // at once, and the stop flag is seen within 100 ms.
-    if listener.set_nonblocking(true).is_err() {
+    if socket.get().and_then(|l| l.set_nonblocking(true)).is_err() {
         return;
     }
     while !shared.stop.load(Ordering::Acquire) {
-        let mut ready = libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // Checked before the poll and again before the accept: the program
+        // may reuse the number while the poll waits.
+        let Ok(fd) = socket.get().map(|l| l.as_raw_fd()) else { break };
+        let mut ready = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
         // SAFETY: one valid pollfd.
         if unsafe { libc::poll(&mut ready, 1, 100) } <= 0 {
             continue;
         }
+        let Ok(listener) = socket.get() else { break };
         match listener.accept() {
             Ok((stream, _)) => handle(stream, &shared),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(_) => std::thread::sleep(Duration::from_millis(100)),
         }
+    }
+    if let Err(why) = socket.get() {
+        let _ = shared.socket_error.set(why.to_string());
     }
 }
 

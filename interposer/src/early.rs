@@ -74,7 +74,7 @@ fn hooked_arenas(layout: &Layout) -> Vec<(usize, usize)> {
 
 /// Private anonymous read-write mappings, where pymalloc's arenas live.
 fn anonymous_mappings() -> Vec<(usize, usize)> {
-    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    let maps = crate::fds::read_to_string("/proc/self/maps").unwrap_or_default();
     maps.lines().filter_map(parse_anonymous).collect()
 }
 

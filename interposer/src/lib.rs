@@ -16,6 +16,7 @@
 pub mod arenas;
 pub mod control;
 pub mod early;
+pub mod fds;
 pub mod large;
 pub mod layout;
 pub mod memory;
@@ -39,6 +40,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use pytier_contract::Settings;
+
+use crate::fds::Guarded;
 use pytier_contract::stats::Stats;
 
 use layout::Layout;
@@ -59,6 +62,8 @@ pub struct Shared {
     start_gil_seconds: f64,
     early_arenas: usize,
     socket: Option<PathBuf>,
+    /// Why the control socket stopped answering, if it did.
+    socket_error: OnceLock<String>,
     tracker: Mutex<Tracker>,
 }
 
@@ -87,6 +92,7 @@ impl Shared {
             gil_seconds_total: self.start_gil_seconds,
             early_arenas: self.early_arenas as u64,
             socket: self.socket.as_ref().map(|p| p.display().to_string()),
+            socket_error: self.socket_error.get().cloned(),
             last,
         }
     }
@@ -202,7 +208,8 @@ fn start(
         None
     } else {
         let _ = std::fs::remove_file(socket); // a stale socket of an earlier process with this pid
-        Some(bind(Path::new(socket)).map_err(|e| format!("cannot listen on {socket}: {e}"))?)
+        let listener = bind(Path::new(socket)).and_then(|l| Guarded::new(l, "control socket"));
+        Some(listener.map_err(|e| format!("cannot listen on {socket}: {e}"))?)
     };
 
     let tracker = Tracker::new(layout, type_type);
@@ -229,6 +236,7 @@ fn start(
         start_gil_seconds: t0.elapsed().as_secs_f64(),
         early_arenas,
         socket: listener.as_ref().map(|_| PathBuf::from(socket)),
+        socket_error: OnceLock::new(),
         tracker: Mutex::new(tracker),
     });
     let _ = SHARED.set(shared.clone());

@@ -20,12 +20,13 @@ impl Topology {
     }
 
     pub fn from_sysfs(root: &Path, config: &Tiers) -> Topology {
-        let with_memory = std::fs::read_to_string(root.join("has_memory")).map(|s| parse_list(&s)).unwrap_or_default();
+        let with_memory =
+            crate::fds::read_to_string(root.join("has_memory")).map(|s| parse_list(&s)).unwrap_or_default();
         let mut topology = Topology::default();
         for node in with_memory {
             let listed_dram = config.dram_nodes.as_ref().is_some_and(|l| l.contains(&(node as u32)));
             let listed_cxl = config.cxl_nodes.as_ref().is_some_and(|l| l.contains(&(node as u32)));
-            let has_cpus = std::fs::read_to_string(root.join(format!("node{node}/cpulist")))
+            let has_cpus = crate::fds::read_to_string(root.join(format!("node{node}/cpulist")))
                 .is_ok_and(|s| !parse_list(&s).is_empty());
             if listed_dram || (!listed_cxl && has_cpus) {
                 topology.dram.push(node);
@@ -49,8 +50,8 @@ impl Topology {
 /// Pages a node can still take before the kernel starts reclaiming on it:
 /// its free memory above its zones' high watermarks. None if unknown.
 pub fn room_pages(node: i32) -> Option<u64> {
-    let meminfo = std::fs::read_to_string(format!("/sys/devices/system/node/node{node}/meminfo")).ok()?;
-    let zoneinfo = std::fs::read_to_string("/proc/zoneinfo").ok()?;
+    let meminfo = crate::fds::read_to_string(format!("/sys/devices/system/node/node{node}/meminfo")).ok()?;
+    let zoneinfo = crate::fds::read_to_string("/proc/zoneinfo").ok()?;
     let free_kib = meminfo_value(&meminfo, "MemFree:")?;
     Some((free_kib / 4).saturating_sub(high_watermark_pages(&zoneinfo, node)))
 }

@@ -147,6 +147,7 @@ impl PageTracker {
                 }
             }
         }
+        self.stop_if_descriptors_lost();
         let Ok(writes) = &mut self.writes else { return };
         let started = Instant::now();
         let rules = rules_for(since.unwrap_or(1.0));
@@ -218,12 +219,24 @@ impl PageTracker {
         self.report = report;
     }
 
+    /// Stops tracking page writes, saying why, if the program closed or
+    /// reused the tracker's descriptors (see `fds`).
+    fn stop_if_descriptors_lost(&mut self) {
+        if let Ok(writes) = &self.writes
+            && let Err(why) = writes.check()
+        {
+            self.report.off_reason = Some(why.clone());
+            self.writes = Err(why);
+        }
+    }
+
     /// Notes, for every watched page written since the last collection and
     /// not seen yet, when (by `clock`, seconds since the collection) a peek
     /// first saw it: when the look at its arena ended, the latest it can
     /// have been written. Protects nothing: free for the program.
     fn peek(&mut self, clock: impl Fn() -> f64) {
         let started = Instant::now();
+        self.stop_if_descriptors_lost();
         let Ok(writes) = &mut self.writes else { return };
         let mut fresh = Vec::new();
         for (&base, arena) in self.arenas.iter_mut().filter(|(_, a)| !a.first_seen.is_empty()) {

@@ -18,6 +18,8 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Instant;
 
+use crate::fds::Guarded;
+
 pub const PAGE: usize = 4096;
 
 const UFFD_API: u64 = 0xaa;
@@ -72,8 +74,8 @@ struct PageRegion {
 }
 
 pub struct PageWrites {
-    uffd: OwnedFd,
-    pagemap: File,
+    uffd: Guarded<OwnedFd>,
+    pagemap: Guarded<File>,
     regions: Vec<PageRegion>,
 }
 
@@ -87,17 +89,20 @@ impl PageWrites {
             return Err(format!("userfaultfd unavailable: {}", io::Error::last_os_error()));
         }
         // SAFETY: a fresh descriptor we own.
-        let uffd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        let uffd = Guarded::new(unsafe { OwnedFd::from_raw_fd(fd as i32) }, "userfaultfd")
+            .map_err(|e| format!("userfaultfd unusable: {e}"))?;
         let mut api =
             UffdioApi { api: UFFD_API, features: UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED, ioctls: 0 };
         // SAFETY: `api` is the struct this ioctl reads and writes.
-        if unsafe { libc::ioctl(uffd.as_raw_fd(), UFFDIO_API, &mut api) } != 0 {
+        if unsafe { libc::ioctl(uffd.get().map_err(|e| e.to_string())?.as_raw_fd(), UFFDIO_API, &mut api) } != 0 {
             return Err(format!(
                 "userfaultfd asynchronous write-protection unsupported (Linux 6.7+ needed): {}",
                 io::Error::last_os_error()
             ));
         }
-        let pagemap = File::open("/proc/self/pagemap").map_err(|e| format!("cannot open /proc/self/pagemap: {e}"))?;
+        let pagemap = File::open("/proc/self/pagemap")
+            .and_then(|f| Guarded::new(f, "/proc/self/pagemap"))
+            .map_err(|e| format!("cannot open /proc/self/pagemap: {e}"))?;
         let tracker = PageWrites { uffd, pagemap, regions: vec![PageRegion::default(); 64] };
         tracker.check_scan()?;
         Ok(tracker)
@@ -112,13 +117,18 @@ impl PageWrites {
             .map_err(|e| format!("PAGEMAP_SCAN unsupported (Linux 6.7+ needed): {e}"))
     }
 
+    /// Whether both descriptors are still pytier's (see `fds`); else why not.
+    pub fn check(&self) -> Result<(), String> {
+        self.uffd.get().and(self.pagemap.get()).map(|_| ()).map_err(|e| e.to_string())
+    }
+
     /// Starts tracking writes to `[start, start + len)`, page aligned. Fails
     /// harmlessly if the range is no longer (or not only) anonymous memory.
     pub fn watch(&self, start: usize, len: usize) -> io::Result<()> {
         let mut register =
             UffdioRegister { start: start as u64, len: len as u64, mode: UFFDIO_REGISTER_MODE_WP, ioctls: 0 };
         // SAFETY: `register` is the struct this ioctl reads and writes.
-        if unsafe { libc::ioctl(self.uffd.as_raw_fd(), UFFDIO_REGISTER, &mut register) } != 0 {
+        if unsafe { libc::ioctl(self.uffd.get()?.as_raw_fd(), UFFDIO_REGISTER, &mut register) } != 0 {
             return Err(io::Error::last_os_error());
         }
         Ok(())
@@ -132,8 +142,9 @@ impl PageWrites {
         arg.category_mask = PAGE_IS_WPALLOWED;
         arg.return_mask = PAGE_IS_WPALLOWED;
         arg.max_pages = 1;
+        let Ok(pagemap) = self.pagemap.get() else { return false };
         // SAFETY: as in `scan`.
-        unsafe { libc::ioctl(self.pagemap.as_raw_fd(), PAGEMAP_SCAN, &mut arg) > 0 }
+        unsafe { libc::ioctl(pagemap.as_raw_fd(), PAGEMAP_SCAN, &mut arg) > 0 }
     }
 
     /// Calls `written(page)` for every watched page in `[start, start + len)`
@@ -185,7 +196,7 @@ impl PageWrites {
     fn scan(&self, start: usize, end: usize, protect: bool, out: &mut [PageRegion]) -> io::Result<(usize, usize)> {
         let mut arg = self.scan_arg(start, end, protect, out);
         // SAFETY: `arg` describes `out`, which the kernel fills up to vec_len.
-        let n = unsafe { libc::ioctl(self.pagemap.as_raw_fd(), PAGEMAP_SCAN, &mut arg) };
+        let n = unsafe { libc::ioctl(self.pagemap.get()?.as_raw_fd(), PAGEMAP_SCAN, &mut arg) };
         if n < 0 {
             return Err(io::Error::last_os_error());
         }

@@ -457,3 +457,67 @@ def test_exit_is_prompt_with_a_long_scan_interval():
     r = python("import pytier; print(pytier.status()[0])", env={"PYTIER_CONFIG": '{"tracking": {"scanIntervalMillis": 60000}}'})
     assert r.returncode == 0 and r.stdout.strip() == "True", r.stderr
     assert time.monotonic() - start < 5, "interpreter exit waited for the scanner"
+
+
+def test_a_program_that_closes_and_reuses_pytiers_descriptors_is_not_touched(tmp_path):
+    """Daemons close every descriptor they did not open and reuse the numbers.
+    pytier's descriptors sit high, out of the way; once the program has taken
+    their numbers for its own listening socket, pytier accepts none of its
+    connections, closes nothing of it, and says in its stats what it lost."""
+    r = python(f"""
+        import os, socket, time, pytier
+        wait_for_a_full_cycle()
+        # pytier's descriptors: its userfaultfd, pagemap and control socket.
+        sockets = {{line.split()[6] for line in open("/proc/net/unix") if line.rstrip().endswith("pytier.sock")}}
+        ours = []
+        for n in os.listdir("/proc/self/fd"):
+            try:
+                link = os.readlink(f"/proc/self/fd/{{n}}")
+            except OSError:
+                continue
+            if link in ("anon_inode:[userfaultfd]", f"/proc/{{os.getpid()}}/pagemap") or link[8:-1] in sockets:
+                ours.append(int(n))
+        print(len(ours), min(ours))
+        os.closerange(3, 65536)
+        server = socket.socket(socket.AF_UNIX)
+        server.bind("{tmp_path}/app.sock")
+        server.listen(16)
+        server.settimeout(1.0)
+        for n in ours:
+            os.dup2(server.fileno(), n)
+        files = [open("{tmp_path}/f%d" % i, "w+") for i in range(8)]
+        # Connections wait a while before the program accepts them: time for
+        # anything else polling those numbers to take one.
+        clients = [socket.socket(socket.AF_UNIX) for i in range(10)]
+        for client in clients:
+            client.connect("{tmp_path}/app.sock")
+            client.sendall(b"ping")
+        time.sleep(0.5)
+        answered = 0
+        for client in clients:
+            try:
+                conn, _ = server.accept()
+                answered += conn.recv(4) == b"ping"
+                conn.close()
+            except socket.timeout:
+                pass
+            client.close()
+        wait_for_a_full_cycle()
+        for f in files:
+            f.write("kept")
+            f.flush()
+            f.seek(0)
+            assert f.read() == "kept"
+        same = all(os.path.samestat(os.fstat(n), os.fstat(server.fileno())) for n in ours)
+        s = pytier.stats()
+        print(answered, same, s["active"])
+        print(s["socketError"])
+        print(s["last"]["pageWrites"]["offReason"])
+    """, env={"PYTIER_CONFIG": FAST, "PYTIER_SOCKET": str(tmp_path / "pytier.sock")})
+    assert r.returncode == 0, r.stderr
+    counts, outcome, socket_error, page_writes = r.stdout.splitlines()
+    n, lowest = map(int, counts.split())
+    assert n == 3 and lowest >= 256, f"pytier's control socket, userfaultfd and pagemap sit high: {counts}"
+    assert outcome == "10 True True", "every connection reached the program; its descriptors stayed open"
+    assert "control socket" in socket_error and "reused" in socket_error, socket_error
+    assert "reused" in page_writes, page_writes

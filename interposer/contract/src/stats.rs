@@ -58,7 +58,10 @@ pub struct Stats {
     pub gil_seconds_total: f64,
     /// Arenas that existed at start (found by their pool headers).
     pub early_arenas: u64,
+    /// The control socket's path; `socketError` says why it stopped
+    /// answering, if it did (the program closed its descriptor, ...).
     pub socket: Option<String>,
+    pub socket_error: Option<String>,
     /// The last complete scan cycle.
     pub last: Option<PassReport>,
 }
