@@ -40,10 +40,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use pytier_contract::Settings;
-
-use crate::fds::Guarded;
 use pytier_contract::stats::Stats;
 
+use fds::Guarded;
 use layout::Layout;
 use placement::Placement;
 use scanner::{PassReport, Tracker};
