@@ -18,11 +18,24 @@ DEFAULT_TESTS = [
 ]
 
 
+# Upstream tests left out, each with why.
+LEFT_OUT = [
+    # test_threading: its child (started with -I, so without pytier) recurses
+    # inside `except*` until a timer thread interrupts it;
+    # on a loaded machine the interrupt can be lost and the child spins for
+    # good (seen on 3.12.1, 18 minutes at 100% CPU, without pytier).
+    "test_print_exception_gh_102056",
+]
+# A test that hangs fails after this many seconds instead of stalling CI.
+TIMEOUT_SECONDS = 600
+
+
 def failures(env, tests):
     with tempfile.TemporaryDirectory() as tmp:
         xml = os.path.join(tmp, "junit.xml")
-        proc = subprocess.run([sys.executable, "-m", "test", "-j2", "--junit-xml", xml, *tests], env=env,
-                              capture_output=True, text=True)
+        left_out = [arg for name in LEFT_OUT for arg in ("--ignore", name)]
+        proc = subprocess.run([sys.executable, "-m", "test", "-j2", f"--timeout={TIMEOUT_SECONDS}", *left_out,
+                               "--junit-xml", xml, *tests], env=env, capture_output=True, text=True)
         if not os.path.exists(xml):
             sys.exit(f"regrtest produced no report:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
         failed, total = set(), 0
