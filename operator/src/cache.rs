@@ -1,10 +1,12 @@
 //! The operator's view of the cluster: one watch per kind, objects trimmed to
-//! the fields the operator reads (10 000 full pods would cost ~100 MiB), and
-//! the routing of every change, deletions included, to the reconciles it
-//! affects. Both controllers read these stores; nothing else watches.
+//! the fields the operator reads (10 000 full pods would cost ~100 MiB), pods
+//! indexed by node and namespace, and the routing of every change, deletions
+//! included, to the reconciles it affects. Both controllers read these
+//! stores; nothing else watches. A reconcile reads the objects it concerns,
+//! never the whole cluster, so its cost does not grow with the cluster.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
 
 use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender, unbounded};
 use futures::{Stream, StreamExt, TryStreamExt};
@@ -29,10 +31,91 @@ pub type NodeMeta = PartialObjectMeta<Node>;
 /// Read-only caches of the kinds the operator reconciles from.
 #[derive(Clone)]
 pub struct Stores {
-    pub pods: Store<Pod>,
+    pods: Store<Pod>,
+    pod_index: Arc<RwLock<PodIndex>>,
     pub policies: Store<TieringPolicy>,
     pub tiering_nodes: Store<TieringNode>,
     pub nodes: Store<NodeMeta>,
+}
+
+impl Stores {
+    /// The cached pods bound to `node`.
+    pub fn pods_on(&self, node: &str) -> Vec<Arc<Pod>> {
+        let index = self.pod_index.read().unwrap();
+        self.lookup(index.on_node.get(node))
+    }
+
+    /// The cached pods of `namespace`.
+    pub fn pods_in(&self, namespace: &str) -> Vec<Arc<Pod>> {
+        let index = self.pod_index.read().unwrap();
+        self.lookup(index.in_namespace.get(namespace))
+    }
+
+    /// The nodes where `namespace` has pods.
+    pub fn nodes_of(&self, namespace: &str) -> HashSet<String> {
+        let index = self.pod_index.read().unwrap();
+        let pods = index.in_namespace.get(namespace).into_iter().flatten();
+        pods.filter_map(|pod| index.node_of.get(pod).cloned()).collect()
+    }
+
+    /// The pods the store still holds: the index may name one a relist
+    /// dropped, until its rebuild.
+    fn lookup(&self, refs: Option<&HashSet<ObjectRef<Pod>>>) -> Vec<Arc<Pod>> {
+        refs.into_iter().flatten().filter_map(|r| self.pods.get(r)).collect()
+    }
+}
+
+/// Pods by node and by namespace, kept from the pod watch's events.
+#[derive(Default)]
+struct PodIndex {
+    node_of: HashMap<ObjectRef<Pod>, String>,
+    on_node: HashMap<String, HashSet<ObjectRef<Pod>>>,
+    in_namespace: HashMap<String, HashSet<ObjectRef<Pod>>>,
+}
+
+impl PodIndex {
+    fn insert(&mut self, pod: &Pod) {
+        let key = ObjectRef::from_obj(pod);
+        if let Some(ns) = &pod.metadata.namespace {
+            self.in_namespace.entry(ns.clone()).or_default().insert(key.clone());
+        }
+        // A pod is bound once and stays on its node.
+        if let Some(node) = selection::node_name(pod)
+            && !self.node_of.contains_key(&key)
+        {
+            self.on_node.entry(node.to_string()).or_default().insert(key.clone());
+            self.node_of.insert(key, node.to_string());
+        }
+    }
+
+    fn remove(&mut self, pod: &Pod) {
+        let key = ObjectRef::from_obj(pod);
+        if let Some(node) = self.node_of.remove(&key) {
+            remove_from(&mut self.on_node, &node, &key);
+        }
+        if let Some(ns) = &pod.metadata.namespace {
+            remove_from(&mut self.in_namespace, ns, &key);
+        }
+    }
+
+    fn rebuild(&mut self, pods: &[Arc<Pod>]) {
+        *self = PodIndex::default();
+        for pod in pods {
+            self.insert(pod);
+        }
+    }
+}
+
+fn remove_from<K: Resource>(map: &mut HashMap<String, HashSet<ObjectRef<K>>>, key: &str, obj: &ObjectRef<K>)
+where
+    K::DynamicType: Eq + std::hash::Hash,
+{
+    if let Some(set) = map.get_mut(key) {
+        set.remove(obj);
+        if set.is_empty() {
+            map.remove(key);
+        }
+    }
 }
 
 /// Reconcile requests of one controller. A request waits in `pending` until
@@ -83,6 +166,33 @@ struct Router {
     stores: Stores,
     nodes: Arc<Queue<NodeMeta>>,
     policies: Arc<Queue<TieringPolicy>>,
+    /// What selection read of each policy when it was last routed.
+    policy_seen: Arc<Mutex<HashMap<ObjectRef<TieringPolicy>, PolicyKey>>>,
+    /// Each TieringNode's spec generation when it was last routed.
+    tiering_node_seen: Arc<Mutex<HashMap<String, Option<i64>>>>,
+}
+
+/// The parts of a policy that decide which pods it governs and with which
+/// settings (its spec, through the generation) and whether it is being
+/// deleted or still needs its finalizer. Status writes change none of them.
+#[derive(PartialEq)]
+struct PolicyKey {
+    uid: Option<String>,
+    generation: Option<i64>,
+    deleting: bool,
+    finalizers: Option<Vec<String>>,
+}
+
+impl PolicyKey {
+    fn of(policy: &TieringPolicy) -> PolicyKey {
+        let meta = &policy.metadata;
+        PolicyKey {
+            uid: meta.uid.clone(),
+            generation: meta.generation,
+            deleting: meta.deletion_timestamp.is_some(),
+            finalizers: meta.finalizers.clone(),
+        }
+    }
 }
 
 impl Stores {
@@ -93,10 +203,17 @@ impl Stores {
         let (policies, policy_writer) = reflector::store();
         let (tiering_nodes, tn_writer) = reflector::store();
         let (nodes, node_writer) = reflector::store();
-        let stores = Stores { pods, policies, tiering_nodes, nodes };
+        let pod_index = Arc::default();
+        let stores = Stores { pods, pod_index, policies, tiering_nodes, nodes };
         let (node_queue, node_requests) = Queue::new(metrics.queue_depth(NODES));
         let (policy_queue, policy_requests) = Queue::new(metrics.queue_depth(POLICIES));
-        let router = Router { stores: stores.clone(), nodes: node_queue.clone(), policies: policy_queue.clone() };
+        let router = Router {
+            stores: stores.clone(),
+            nodes: node_queue.clone(),
+            policies: policy_queue.clone(),
+            policy_seen: Arc::default(),
+            tiering_node_seen: Arc::default(),
+        };
         let queues = Queues { nodes: node_queue, policies: policy_queue };
         let requests = Requests { nodes: node_requests, policies: policy_requests };
 
@@ -118,14 +235,14 @@ impl Stores {
             watcher(Api::<NodeMeta>::all(client), config).default_backoff().modify(trim_node),
         );
 
+        let (r, r2) = (router.clone(), router.clone());
+        let pods = route(pod_events, "pods", move |pod, deleted| r.pod_changed(pod, deleted), move || r2.pods_relisted());
         let r = router.clone();
-        let pods = route(pod_events, "pods", move |pod, deleted| r.pod_changed(pod, deleted));
+        let policies = route(policy_events, "tieringpolicies", move |p, deleted| r.policy_changed(p, deleted), || {});
         let r = router.clone();
-        let policies = route(policy_events, "tieringpolicies", move |p, _| r.policy_changed(p));
-        let r = router.clone();
-        let tns = route(tn_events, "tieringnodes", move |tn, _| r.tiering_node_changed(tn));
+        let tns = route(tn_events, "tieringnodes", move |tn, deleted| r.tiering_node_changed(tn, deleted), || {});
         let r = router;
-        let nodes = route(node_events, "nodes", move |node, deleted| r.node_changed(node, deleted));
+        let nodes = route(node_events, "nodes", move |node, deleted| r.node_changed(node, deleted), || {});
         let drive = async move {
             futures::join!(pods, policies, tns, nodes);
         };
@@ -142,11 +259,13 @@ impl Stores {
     }
 }
 
-/// Feeds every object of every event (`deleted` for deletions) to `changed`.
+/// Feeds every object of every event (`deleted` for deletions) to `changed`,
+/// and calls `relisted` once a relist has replaced the store.
 async fn route<K: Clone>(
     events: impl Stream<Item = watcher::Result<watcher::Event<K>>>,
     kind: &'static str,
     changed: impl Fn(&K, bool),
+    relisted: impl Fn(),
 ) {
     events
         .map_err(|e| warn!(kind, error = %e, "watch failed; retrying with backoff"))
@@ -154,7 +273,8 @@ async fn route<K: Clone>(
             match event {
                 Ok(watcher::Event::Apply(obj) | watcher::Event::InitApply(obj)) => changed(&obj, false),
                 Ok(watcher::Event::Delete(obj)) => changed(&obj, true),
-                Ok(watcher::Event::Init | watcher::Event::InitDone) | Err(()) => {}
+                Ok(watcher::Event::InitDone) => relisted(),
+                Ok(watcher::Event::Init) | Err(()) => {}
             }
             std::future::ready(())
         })
@@ -174,13 +294,16 @@ impl Router {
     /// change to one may change which of them governs (conflicts).
     fn policies_in(&self, namespace: &str) {
         for p in self.stores.policies.state() {
-            if p.namespace().as_deref() == Some(namespace) {
+            if p.metadata.namespace.as_deref() == Some(namespace) {
                 self.policy(namespace, &p.name_any());
             }
         }
     }
 
-    fn pod_changed(&self, pod: &Pod, _deleted: bool) {
+    fn pod_changed(&self, pod: &Pod, deleted: bool) {
+        let mut index = self.stores.pod_index.write().unwrap();
+        if deleted { index.remove(pod) } else { index.insert(pod) }
+        drop(index);
         if let Some(node) = selection::node_name(pod) {
             self.node(node);
         }
@@ -189,19 +312,30 @@ impl Router {
         }
     }
 
-    /// A policy change may add or remove pods on any node where its namespace
-    /// has pods, and any node that lists it now.
-    fn policy_changed(&self, policy: &TieringPolicy) {
+    /// A relist may have dropped pods without a deletion event.
+    fn pods_relisted(&self) {
+        self.stores.pod_index.write().unwrap().rebuild(&self.stores.pods.state());
+    }
+
+    /// A change of what selection reads (not a status write) may add or
+    /// remove pods on any node where its namespace has pods, and any node
+    /// that lists it now.
+    fn policy_changed(&self, policy: &TieringPolicy, deleted: bool) {
+        let key = ObjectRef::from_obj(policy);
+        let mut seen = self.policy_seen.lock().unwrap();
+        let unchanged = if deleted {
+            seen.remove(&key);
+            false
+        } else {
+            seen.insert(key, PolicyKey::of(policy)).is_some_and(|old| old == PolicyKey::of(policy))
+        };
+        drop(seen);
+        if unchanged {
+            return;
+        }
         let ns = policy.namespace().unwrap_or_default();
         let name = policy.name_any();
-        let mut nodes = HashSet::new();
-        for pod in self.stores.pods.state() {
-            if pod.namespace().as_deref() == Some(&ns)
-                && let Some(node) = selection::node_name(&pod)
-            {
-                nodes.insert(node.to_string());
-            }
-        }
+        let mut nodes = self.stores.nodes_of(&ns);
         for tn in self.stores.tiering_nodes.state() {
             if tn.spec.pods.iter().any(|p| p.namespace == ns && p.policy == name) {
                 nodes.insert(tn.name_any());
@@ -213,10 +347,22 @@ impl Router {
         self.policies_in(&ns);
     }
 
-    /// Spec drift is repaired by the node's reconcile; the agent's status feeds
-    /// the status of every policy it lists.
-    fn tiering_node_changed(&self, tn: &TieringNode) {
-        self.node(&tn.name_any());
+    /// A spec changed by anyone else (or a deleted TieringNode) is repaired by
+    /// the node's reconcile; the agent's status feeds the status of every
+    /// policy it lists.
+    fn tiering_node_changed(&self, tn: &TieringNode, deleted: bool) {
+        let name = tn.name_any();
+        let mut seen = self.tiering_node_seen.lock().unwrap();
+        let spec_changed = if deleted {
+            seen.remove(&name);
+            true
+        } else {
+            seen.insert(name.clone(), tn.metadata.generation) != Some(tn.metadata.generation)
+        };
+        drop(seen);
+        if spec_changed {
+            self.node(&name);
+        }
         let mut seen = HashSet::new();
         for p in &tn.spec.pods {
             if seen.insert((&p.namespace, &p.policy)) {
@@ -252,4 +398,47 @@ fn trim_meta<K: Resource>(obj: &mut K) {
 fn trim_node(node: &mut NodeMeta) {
     node.metadata.managed_fields = None;
     node.metadata.annotations = None;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::selection::tests::pod;
+
+    fn on(node: &str, mut p: Pod) -> Pod {
+        p.spec = Some(PodSpec { node_name: Some(node.into()), ..Default::default() });
+        p
+    }
+
+    fn names(refs: Option<&HashSet<ObjectRef<Pod>>>) -> Vec<String> {
+        let mut names: Vec<String> = refs.into_iter().flatten().map(|r| r.name.clone()).collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn the_index_follows_binding_and_deletion() {
+        let mut index = PodIndex::default();
+        let unbound = pod("a", "p1", &[], &[]);
+        index.insert(&unbound);
+        assert_eq!(names(index.in_namespace.get("a")), ["p1"]);
+        assert!(index.on_node.is_empty(), "not bound yet");
+
+        let bound = on("n1", unbound);
+        index.insert(&bound);
+        index.insert(&on("n2", pod("a", "p2", &[], &[])));
+        index.insert(&on("n1", pod("b", "p3", &[], &[])));
+        assert_eq!(names(index.on_node.get("n1")), ["p1", "p3"]);
+        assert_eq!(names(index.in_namespace.get("a")), ["p1", "p2"]);
+
+        index.remove(&bound);
+        assert_eq!(names(index.on_node.get("n1")), ["p3"]);
+        assert_eq!(names(index.in_namespace.get("a")), ["p2"]);
+        index.remove(&on("n1", pod("b", "p3", &[], &[])));
+        assert!(!index.on_node.contains_key("n1") && !index.in_namespace.contains_key("b"), "no empty sets are kept");
+
+        index.rebuild(&[Arc::new(on("n9", pod("c", "p9", &[], &[])))]);
+        assert_eq!(names(index.on_node.get("n9")), ["p9"]);
+        assert!(index.in_namespace.get("a").is_none(), "a rebuild forgets what the relist dropped");
+    }
 }

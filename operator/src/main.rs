@@ -8,6 +8,7 @@
 
 mod cache;
 mod certs;
+mod client;
 mod lease;
 mod metrics;
 mod nodes;
@@ -91,6 +92,10 @@ struct RunArgs {
     /// Lifetime of a serving certificate; it is renewed with a third left.
     #[arg(long, default_value_t = 365)]
     cert_validity_days: i64,
+    /// Least seconds between two writes of a policy's status that only change
+    /// its byte counts; any other change is written at once.
+    #[arg(long, default_value_t = 10.0)]
+    status_every: f64,
     /// Host directory with the interposer shim, which the node agent fills.
     #[arg(long, default_value = "/var/lib/pytier/shim")]
     shim_host_path: String,
@@ -103,6 +108,7 @@ pub struct Context {
     pub queues: Queues,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
+    pub status_pacer: policies::StatusPacer,
 }
 
 fn main() -> ExitCode {
@@ -128,10 +134,12 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: RunArgs) -> Result<()> {
+    let status_every = Duration::try_from_secs_f64(args.status_every)
+        .map_err(|e| anyhow::anyhow!("--status-every {}: {e}", args.status_every))?;
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = Client::try_default().await.context("cannot connect to the Kubernetes API server")?;
-    let identity = args.identity.clone().unwrap_or_else(default_identity);
     let metrics = Metrics::new();
+    let client = client::connect(metrics.clone()).await.context("cannot connect to the Kubernetes API server")?;
+    let identity = args.identity.clone().unwrap_or_else(default_identity);
     let recorder = Recorder::new(
         client.clone(),
         Reporter { controller: "pytier-operator".into(), instance: Some(identity.clone()) },
@@ -169,7 +177,8 @@ async fn run(args: RunArgs) -> Result<()> {
     let caches = tokio::spawn(drive);
     stores.wait_until_ready().await.context("caches did not sync")?;
     info!("caches synced; reconciling");
-    let ctx = Arc::new(Context { client, stores, queues, metrics, recorder });
+    let status_pacer = policies::StatusPacer::new(status_every);
+    let ctx = Arc::new(Context { client, stores, queues, metrics, recorder, status_pacer });
     let controllers = futures::future::join(
         nodes::run(ctx.clone(), requests.nodes, stopped(stop.clone())),
         policies::run(ctx.clone(), requests.policies, stopped(stop.clone())),
@@ -222,10 +231,30 @@ async fn start_webhook(args: &RunArgs, client: Client, metrics: Arc<Metrics>, re
         _ => (StatusCode::NOT_FOUND, "text/plain", b"not found\n".to_vec()),
     });
     let tls = rustls::ServerConfig::builder().with_no_client_auth().with_cert_resolver(serving);
-    let listener =
-        TcpListener::bind(args.webhook_addr).await.with_context(|| format!("cannot bind {}", args.webhook_addr))?;
+    let tls = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = std::net::TcpListener::bind(args.webhook_addr)
+        .with_context(|| format!("cannot bind {}", args.webhook_addr))?;
+    listener.set_nonblocking(true)?;
     info!(addr = %listener.local_addr()?, "serving the webhook");
-    tokio::spawn(pytier_admin::http::serve(listener, Some(tokio_rustls::TlsAcceptor::from(Arc::new(tls))), handler));
+    serve_on_own_thread(listener, tls, handler)
+}
+
+/// The webhook gets a thread and a runtime of its own: the API server waits
+/// on it for every pod it admits, so no burst of reconciles on the
+/// controllers' runtime may delay an answer.
+fn serve_on_own_thread(
+    listener: std::net::TcpListener,
+    tls: tokio_rustls::TlsAcceptor,
+    handler: pytier_admin::http::Handler,
+) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let listener = {
+        let _inside = runtime.enter();
+        TcpListener::from_std(listener)?
+    };
+    std::thread::Builder::new()
+        .name("webhook".into())
+        .spawn(move || runtime.block_on(pytier_admin::http::serve(listener, Some(tls), handler)))?;
     Ok(())
 }
 

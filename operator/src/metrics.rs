@@ -18,6 +18,12 @@ struct ControllerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    verb: &'static str,
+    resource: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: &'static str,
 }
@@ -41,6 +47,8 @@ pub struct Metrics {
     queue_depth: Family<ControllerLabels, Gauge>,
     webhook_requests: Family<OutcomeLabels, Counter>,
     webhook_duration: Histograms<OutcomeLabels>,
+    api_requests: Family<RequestLabels, Counter>,
+    api_request_bytes: Family<RequestLabels, Counter>,
     pub leader: Gauge,
     /// Set once this replica can do its job: the webhook serves, and (on the
     /// leader) the caches are synced.
@@ -56,6 +64,8 @@ impl Metrics {
         let queue_depth = Family::default();
         let webhook_requests = Family::default();
         let webhook_duration = Histograms::new_with_constructor(webhook_buckets as fn() -> Histogram);
+        let api_requests = Family::default();
+        let api_request_bytes = Family::default();
         let leader = Gauge::default();
         registry.register("pytier_operator_reconciles", "Reconciles run, by controller", reconciles.clone());
         registry.register(
@@ -85,6 +95,17 @@ impl Metrics {
             Unit::Seconds,
             webhook_duration.clone(),
         );
+        registry.register(
+            "pytier_operator_api_requests",
+            "Requests sent to the API server, by verb and resource",
+            api_requests.clone(),
+        );
+        registry.register_with_unit(
+            "pytier_operator_api_request",
+            "Bytes of request bodies sent to the API server, by verb and resource",
+            Unit::Bytes,
+            api_request_bytes.clone(),
+        );
         registry.register("pytier_operator_leader", "1 while this replica holds the leader lease", leader.clone());
         Arc::new(Metrics {
             registry,
@@ -94,6 +115,8 @@ impl Metrics {
             queue_depth,
             webhook_requests,
             webhook_duration,
+            api_requests,
+            api_request_bytes,
             leader,
             ready: AtomicBool::new(false),
         })
@@ -114,6 +137,13 @@ impl Metrics {
         let labels = OutcomeLabels { outcome };
         self.webhook_requests.get_or_create(&labels).inc();
         self.webhook_duration.get_or_create(&labels).observe(start.elapsed().as_secs_f64());
+    }
+
+    /// Counts one request to the API server.
+    pub fn api_request(&self, verb: &'static str, resource: String, body_bytes: u64) {
+        let labels = RequestLabels { verb, resource };
+        self.api_request_bytes.get_or_create(&labels).inc_by(body_bytes);
+        self.api_requests.get_or_create(&labels).inc();
     }
 
     pub fn render(&self) -> String {
@@ -152,12 +182,15 @@ mod tests {
         m.webhook_request("injected", Instant::now());
         m.queue_depth("tieringpolicies").set(3);
         m.leader.set(1);
+        m.api_request("patch", "tieringpolicies/status".into(), 300);
         let text = m.render();
         for line in [
             "pytier_operator_reconciles_total{controller=\"tieringnodes\"} 1",
             "pytier_operator_webhook_requests_total{outcome=\"injected\"} 1",
             "pytier_operator_queue_depth{controller=\"tieringpolicies\"} 3",
             "pytier_operator_leader 1",
+            "pytier_operator_api_requests_total{verb=\"patch\",resource=\"tieringpolicies/status\"} 1",
+            "pytier_operator_api_request_bytes_total{verb=\"patch\",resource=\"tieringpolicies/status\"} 300",
             "# TYPE pytier_operator_webhook_duration_seconds histogram",
         ] {
             assert!(text.contains(line), "{line} not in\n{text}");

@@ -67,7 +67,7 @@ fn error_policy(node: Arc<NodeMeta>, error: &Error, _ctx: Arc<Context>) -> Actio
 
 pub async fn apply(node: &NodeMeta, ctx: &Context) -> Result<(), Error> {
     let name = node.name_any();
-    let spec = desired_spec(&name, &ctx.stores.pods.state(), &ctx.stores.policies.state());
+    let spec = desired_spec(&name, &ctx.stores.pods_on(&name), &ctx.stores.policies.state());
     let current = ctx.stores.tiering_nodes.get(&ObjectRef::new(&name));
     if current.is_some_and(|tn| tn.spec == spec) {
         return Ok(());

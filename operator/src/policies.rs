@@ -4,8 +4,8 @@
 //! policy's pods from every TieringNode before its finalizer goes.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
@@ -82,22 +82,68 @@ fn error_policy(policy: Arc<TieringPolicy>, error: &Error, _ctx: Arc<Context>) -
 
 async fn update_status(policy: &TieringPolicy, api: &Api<TieringPolicy>, ctx: &Context) -> Result<Action, Error> {
     let previous = policy.status.clone().unwrap_or_default();
+    // Only the pods of its namespace, and the TieringNodes of their nodes.
+    let ns = policy.namespace().unwrap_or_default();
+    let tiering_nodes: Vec<_> =
+        ctx.stores.nodes_of(&ns).iter().filter_map(|n| ctx.stores.tiering_nodes.get(&ObjectRef::new(n))).collect();
     let status = summarize(
         policy,
-        &ctx.stores.pods.state(),
+        &ctx.stores.pods_in(&ns),
         &ctx.stores.policies.state(),
-        &ctx.stores.tiering_nodes.state(),
+        &tiering_nodes,
         &previous,
         Time(k8s_openapi::jiff::Timestamp::now()),
     );
-    if status != previous {
-        let patch = json!({ "status": status });
-        api.patch_status(&policy.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .map_err(|e| Error::Status(policy.name_any(), e))?;
-        publish_transitions(policy, &previous, &status, ctx).await;
+    if status == previous {
+        return Ok(Action::requeue(Duration::from_secs(300)));
     }
+    let key = ObjectRef::from_obj(policy);
+    if only_bytes_differ(&previous, &status)
+        && let Some(wait) = ctx.status_pacer.wait(&key)
+    {
+        return Ok(Action::requeue(wait));
+    }
+    let patch = json!({ "status": status });
+    api.patch_status(&policy.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(|e| Error::Status(policy.name_any(), e))?;
+    ctx.status_pacer.written(key);
+    publish_transitions(policy, &previous, &status, ctx).await;
     Ok(Action::requeue(Duration::from_secs(300)))
+}
+
+/// Spaces the status writes of a policy that only move its byte counts. The
+/// agents report bytes every few seconds per node, so a policy over hundreds
+/// of nodes would otherwise be rewritten at every reconcile; a change of
+/// pods or conditions is written at once.
+pub struct StatusPacer {
+    every: Duration,
+    last_write: Mutex<HashMap<ObjectRef<TieringPolicy>, Instant>>,
+}
+
+impl StatusPacer {
+    pub fn new(every: Duration) -> StatusPacer {
+        StatusPacer { every, last_write: Mutex::default() }
+    }
+
+    /// How long a bytes-only write of `policy` must still wait, if at all.
+    fn wait(&self, policy: &ObjectRef<TieringPolicy>) -> Option<Duration> {
+        let last = *self.last_write.lock().unwrap().get(policy)?;
+        self.every.checked_sub(last.elapsed()).filter(|w| !w.is_zero())
+    }
+
+    fn written(&self, policy: ObjectRef<TieringPolicy>) {
+        self.last_write.lock().unwrap().insert(policy, Instant::now());
+    }
+
+    fn forget(&self, policy: &ObjectRef<TieringPolicy>) {
+        self.last_write.lock().unwrap().remove(policy);
+    }
+}
+
+fn only_bytes_differ(a: &TieringPolicyStatus, b: &TieringPolicyStatus) -> bool {
+    let without_bytes = |s: &TieringPolicyStatus| TieringPolicyStatus { dram_bytes: 0, cxl_bytes: 0, ..s.clone() };
+    without_bytes(a) == without_bytes(b)
 }
 
 /// Rewrites every TieringNode that still lists the policy's pods. The policy
@@ -115,6 +161,7 @@ async fn release(policy: &TieringPolicy, ctx: &Context) -> Result<Action, Error>
         }
         released += listed;
     }
+    ctx.status_pacer.forget(&ObjectRef::from_obj(policy));
     info!(policy = format!("{ns}/{name}"), released, "policy deleted; its pods are released");
     let note = format!("Released {released} pods from tiering; they keep running untiered.");
     publish(policy, ctx, EventType::Normal, "Released", note).await;
@@ -365,6 +412,26 @@ mod tests {
         assert!(cond(&s_old, "Degraded").message.contains("also selected by young"));
         assert_eq!(cond(&s_young, "Degraded").reason, "Conflict");
         assert!(cond(&s_young, "Degraded").message.contains("governed by the older policy old"));
+    }
+
+    #[test]
+    fn only_byte_counts_wait_for_the_pacer() {
+        let web = policy("a", "web", 1, Some(("app", "web")));
+        let pods: Vec<_> = ["w1", "w2"].iter().map(|n| Arc::new(pod("a", n, &[("app", "web")], &[]))).collect();
+        let before = [agent_reports(&[("w1", PodState::Managed, 100)])];
+        let after_bytes = [agent_reports(&[("w1", PodState::Managed, 200)])];
+        let after_state = [agent_reports(&[("w1", PodState::Managed, 100), ("w2", PodState::Managed, 1)])];
+        let all = std::slice::from_ref(&web);
+        let s = summarize(&web, &pods, all, &before, &Default::default(), now());
+        assert!(only_bytes_differ(&s, &summarize(&web, &pods, all, &after_bytes, &s, now())));
+        assert!(!only_bytes_differ(&s, &summarize(&web, &pods, all, &after_state, &s, now())));
+
+        let pacer = StatusPacer::new(Duration::from_secs(10));
+        let key = ObjectRef::from_obj(&*web);
+        assert_eq!(pacer.wait(&key), None, "the first write never waits");
+        pacer.written(key.clone());
+        assert!(pacer.wait(&key).is_some_and(|w| w > Duration::from_secs(9)));
+        assert_eq!(StatusPacer::new(Duration::ZERO).wait(&key), None);
     }
 
     #[test]

@@ -9,13 +9,13 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::{Selector, SelectorExt};
-use kube::{Resource, ResourceExt};
+use kube::ResourceExt;
 use pytier_crds::{POLICY_ANNOTATION, TieringPolicy};
 
 /// Whether `policy` selects `pod`. An invalid selector selects nothing (the
 /// policy's status says why, see [`selector_error`]).
 pub fn selects(policy: &TieringPolicy, pod: &Pod) -> bool {
-    if policy.meta().deletion_timestamp.is_some() || policy.namespace() != pod.namespace() {
+    if policy.metadata.deletion_timestamp.is_some() || policy.metadata.namespace != pod.metadata.namespace {
         return false;
     }
     if pod.annotations().get(POLICY_ANNOTATION) == Some(&policy.name_any()) {

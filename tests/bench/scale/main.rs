@@ -1,20 +1,35 @@
 //! Control-plane scale benchmark: the real operator (release build, with the
 //! RBAC of `deploy/operator`) against a real kube-apiserver + etcd, with kwok
-//! keeping 1000 fake nodes Ready and 10 000 annotated pods Running.
+//! keeping 1000 fake nodes Ready and 10 000 annotated pods Running, and a
+//! simulated node agent per node writing its TieringNode's status as the real
+//! agent does (see `agents.rs`).
 //!
-//! Measures, in one run:
-//! - webhook admission latency while pods are created at a steady rate, as
-//!   the API server sees it (its own histogram), as the operator handles it,
-//!   and as the creating client sees the whole pod creation;
-//! - time from creating all policies until every TieringNode is correct;
-//! - time for one policy edit to reach every TieringNode it affects (p50/p99);
-//! - the operator's peak RSS and CPU time.
+//! Each run, on a fresh control plane, goes through these phases:
+//! 1. pod creation at a steady rate (no policy yet, so the agents are idle):
+//!    webhook latency as the API server sees it (its own histogram), as the
+//!    operator handles it, and as the creating client sees the whole creation;
+//! 2. policies: time from creating all policies until every TieringNode is
+//!    correct;
+//! 3. edits, one policy at a time: time until every TieringNode it affects
+//!    has the new settings (p50/p99), with the agents answering each change;
+//! 4. churn: more pods created at the same rate while the agents report,
+//!    the webhook measured again;
+//! 5. catch-up: the agents stop; time until every policy's status shows the
+//!    bytes of their last reports.
 //!
-//! Run with `tests/bench/scale/run`; the last line is
-//! `scale: edit p99 Xs, webhook p99 Yms, rss ZMiB`.
+//! For every phase it prints the operator's CPU, its reconciles by controller
+//! and its API requests by verb and resource with the bytes sent. After
+//! `--runs` runs (3 by default) it prints each measure's median and range;
+//! the last line is `scale: edit p99 Xs, webhook p99 Yms, rss ZMiB` (medians;
+//! the webhook's the worse of phases 1 and 4).
+//!
+//! Run with `tests/bench/scale/run`.
+
+mod agents;
+mod profile;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -31,40 +46,62 @@ use pytier_tests::operator::{Operator, install_rbac, install_webhook};
 use serde_json::json;
 use tokio::sync::Notify;
 
+use crate::agents::Agents;
+use crate::profile::{Histogram, Phase, Profile, peak_rss_bytes, quantile};
+
 const POLICY: &str = "tiering";
 const WEBHOOK: &str = "inject.pytier.dev";
 
 struct Args {
     nodes: usize,
     pods: usize,
+    churn: usize,
     policies: usize,
     edits: usize,
     rate: f64,
+    runs: usize,
+    agent_every: f64,
 }
+
+const USAGE: &str = "usage: scale-bench [--nodes N] [--pods N] [--churn PODS] [--policies N] [--edits N] \
+                     [--rate PODS_PER_S] [--runs N] [--agent-every SECONDS (0: no agents)]";
 
 impl Args {
     fn parse() -> Result<Args> {
-        let mut args = Args { nodes: 1000, pods: 10_000, policies: 20, edits: 20, rate: 50.0 };
+        let mut args = Args {
+            nodes: 1000,
+            pods: 10_000,
+            churn: 1000,
+            policies: 20,
+            edits: 20,
+            rate: 50.0,
+            runs: 3,
+            agent_every: 10.0,
+        };
         let mut it = std::env::args().skip(1);
         while let Some(flag) = it.next() {
             let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
             match flag.as_str() {
                 "--nodes" => args.nodes = value()?.parse()?,
                 "--pods" => args.pods = value()?.parse()?,
+                "--churn" => args.churn = value()?.parse()?,
                 "--policies" => args.policies = value()?.parse()?,
                 "--edits" => args.edits = value()?.parse()?,
                 "--rate" => args.rate = value()?.parse()?,
+                "--runs" => args.runs = value()?.parse()?,
+                "--agent-every" => args.agent_every = value()?.parse()?,
                 "-h" | "--help" => {
-                    println!(
-                        "usage: scale-bench [--nodes N] [--pods N] [--policies N] [--edits N] [--rate PODS_PER_S]"
-                    );
+                    println!("{USAGE}");
                     std::process::exit(0);
                 }
-                other => bail!("unknown argument {other} (see --help)"),
+                other => bail!("unknown argument {other}\n{USAGE}"),
             }
         }
-        if args.nodes == 0 || args.policies == 0 || args.pods < args.policies || args.rate <= 0.0 {
-            bail!("need at least one node, one policy, a pod per policy and a positive rate");
+        if args.nodes == 0 || args.policies == 0 || args.pods < args.policies || args.rate <= 0.0 || args.runs == 0 {
+            bail!("need at least one node, one policy, a pod per policy, a positive rate and one run");
+        }
+        if args.agent_every.is_nan() || args.agent_every < 0.0 {
+            bail!("--agent-every must be 0 (no agents) or a number of seconds");
         }
         Ok(args)
     }
@@ -74,7 +111,8 @@ impl Args {
 /// `i * nodes / pods`, so each node runs pods of several namespaces and every
 /// policy governs pods spread over many nodes (500 of 1000 by default). Even
 /// namespaces' pods name their policy by annotation; odd namespaces' pods
-/// opt in by annotation and are picked by the policy's podSelector.
+/// opt in by annotation and are picked by the policy's podSelector. Churn
+/// pods continue the numbering, wrapping round the nodes.
 struct Cluster {
     args: Args,
 }
@@ -87,7 +125,8 @@ impl Cluster {
         format!("kwok-node-{j:04}")
     }
     fn node_of_pod(&self, i: usize) -> String {
-        self.node(i * self.args.nodes / self.args.pods.max(self.args.nodes))
+        let per_node = self.args.pods.max(self.args.nodes);
+        self.node((i % per_node) * self.args.nodes / per_node)
     }
     fn pod(&self, i: usize) -> String {
         format!("py-{i:05}")
@@ -126,8 +165,8 @@ impl Cluster {
         })
     }
 
-    /// What every TieringNode should list: (namespace, pod, policy) sorted,
-    /// as the operator writes them.
+    /// What every TieringNode should list once the first `pods` exist:
+    /// (namespace, pod) sorted, as the operator writes them.
     fn expected_pods(&self) -> HashMap<String, Vec<(String, String)>> {
         let mut by_node: HashMap<String, Vec<(String, String)>> = HashMap::new();
         for i in 0..self.args.pods {
@@ -140,26 +179,39 @@ impl Cluster {
     }
 }
 
-/// The TieringNodes as the operator writes them, and a wake-up on each change.
+/// The TieringNodes as the operator writes them, a wake-up on each change,
+/// and one per node for its simulated agent.
 struct TieringNodes {
     store: Store<TieringNode>,
     changed: Arc<Notify>,
+    per_node: Arc<Mutex<HashMap<String, Arc<Notify>>>>,
 }
 
 impl TieringNodes {
     fn watch(client: &Client) -> TieringNodes {
         let (store, writer) = reflector::store();
         let changed = Arc::new(Notify::new());
-        let notify = changed.clone();
+        let per_node: Arc<Mutex<HashMap<String, Arc<Notify>>>> = Arc::default();
+        let (notify, nodes) = (changed.clone(), per_node.clone());
         let events = watcher(Api::<TieringNode>::all(client.clone()), watcher::Config::default())
             .default_backoff()
             .reflect(writer)
-            .for_each(move |_| {
+            .for_each(move |event| {
+                if let Ok(watcher::Event::Apply(tn) | watcher::Event::InitApply(tn)) = event
+                    && let Some(node) = nodes.lock().unwrap().get(&tn.name_any())
+                {
+                    node.notify_one();
+                }
                 notify.notify_waiters();
                 std::future::ready(())
             });
         tokio::spawn(events);
-        TieringNodes { store, changed }
+        TieringNodes { store, changed, per_node }
+    }
+
+    /// A wake-up for every change of `node`'s TieringNode.
+    fn on_change(&self, node: &str) -> Arc<Notify> {
+        self.per_node.lock().unwrap().entry(node.to_string()).or_default().clone()
     }
 
     /// Nodes whose TieringNode differs from the wanted pods and settings.
@@ -198,11 +250,57 @@ impl TieringNodes {
             let _ = tokio::time::timeout(Duration::from_millis(200), changed).await;
         }
     }
+
+    /// Each namespace's DRAM bytes, summed over the agents' reports.
+    fn reported_dram_bytes(&self) -> BTreeMap<String, u64> {
+        let mut sums = BTreeMap::new();
+        for tn in self.store.state() {
+            for pod in tn.status.iter().flat_map(|s| &s.pods) {
+                *sums.entry(pod.namespace.clone()).or_default() += pod.dram_bytes;
+            }
+        }
+        sums
+    }
+}
+
+/// One run's figures.
+struct Run {
+    create_rate: f64,
+    create: (f64, f64),
+    /// The API server's webhook p50 and p99 bucket bounds, in pod creation
+    /// and in churn.
+    webhook: [(f64, f64); 2],
+    webhook_calls: f64,
+    /// The operator's own handling, p50 and p99 (all calls).
+    handling: (f64, f64),
+    policies_applied: f64,
+    edits: Vec<f64>,
+    nodes_per_policy: usize,
+    agents: Option<agents::Report>,
+    policy_status_writes_per_s: f64,
+    catch_up: Option<f64>,
+    kwok: (usize, usize),
+    rss_mib: f64,
+    cpu: f64,
+    phases: Vec<Phase>,
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     let cluster = Cluster { args: Args::parse()? };
+    let a = &cluster.args;
+    let mut runs = Vec::new();
+    for r in 1..=a.runs {
+        eprintln!("run {r} of {}", a.runs);
+        let run = run(&cluster).await?;
+        print_run(&cluster, r, &run);
+        runs.push(run);
+    }
+    print_summary(&cluster, &runs);
+    Ok(())
+}
+
+async fn run(cluster: &Cluster) -> Result<Run> {
     let a = &cluster.args;
     eprintln!("starting etcd, kube-apiserver, the operator and kwok");
     let plane = ControlPlane::start().await?;
@@ -212,7 +310,6 @@ async fn main() -> Result<()> {
     op.wait_ready()?;
     install_webhook(&plane, &op).await?;
     let kwok = Kwok::start(&plane)?;
-    let cpu_start = cpu_seconds(op.pid())?;
 
     for n in 0..a.policies {
         let ns = json!({"metadata": {"name": cluster.namespace(n)}});
@@ -237,12 +334,123 @@ async fn main() -> Result<()> {
         .context("cannot create the nodes")?;
     eprintln!("{} nodes created in {:.1}s", a.nodes, t.elapsed().as_secs_f64());
 
-    // Pods at a steady rate; every one goes through the webhook.
-    let webhook_before = apiserver_webhook_histogram(&client).await?;
+    let tns = TieringNodes::watch(&client);
+    let agents = (a.agent_every > 0.0).then(|| {
+        let nodes = (0..a.nodes).map(|j| cluster.node(j)).map(|n| (n.clone(), tns.on_change(&n))).collect();
+        Agents::start(&client, &tns.store, nodes, Duration::from_secs_f64(a.agent_every))
+    });
+    let mut profile = Profile::start(&op)?;
+
+    // 1. Pods at a steady rate; every one goes through the webhook.
     let t = Instant::now();
+    let (create_latency, webhook_creation) = create_pods(cluster, &client, 0..a.pods).await?;
+    let create_seconds = t.elapsed().as_secs_f64();
+    eprintln!("{} pods created in {create_seconds:.1}s", a.pods);
+    profile.end("pod creation", &op)?;
+
+    // 2. Policies: one per namespace; then every TieringNode must list its pods.
+    let want = cluster.expected_pods();
+    let mut settings: BTreeMap<String, u32> = BTreeMap::new();
+    let t = Instant::now();
+    for n in 0..a.policies {
+        let ns = cluster.namespace(n);
+        let api = Api::<TieringPolicy>::namespaced(client.clone(), &ns);
+        api.create(&PostParams::default(), &serde_json::from_value(cluster.policy_json(n, 100))?).await?;
+        settings.insert(ns, 100);
+    }
+    let policies_applied = tns.converged(&want, &settings, t, Duration::from_secs(300)).await?.as_secs_f64();
+    eprintln!("policies applied to every TieringNode in {policies_applied:.2}s");
+    profile.end("policies", &op)?;
+
+    // 3. Edits: one policy at a time, each a new scan interval.
+    let mut edits = Vec::new();
+    for e in 0..a.edits {
+        let n = e % a.policies;
+        let ns = cluster.namespace(n);
+        let value = 200 + e as u32;
+        let patch = json!({"spec": {"tracking": {"scanIntervalMillis": value}}});
+        let api = Api::<TieringPolicy>::namespaced(client.clone(), &ns);
+        let t = Instant::now();
+        api.patch(POLICY, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        settings.insert(ns, value);
+        // An edit that never arrives counts as infinitely slow; the run goes on.
+        let took = tns.converged(&want, &settings, t, Duration::from_secs(120)).await;
+        edits.push(took.map_or_else(|e| { eprintln!("edit {e}"); f64::INFINITY }, |d| d.as_secs_f64()));
+    }
+    profile.end("edits", &op)?;
+
+    // 4. Churn: more pods while the agents report.
+    let (_, webhook_churn) = create_pods(cluster, &client, a.pods..a.pods + a.churn).await?;
+    profile.end("churn", &op)?;
+
+    // 5. Catch-up: the agents stop; the policies' status must reach their last reports.
+    // Status writes once the policies exist.
+    let with_policies = &profile.phases[1..];
+    let policy_status_writes_per_s = with_policies.iter().map(|p| p.count("patch tieringpolicies/status")).sum::<f64>()
+        / with_policies.iter().map(|p| p.seconds).sum::<f64>();
+    let mut agent_report = None;
+    let mut catch_up = None;
+    if let Some(agents) = agents {
+        let report = agents.stop().await;
+        let t = Instant::now();
+        let policies = Api::<TieringPolicy>::all(client.clone());
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let reported = tns.reported_dram_bytes();
+            let shown: BTreeMap<String, u64> = (policies.list(&Default::default()).await?.items.iter())
+                .map(|p| (p.namespace().unwrap_or_default(), p.status.as_ref().map_or(0, |s| s.dram_bytes)))
+                .collect();
+            if shown == reported {
+                catch_up = Some(t.elapsed().as_secs_f64());
+                break;
+            }
+            if t.elapsed() > Duration::from_secs(120) {
+                eprintln!("policy statuses did not reach the agents' reports in 120 s");
+                break;
+            }
+        }
+        agent_report = Some(report);
+        profile.end("catch-up", &op)?;
+    }
+
+    let operator_webhook = Histogram::parse(&op.get("/metrics")?, "pytier_operator_webhook_duration_seconds", &[])?;
+    let kwok_state = kwok_progress(&client).await?;
+    let rss = peak_rss_bytes(op.pid())?;
+    let nodes_per_policy = want.values().filter(|pods| pods.iter().any(|(ns, _)| *ns == cluster.namespace(0))).count();
+    drop(kwok);
+    let bounds = |h: &Histogram| (h.quantile_bound(0.5), h.quantile_bound(0.99));
+    Ok(Run {
+        create_rate: a.pods as f64 / create_seconds,
+        create: (quantile(&create_latency, 0.5), quantile(&create_latency, 0.99)),
+        webhook: [bounds(&webhook_creation), bounds(&webhook_churn)],
+        webhook_calls: webhook_creation.count + webhook_churn.count,
+        handling: (operator_webhook.quantile(0.5), operator_webhook.quantile(0.99)),
+        policies_applied,
+        edits,
+        nodes_per_policy,
+        agents: agent_report,
+        policy_status_writes_per_s,
+        catch_up,
+        kwok: kwok_state,
+        rss_mib: rss as f64 / (1 << 20) as f64,
+        cpu: profile.phases.iter().map(|p| p.cpu_seconds).sum(),
+        phases: profile.phases,
+    })
+}
+
+/// Creates the pods numbered `range` at the benchmark's rate; every one must
+/// come back injected. Returns each creation's latency and the API server's
+/// histogram of its webhook calls meanwhile.
+async fn create_pods(
+    cluster: &Cluster,
+    client: &Client,
+    range: std::ops::Range<usize>,
+) -> Result<(Vec<f64>, Histogram)> {
+    let before = apiserver_webhook_histogram(client).await?;
     let mut creations = tokio::task::JoinSet::new();
-    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / a.rate));
-    for i in 0..a.pods {
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / cluster.args.rate));
+    let count = range.len();
+    for i in range {
         tick.tick().await;
         let api = Api::<Pod>::namespaced(client.clone(), &cluster.namespace(i));
         let pod: Pod = serde_json::from_value(cluster.pod_json(i))?;
@@ -255,161 +463,120 @@ async fn main() -> Result<()> {
             eprintln!("{i} pods created");
         }
     }
-    let mut create_latency = Vec::new();
+    let mut latency = Vec::new();
     let mut injected = 0;
     while let Some(done) = creations.join_next().await {
-        let (latency, was_injected) = done?.context("a pod creation failed")?;
-        create_latency.push(latency.as_secs_f64());
+        let (took, was_injected) = done?.context("a pod creation failed")?;
+        latency.push(took.as_secs_f64());
         injected += usize::from(was_injected);
     }
-    let create_seconds = t.elapsed().as_secs_f64();
-    let webhook = apiserver_webhook_histogram(&client).await?.minus(&webhook_before);
-    let operator_webhook = Histogram::parse(&op.get("/metrics")?, "pytier_operator_webhook_duration_seconds", &[])?;
-    eprintln!("{} pods created in {create_seconds:.1}s", a.pods);
-    if injected != a.pods {
-        bail!("only {injected} of {} pods came back injected", a.pods);
+    if injected != count {
+        bail!("only {injected} of {count} pods came back injected");
     }
+    Ok((latency, apiserver_webhook_histogram(client).await?.minus(&before)))
+}
 
-    // Policies: one per namespace; then every TieringNode must list its pods.
-    let tns = TieringNodes::watch(&client);
-    let want = cluster.expected_pods();
-    let mut settings: BTreeMap<String, u32> = BTreeMap::new();
-    let t = Instant::now();
-    for n in 0..a.policies {
-        let ns = cluster.namespace(n);
-        let api = Api::<TieringPolicy>::namespaced(client.clone(), &ns);
-        api.create(&PostParams::default(), &serde_json::from_value(cluster.policy_json(n, 100))?).await?;
-        settings.insert(ns, 100);
+impl Run {
+    fn edit_p99(&self) -> f64 {
+        quantile(&self.edits, 0.99)
     }
-    let policies_applied = tns.converged(&want, &settings, t, Duration::from_secs(300)).await?;
-    eprintln!("policies applied to every TieringNode in {:.2}s", policies_applied.as_secs_f64());
-
-    // Edits: one policy at a time, each a new scan interval.
-    let mut edits = Vec::new();
-    for e in 0..a.edits {
-        let n = e % a.policies;
-        let ns = cluster.namespace(n);
-        let value = 200 + e as u32;
-        let patch = json!({"spec": {"tracking": {"scanIntervalMillis": value}}});
-        let api = Api::<TieringPolicy>::namespaced(client.clone(), &ns);
-        let t = Instant::now();
-        api.patch(POLICY, &PatchParams::default(), &Patch::Merge(&patch)).await?;
-        settings.insert(ns, value);
-        edits.push(tns.converged(&want, &settings, t, Duration::from_secs(120)).await?.as_secs_f64());
+    /// The worse p99 of the two phases that create pods.
+    fn webhook_p99(&self) -> f64 {
+        self.webhook[0].1.max(self.webhook[1].1)
     }
+}
 
-    let (ready_nodes, running_pods) = kwok_progress(&client).await?;
-    let rss = peak_rss_bytes(op.pid())?;
-    let cpu = cpu_seconds(op.pid())? - cpu_start;
-    let nodes_per_policy = want.values().filter(|pods| pods.iter().any(|(ns, _)| *ns == cluster.namespace(0))).count();
-    drop(kwok);
-
-    let (c50, c99) = (quantile(&create_latency, 0.5), quantile(&create_latency, 0.99));
-    let (w50, w99) = (webhook.quantile_bound(0.5), webhook.quantile_bound(0.99));
-    let (o50, o99) = (operator_webhook.quantile(0.5), operator_webhook.quantile(0.99));
-    let (e50, e99) = (quantile(&edits, 0.5), quantile(&edits, 0.99));
-    let rss_mib = rss as f64 / (1 << 20) as f64;
+fn print_run(cluster: &Cluster, number: usize, run: &Run) {
+    let a = &cluster.args;
+    let ms = |s: f64| s * 1e3;
     println!();
-    println!("scale: {} nodes (kwok), {} pods, {} policies, {} edits", a.nodes, a.pods, a.policies, a.edits);
+    println!(
+        "run {number}: {} nodes (kwok), {} pods + {} churn, {} policies, {} edits, agents every {} s",
+        a.nodes, a.pods, a.churn, a.policies, a.edits, a.agent_every
+    );
     println!("{:<34} result", "measure");
+    println!("{:<34} {} pods at {:.1}/s, all injected", "pod creation", a.pods, run.create_rate);
+    println!("{:<34} p50 {:.1} ms, p99 {:.1} ms", "  create request (client)", ms(run.create.0), ms(run.create.1));
+    for (phase, (w50, w99)) in ["pod creation", "churn"].iter().zip(run.webhook) {
+        println!(
+            "{:<34} p50 <= {:.0} ms, p99 <= {:.0} ms (bucket bounds)",
+            format!("  webhook call, {phase} (API server)"),
+            ms(w50),
+            ms(w99)
+        );
+    }
     println!(
-        "{:<34} {} pods in {create_seconds:.1}s ({:.1}/s), all injected",
-        "pod creation",
-        a.pods,
-        a.pods as f64 / create_seconds
+        "{:<34} p50 {:.2} ms, p99 {:.2} ms ({:.0} calls)",
+        "  webhook handling (operator)",
+        ms(run.handling.0),
+        ms(run.handling.1),
+        run.webhook_calls
     );
-    println!("{:<34} p50 {:.1} ms, p99 {:.1} ms", "  create request (client)", c50 * 1e3, c99 * 1e3);
+    println!("{:<34} {:.2} s", "policies -> all TieringNodes", run.policies_applied);
     println!(
-        "{:<34} p50 <= {:.0} ms, p99 <= {:.0} ms ({} calls; bucket bounds)",
-        "  webhook call (API server)",
-        w50 * 1e3,
-        w99 * 1e3,
-        webhook.count
-    );
-    println!("{:<34} p50 {:.2} ms, p99 {:.2} ms", "  webhook handling (operator)", o50 * 1e3, o99 * 1e3);
-    println!(
-        "{:<34} {:.2} s ({} TieringNodes)",
-        "policies -> all TieringNodes",
-        policies_applied.as_secs_f64(),
-        want.len()
-    );
-    println!(
-        "{:<34} p50 {e50:.2} s, p99 {e99:.2} s, max {:.2} s ({nodes_per_policy} nodes per policy)",
+        "{:<34} p50 {:.2} s, p99 {:.2} s, max {:.2} s ({} nodes per policy)",
         "policy edit -> its TieringNodes",
-        edits.iter().cloned().fold(0.0, f64::max)
+        quantile(&run.edits, 0.5),
+        run.edit_p99(),
+        run.edits.iter().cloned().fold(0.0, f64::max),
+        run.nodes_per_policy
     );
-    println!("{:<34} {ready_nodes} nodes Ready, {running_pods} pods Running", "kwok at the end");
-    println!("{:<34} peak RSS {rss_mib:.0} MiB, CPU {cpu:.1} s", "operator");
-    println!("scale: edit p99 {e99:.2}s, webhook p99 {:.0}ms, rss {rss_mib:.0}MiB", w99 * 1e3);
-    Ok(())
+    if let Some(agents) = &run.agents {
+        println!(
+            "{:<34} {} writes ({:.1}/s), {} failed, p99 {:.1} ms",
+            "agent status writes",
+            agents.writes,
+            agents.per_second,
+            agents.failures,
+            ms(quantile(&agents.latencies, 0.99))
+        );
+    }
+    println!("{:<34} {:.2}/s", "policy status writes", run.policy_status_writes_per_s);
+    if run.agents.is_some() {
+        let shown = run.catch_up.map_or("not within 120 s".to_string(), |s| format!("{s:.1} s"));
+        println!("{:<34} {shown}", "policy status = agents' reports");
+    }
+    println!("{:<34} {} nodes Ready, {} pods Running", "kwok at the end", run.kwok.0, run.kwok.1);
+    println!("{:<34} peak RSS {:.0} MiB, CPU {:.1} s", "operator", run.rss_mib, run.cpu);
+    println!("profile (operator, per phase):");
+    for phase in &run.phases {
+        phase.print();
+    }
 }
 
-/// The `q` quantile of `values` (nearest rank).
-fn quantile(values: &[f64], q: f64) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len().max(1));
-    v.get(rank - 1).copied().unwrap_or(f64::NAN)
-}
-
-/// A Prometheus histogram: cumulative counts by upper bound.
-#[derive(Debug)]
-struct Histogram {
-    buckets: Vec<(f64, f64)>,
-    count: f64,
-}
-
-impl Histogram {
-    /// Sums the series of `name` whose labels contain every `labels` pair.
-    fn parse(text: &str, name: &str, labels: &[(&str, &str)]) -> Result<Histogram> {
-        let mut buckets: BTreeMap<u64, f64> = BTreeMap::new();
-        let prefix = format!("{name}_bucket{{");
-        for line in text.lines().filter(|l| l.starts_with(&prefix)) {
-            let (series, value) = line.rsplit_once(' ').context("metric line without value")?;
-            if !labels.iter().all(|(k, v)| series.contains(&format!("{k}=\"{v}\""))) {
-                continue;
-            }
-            let le = series.split("le=\"").nth(1).and_then(|s| s.split('"').next()).context("bucket without le")?;
-            let le: f64 = if le == "+Inf" { f64::INFINITY } else { le.parse()? };
-            *buckets.entry(le.to_bits()).or_default() += value.parse::<f64>()?;
-        }
-        let mut buckets: Vec<(f64, f64)> = buckets.into_iter().map(|(b, c)| (f64::from_bits(b), c)).collect();
-        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let count = buckets.last().map_or(0.0, |b| b.1);
-        Ok(Histogram { buckets, count })
+fn print_summary(cluster: &Cluster, runs: &[Run]) {
+    let med = |f: &dyn Fn(&Run) -> f64| {
+        let values: Vec<f64> = runs.iter().map(f).collect();
+        let min = values.iter().cloned().fold(f64::INFINITY, f64::min);
+        let max = values.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        (quantile(&values, 0.5), min, max)
+    };
+    let row = |name: &str, unit: &str, scale: f64, f: &dyn Fn(&Run) -> f64| {
+        let (m, lo, hi) = med(f);
+        println!("{name:<34} {:>9.2} {unit:<4} {:>9.2} - {:<9.2}", m * scale, lo * scale, hi * scale);
+    };
+    println!();
+    println!("summary of {} runs: median, range", runs.len());
+    row("policy edit p50", "s", 1.0, &|r| quantile(&r.edits, 0.5));
+    row("policy edit p99", "s", 1.0, &|r| r.edit_p99());
+    row("policies -> all TieringNodes", "s", 1.0, &|r| r.policies_applied);
+    row("webhook p99 (API server bucket)", "ms", 1e3, &|r| r.webhook_p99());
+    row("webhook handling p99 (operator)", "ms", 1e3, &|r| r.handling.1);
+    row("create request p99 (client)", "ms", 1e3, &|r| r.create.1);
+    row("policy status writes", "/s", 1.0, &|r| r.policy_status_writes_per_s);
+    if cluster.args.agent_every > 0.0 {
+        row("agent status writes", "/s", 1.0, &|r| r.agents.as_ref().map_or(0.0, |a| a.per_second));
+        row("policy status catch-up", "s", 1.0, &|r| r.catch_up.unwrap_or(f64::NAN));
     }
-
-    fn minus(&self, before: &Histogram) -> Histogram {
-        let old: HashMap<u64, f64> = before.buckets.iter().map(|(le, c)| (le.to_bits(), *c)).collect();
-        let buckets: Vec<(f64, f64)> =
-            self.buckets.iter().map(|(le, c)| (*le, c - old.get(&le.to_bits()).unwrap_or(&0.0))).collect();
-        let count = buckets.last().map_or(0.0, |b| b.1);
-        Histogram { buckets, count }
+    row("operator peak RSS", "MiB", 1.0, &|r| r.rss_mib);
+    row("operator CPU, all phases", "s", 1.0, &|r| r.cpu);
+    for (i, phase) in runs[0].phases.iter().enumerate() {
+        row(&format!("  CPU in {}", phase.name), "s", 1.0, &|r| r.phases[i].cpu_seconds);
     }
-
-    /// Upper bound of the bucket holding the `q` quantile: what coarse
-    /// buckets can honestly say.
-    fn quantile_bound(&self, q: f64) -> f64 {
-        let rank = q * self.count;
-        self.buckets.iter().find(|(_, c)| *c >= rank).map_or(f64::NAN, |b| b.0)
-    }
-
-    /// The `q` quantile, interpolated within its bucket (as PromQL's
-    /// histogram_quantile does).
-    fn quantile(&self, q: f64) -> f64 {
-        let rank = q * self.count;
-        let mut lower = (0.0, 0.0);
-        for &(le, c) in &self.buckets {
-            if c >= rank {
-                if le.is_infinite() {
-                    return lower.0;
-                }
-                return lower.0 + (le - lower.0) * (rank - lower.1) / (c - lower.1).max(f64::MIN_POSITIVE);
-            }
-            lower = (le, c);
-        }
-        f64::NAN
-    }
+    let (edit, _, _) = med(&|r| r.edit_p99());
+    let (webhook, _, _) = med(&|r| r.webhook_p99());
+    let (rss, _, _) = med(&|r| r.rss_mib);
+    println!("scale: edit p99 {edit:.2}s, webhook p99 {:.0}ms, rss {rss:.0}MiB", webhook * 1e3);
 }
 
 /// The API server's own histogram of its calls to the pytier webhook.
@@ -434,21 +601,3 @@ async fn kwok_progress(client: &Client) -> Result<(usize, usize)> {
     Ok((ready, pods.items.len()))
 }
 
-/// Peak resident set size (VmHWM) of a process.
-fn peak_rss_bytes(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
-        .context("no VmHWM")?;
-    Ok(kib * 1024)
-}
-
-/// User + system CPU seconds a process has used.
-fn cpu_seconds(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let fields: Vec<&str> = stat.rsplit_once(')').context("bad stat")?.1.split_whitespace().collect();
-    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-    Ok(ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64)
-}
