@@ -236,7 +236,8 @@ impl Stores {
         );
 
         let (r, r2) = (router.clone(), router.clone());
-        let pods = route(pod_events, "pods", move |pod, deleted| r.pod_changed(pod, deleted), move || r2.pods_relisted());
+        let pods =
+            route(pod_events, "pods", move |pod, deleted| r.pod_changed(pod, deleted), move || r2.pods_relisted());
         let r = router.clone();
         let policies = route(policy_events, "tieringpolicies", move |p, deleted| r.policy_changed(p, deleted), || {});
         let r = router.clone();
@@ -302,7 +303,11 @@ impl Router {
 
     fn pod_changed(&self, pod: &Pod, deleted: bool) {
         let mut index = self.stores.pod_index.write().unwrap();
-        if deleted { index.remove(pod) } else { index.insert(pod) }
+        if deleted {
+            index.remove(pod)
+        } else {
+            index.insert(pod)
+        }
         drop(index);
         if let Some(node) = selection::node_name(pod) {
             self.node(node);

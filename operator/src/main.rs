@@ -232,8 +232,8 @@ async fn start_webhook(args: &RunArgs, client: Client, metrics: Arc<Metrics>, re
     });
     let tls = rustls::ServerConfig::builder().with_no_client_auth().with_cert_resolver(serving);
     let tls = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-    let listener = std::net::TcpListener::bind(args.webhook_addr)
-        .with_context(|| format!("cannot bind {}", args.webhook_addr))?;
+    let listener =
+        std::net::TcpListener::bind(args.webhook_addr).with_context(|| format!("cannot bind {}", args.webhook_addr))?;
     listener.set_nonblocking(true)?;
     info!(addr = %listener.local_addr()?, "serving the webhook");
     serve_on_own_thread(listener, tls, handler)

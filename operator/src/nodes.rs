@@ -1,17 +1,18 @@
 //! The TieringNode controller: one TieringNode per Kubernetes node, whose spec
 //! lists the pods on that node that a policy governs, with that policy's
-//! settings. Written with server-side apply by this controller alone; owned by
-//! the Node so it goes when the node goes.
+//! settings. Its spec is written by this controller alone (the agents write
+//! the status); owned by the Node so it goes when the node goes.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, Patch, PatchParams};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Config, Controller};
 use kube::runtime::reflector::ObjectRef;
-use kube::{Resource, ResourceExt};
 use pytier_crds::node::{PodTiering, PolicySettings, TieringNodeSpec};
 use pytier_crds::{TieringNode, TieringPolicy};
 use serde_json::json;
@@ -69,24 +70,40 @@ pub async fn apply(node: &NodeMeta, ctx: &Context) -> Result<(), Error> {
     let name = node.name_any();
     let spec = desired_spec(&name, &ctx.stores.pods_on(&name), &ctx.stores.policies.state());
     let current = ctx.stores.tiering_nodes.get(&ObjectRef::new(&name));
-    if current.is_some_and(|tn| tn.spec == spec) {
+    if current.as_ref().is_some_and(|tn| tn.spec == spec) {
         return Ok(());
     }
-    let owner = json!({
-        "apiVersion": "v1", "kind": "Node", "name": name, "uid": node.uid(),
-    });
-    let tn = json!({
-        "apiVersion": TieringNode::api_version(&()),
-        "kind": TieringNode::kind(&()),
-        "metadata": { "name": name, "ownerReferences": [owner] },
-        "spec": spec,
-    });
     let api: Api<TieringNode> = Api::all(ctx.client.clone());
-    api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&tn))
-        .await
-        .map_err(|source| Error { node: name.clone(), source })?;
-    debug!(node = name, pods = spec.pods.len(), "TieringNode applied");
+    let written = match current {
+        Some(_) => write_spec(&api, &name, &spec).await,
+        None => {
+            let mut tn = TieringNode::new(&name, spec.clone());
+            tn.metadata.owner_references = Some(vec![OwnerReference {
+                api_version: "v1".into(),
+                kind: "Node".into(),
+                name: name.clone(),
+                uid: node.uid().unwrap_or_default(),
+                ..Default::default()
+            }]);
+            match api.create(&PostParams { field_manager: Some(MANAGER.into()), ..Default::default() }, &tn).await {
+                // The cache had not seen it yet.
+                Err(kube::Error::Api(e)) if e.code == 409 => write_spec(&api, &name, &spec).await,
+                other => other.map(drop),
+            }
+        }
+    };
+    written.map_err(|source| Error { node: name.clone(), source })?;
+    debug!(node = name, pods = spec.pods.len(), "TieringNode written");
     Ok(())
+}
+
+/// Replaces the spec with a merge patch: both of its lists are replaced
+/// whole. The API server does far less work for it than for a server-side
+/// apply of the same object (no managed-fields merge), and an edit of one
+/// policy writes hundreds of TieringNodes at once.
+async fn write_spec(api: &Api<TieringNode>, name: &str, spec: &TieringNodeSpec) -> kube::Result<()> {
+    let params = PatchParams { field_manager: Some(MANAGER.into()), ..Default::default() };
+    api.patch(name, &params, &Patch::Merge(json!({ "spec": spec }))).await.map(drop)
 }
 
 /// The pods on `node` that a policy governs, sorted by namespace and name,

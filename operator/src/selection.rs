@@ -8,8 +8,8 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Pod;
-use kube::core::{Selector, SelectorExt};
 use kube::ResourceExt;
+use kube::core::{Selector, SelectorExt};
 use pytier_crds::{POLICY_ANNOTATION, TieringPolicy};
 
 /// Whether `policy` selects `pod`. An invalid selector selects nothing (the

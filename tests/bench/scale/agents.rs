@@ -1,7 +1,7 @@
 //! Simulated node agents, one task per node, writing its TieringNode's
 //! status as `node-agent serve` does: at once when the spec changes (a new
 //! generation), otherwise when its pods' byte counts changed and `every`
-//! (the agent's `--status-every`, 10 s) has passed. The bytes move at every
+//! (the agent's `--status-every`, 60 s by default) has passed. The bytes move at every
 //! write, so each node with pods writes once per `every`, at a phase of its
 //! own.
 
@@ -44,7 +44,12 @@ pub struct Report {
 
 impl Agents {
     /// One agent per `(node, wake-up on its TieringNode's changes)`.
-    pub fn start(client: &Client, store: &Store<TieringNode>, nodes: Vec<(String, Arc<Notify>)>, every: Duration) -> Agents {
+    pub fn start(
+        client: &Client,
+        store: &Store<TieringNode>,
+        nodes: Vec<(String, Arc<Notify>)>,
+        every: Duration,
+    ) -> Agents {
         let (stop, stopped) = watch::channel(false);
         let counts = Arc::new(Counts::default());
         let mut tasks = JoinSet::new();

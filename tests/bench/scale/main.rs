@@ -76,7 +76,7 @@ impl Args {
             edits: 20,
             rate: 50.0,
             runs: 3,
-            agent_every: 10.0,
+            agent_every: 60.0,
         };
         let mut it = std::env::args().skip(1);
         while let Some(flag) = it.next() {
@@ -297,6 +297,11 @@ async fn main() -> Result<()> {
         runs.push(run);
     }
     print_summary(&cluster, &runs);
+    let lost_edits = runs.iter().flat_map(|r| &r.edits).filter(|e| e.is_infinite()).count();
+    let stale = runs.iter().filter(|r| r.agents.is_some() && r.catch_up.is_none()).count();
+    if lost_edits > 0 || stale > 0 {
+        bail!("{lost_edits} edits never reached their TieringNodes; {stale} runs ended with policy statuses behind");
+    }
     Ok(())
 }
 
@@ -335,10 +340,19 @@ async fn run(cluster: &Cluster) -> Result<Run> {
     eprintln!("{} nodes created in {:.1}s", a.nodes, t.elapsed().as_secs_f64());
 
     let tns = TieringNodes::watch(&client);
-    let agents = (a.agent_every > 0.0).then(|| {
+    let agents = if a.agent_every > 0.0 {
+        // As the real agents: their own identity, under their own RBAC (so
+        // the API server's fairness treats them as the flow they are).
+        plane.apply_manifests(&pytier_tests::repo_root().join("deploy/node-agent/rbac.yaml")).await?;
+        let kubeconfig = plane.kubeconfig_as_service_account("pytier-system", "pytier-node-agent")?;
+        let options = kube::config::KubeConfigOptions::default();
+        let config =
+            kube::Config::from_custom_kubeconfig(kube::config::Kubeconfig::read_from(&kubeconfig)?, &options).await?;
         let nodes = (0..a.nodes).map(|j| cluster.node(j)).map(|n| (n.clone(), tns.on_change(&n))).collect();
-        Agents::start(&client, &tns.store, nodes, Duration::from_secs_f64(a.agent_every))
-    });
+        Some(Agents::start(&Client::try_from(config)?, &tns.store, nodes, Duration::from_secs_f64(a.agent_every)))
+    } else {
+        None
+    };
     let mut profile = Profile::start(&op)?;
 
     // 1. Pods at a steady rate; every one goes through the webhook.
@@ -375,7 +389,13 @@ async fn run(cluster: &Cluster) -> Result<Run> {
         settings.insert(ns, value);
         // An edit that never arrives counts as infinitely slow; the run goes on.
         let took = tns.converged(&want, &settings, t, Duration::from_secs(120)).await;
-        edits.push(took.map_or_else(|e| { eprintln!("edit {e}"); f64::INFINITY }, |d| d.as_secs_f64()));
+        edits.push(took.map_or_else(
+            |e| {
+                eprintln!("edit {e}");
+                f64::INFINITY
+            },
+            |d| d.as_secs_f64(),
+        ));
     }
     profile.end("edits", &op)?;
 
@@ -600,4 +620,3 @@ async fn kwok_progress(client: &Client) -> Result<(usize, usize)> {
     let pods = Api::<Pod>::all(client.clone()).list_metadata(&running).await?;
     Ok((ready, pods.items.len()))
 }
-

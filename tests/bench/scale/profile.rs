@@ -77,10 +77,11 @@ impl Phase {
             let labels = labels(series);
             if series.starts_with("pytier_operator_reconciles_total") {
                 phase.reconciles.insert(labels["controller"].clone(), delta(series));
-            } else if let Some(counted) = [("pytier_operator_api_requests_total", 0), ("pytier_operator_api_request_bytes_total", 1)]
-                .iter()
-                .find(|(name, _)| series.starts_with(&format!("{name}{{")))
-                .map(|(_, which)| *which)
+            } else if let Some(counted) =
+                [("pytier_operator_api_requests_total", 0), ("pytier_operator_api_request_bytes_total", 1)]
+                    .iter()
+                    .find(|(name, _)| series.starts_with(&format!("{name}{{")))
+                    .map(|(_, which)| *which)
             {
                 let key = format!("{} {}", labels["verb"], labels["resource"]);
                 let entry = phase.requests.entry(key).or_default();
