@@ -40,12 +40,13 @@ emit() {  # emit FILE: stdin is its wanted content
 }
 for pair in "${renders[@]}"; do
   file=${pair%%:*} template=${pair#*:}
-  {
+  rendered=$(
     echo "# Rendered from charts/pytier/templates/$template by charts/render-deploy.sh; do not edit."
     "$helm" template pytier charts/pytier --namespace pytier-system \
       --set metrics.podMonitor.enabled=true,metrics.serviceMonitor.enabled=true,metrics.prometheusRule.enabled=true \
       --show-only "templates/$template"
-  } | emit "$file"
+  )
+  emit "$file" <<<"$rendered" # not through a pipe: emit must set $stale in this shell
 done
 for dashboard in charts/pytier/dashboards/*.json; do
   emit "dashboards/$(basename "$dashboard")" <"$dashboard"
