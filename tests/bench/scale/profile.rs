@@ -75,17 +75,13 @@ impl Phase {
         };
         for series in after.series.keys() {
             let labels = labels(series);
-            if series.starts_with("pytier_operator_reconciles_total") {
+            let request = || format!("{} {}", labels["verb"], labels["resource"]);
+            if series.starts_with("pytier_operator_reconciles_total{") {
                 phase.reconciles.insert(labels["controller"].clone(), delta(series));
-            } else if let Some(counted) =
-                [("pytier_operator_api_requests_total", 0), ("pytier_operator_api_request_bytes_total", 1)]
-                    .iter()
-                    .find(|(name, _)| series.starts_with(&format!("{name}{{")))
-                    .map(|(_, which)| *which)
-            {
-                let key = format!("{} {}", labels["verb"], labels["resource"]);
-                let entry = phase.requests.entry(key).or_default();
-                if counted == 0 { entry.0 += delta(series) } else { entry.1 += delta(series) }
+            } else if series.starts_with("pytier_operator_api_requests_total{") {
+                phase.requests.entry(request()).or_default().0 += delta(series);
+            } else if series.starts_with("pytier_operator_api_request_bytes_total{") {
+                phase.requests.entry(request()).or_default().1 += delta(series);
             }
         }
         phase.requests.retain(|_, (n, _)| *n > 0.0);
