@@ -6,8 +6,6 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::policy::Settings;
-
 /// Desired tiering on one node, named after the node. Written by the operator;
 /// people read it, they do not edit it.
 #[derive(CustomResource, JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
@@ -25,40 +23,13 @@ use crate::policy::Settings;
 )]
 #[serde(rename_all = "camelCase")]
 pub struct TieringNodeSpec {
-    /// The settings of each policy that governs a pod on this node, once per
-    /// policy however many pods it governs (an edit rewrites one entry, and
-    /// the object stays small on a node with many pods).
-    #[serde(default)]
-    #[schemars(length(max = 1000))]
-    pub policies: Vec<PolicySettings>,
-    /// The pods on this node that a policy governs.
+    /// The pods on this node that a policy governs. Only which policy: the
+    /// agent reads its settings from the TieringPolicy itself, so an edit of
+    /// the settings writes no TieringNode (at 1000 nodes, copying them here
+    /// cost an edit 500 writes and seconds of the API server's time).
     #[serde(default)]
     #[schemars(length(max = 1000))]
     pub pods: Vec<PodTiering>,
-}
-
-impl TieringNodeSpec {
-    /// The settings of the policy that governs `pod`, if the spec lists them.
-    pub fn settings_of(&self, pod: &PodTiering) -> Option<&Settings> {
-        self.settings_of_policy(&pod.namespace, &pod.policy)
-    }
-
-    /// The settings of the policy `namespace/name`, if the spec lists them.
-    pub fn settings_of_policy(&self, namespace: &str, name: &str) -> Option<&Settings> {
-        self.policies.iter().find(|p| p.namespace == namespace && p.name == name).map(|p| &p.settings)
-    }
-}
-
-/// A policy's settings, with defaults filled in.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct PolicySettings {
-    /// Namespace of the TieringPolicy.
-    pub namespace: String,
-    /// Name of the TieringPolicy.
-    pub name: String,
-    /// Its settings.
-    pub settings: Settings,
 }
 
 /// One pod the node agent should tier, and the policy that says how.
@@ -71,8 +42,7 @@ pub struct PodTiering {
     pub name: String,
     /// UID of the pod; the agent finds its containers' cgroups by it.
     pub uid: String,
-    /// Name of the TieringPolicy (in the pod's namespace) that governs it; its
-    /// settings are in `policies`.
+    /// Name of the TieringPolicy (in the pod's namespace) that governs it.
     pub policy: String,
 }
 
@@ -108,6 +78,25 @@ pub struct TieringNodeStatus {
     /// The pods of the spec as the agent sees them.
     #[serde(default)]
     pub pods: Vec<PodStatus>,
+
+    /// The policies governing the spec's pods, each at the generation whose
+    /// settings the agent gives their interposers. Written with the byte
+    /// counts (every `--status-every`), not at each edit: an edit reaching
+    /// 500 nodes must not cost 500 writes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<PolicyGeneration>,
+}
+
+/// A policy as the node agent applies it.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyGeneration {
+    /// Namespace of the TieringPolicy.
+    pub namespace: String,
+    /// Name of the TieringPolicy.
+    pub name: String,
+    /// Its metadata.generation whose settings are in use.
+    pub generation: i64,
 }
 
 /// The memory tier a NUMA node belongs to.

@@ -4,7 +4,9 @@
 
 use pytier_contract::Settings;
 use pytier_contract::stats::Stats;
-use pytier_crds::node::{NumaNode, PodState, PodStatus, PodTiering, Tier, TieringNodeSpec, TieringNodeStatus};
+use std::collections::BTreeMap;
+
+use pytier_crds::node::{NumaNode, PodState, PodStatus, PodTiering, PolicyGeneration, Tier, TieringNodeStatus};
 
 use crate::topology::{self, NodeFacts, Overrides};
 
@@ -23,12 +25,31 @@ pub fn resolve(settings: &Settings, facts: &[NodeFacts]) -> Result<Settings, Str
     Ok(resolved)
 }
 
+/// The TieringPolicies the agent has read, by namespace and name: each one's
+/// generation and settings.
+pub type Policies = BTreeMap<(String, String), (i64, Settings)>;
+
 /// `resolve` for a pod of the spec, with the settings of its policy.
-pub fn resolve_pod(spec: &TieringNodeSpec, pod: &PodTiering, facts: &[NodeFacts]) -> Result<Settings, String> {
-    let settings = spec.settings_of(pod).ok_or_else(|| {
-        format!("the TieringNode lists no settings for policy {}/{} (operator out of date?)", pod.namespace, pod.policy)
+pub fn resolve_pod(policies: &Policies, pod: &PodTiering, facts: &[NodeFacts]) -> Result<Settings, String> {
+    let (_, settings) = policies.get(&(pod.namespace.clone(), pod.policy.clone())).ok_or_else(|| {
+        format!("this agent has not seen the TieringPolicy {}/{} (deleted, or not read yet)", pod.namespace, pod.policy)
     })?;
     resolve(settings, facts)
+}
+
+/// The generation in use of each policy of these pods, for the status.
+pub fn generations(policies: &Policies, pods: &[PodTiering]) -> Vec<PolicyGeneration> {
+    let mut used: Vec<PolicyGeneration> = pods
+        .iter()
+        .filter_map(|pod| {
+            let key = (pod.namespace.clone(), pod.policy.clone());
+            let (generation, _) = policies.get(&key)?;
+            Some(PolicyGeneration { namespace: key.0, name: key.1, generation: *generation })
+        })
+        .collect();
+    used.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    used.dedup();
+    used
 }
 
 /// The memory nodes a container of a pod with these (resolved) settings may
@@ -99,8 +120,13 @@ pub fn pod_status(pod: &PodTiering, found: &PodFindings) -> PodStatus {
     status
 }
 
-/// The node's status: its NUMA nodes and its pods.
-pub fn node_status(numa_nodes: Vec<NumaNode>, pods: Vec<PodStatus>, generation: Option<i64>) -> TieringNodeStatus {
+/// The node's status: its NUMA nodes, its pods and their policies.
+pub fn node_status(
+    numa_nodes: Vec<NumaNode>,
+    pods: Vec<PodStatus>,
+    policies: Vec<PolicyGeneration>,
+    generation: Option<i64>,
+) -> TieringNodeStatus {
     let list = |tier: Tier| {
         let ids: Vec<String> = numa_nodes.iter().filter(|n| n.tier == tier).map(|n| n.id.to_string()).collect();
         (!ids.is_empty()).then(|| ids.join(","))
@@ -113,11 +139,14 @@ pub fn node_status(numa_nodes: Vec<NumaNode>, pods: Vec<PodStatus>, generation: 
         managed_pods: pods.iter().filter(|p| p.state == PodState::Managed).count() as u32,
         numa_nodes,
         pods,
+        policies,
     }
 }
 
 /// Whether a new status differs from the last written in what a person or
-/// the operator acts on (states, messages, counts), not only in byte counts.
+/// the operator acts on (states, messages, counts), not only in byte counts
+/// or policy generations (a policy edit would otherwise cost a write on every
+/// node it reaches).
 pub fn significant_change(old: Option<&TieringNodeStatus>, new: &TieringNodeStatus) -> bool {
     let Some(old) = old else { return true };
     fn key(s: &TieringNodeStatus) -> impl PartialEq + '_ {
@@ -149,13 +178,15 @@ mod tests {
 
     #[test]
     fn a_pod_gets_its_policys_settings_or_a_clear_error() {
-        let mut spec = TieringNodeSpec { pods: vec![pod()], ..Default::default() };
-        let err = resolve_pod(&spec, &spec.pods[0], &facts()).unwrap_err();
-        assert!(err.contains("no settings for policy ns/p"), "{err}");
+        let mut policies = Policies::new();
+        let err = resolve_pod(&policies, &pod(), &facts()).unwrap_err();
+        assert!(err.contains("has not seen the TieringPolicy ns/p"), "{err}");
         let mut settings = Settings::default();
         settings.tracking.hot_threshold = 3.0;
-        spec.policies.push(pytier_crds::node::PolicySettings { namespace: "ns".into(), name: "p".into(), settings });
-        assert_eq!(resolve_pod(&spec, &spec.pods[0], &facts()).unwrap().tracking.hot_threshold, 3.0);
+        policies.insert(("ns".into(), "p".into()), (4, settings));
+        assert_eq!(resolve_pod(&policies, &pod(), &facts()).unwrap().tracking.hot_threshold, 3.0);
+        let in_use = generations(&policies, &[pod(), pod()]);
+        assert_eq!(in_use, [PolicyGeneration { namespace: "ns".into(), name: "p".into(), generation: 4 }]);
     }
 
     #[test]
@@ -205,14 +236,15 @@ mod tests {
     }
 
     #[test]
-    fn byte_counts_alone_are_not_a_significant_change() {
+    fn byte_counts_and_policy_generations_are_not_a_significant_change() {
         let mut pod_status_a = pod_status(&pod(), &PodFindings::default());
-        let a = node_status(vec![], vec![pod_status_a.clone()], Some(1));
+        let a = node_status(vec![], vec![pod_status_a.clone()], vec![], Some(1));
         pod_status_a.cold_bytes = 7;
-        let b = node_status(vec![], vec![pod_status_a.clone()], Some(1));
-        assert!(!significant_change(Some(&a), &b));
+        let edited = vec![PolicyGeneration { namespace: "ns".into(), name: "p".into(), generation: 2 }];
+        let b = node_status(vec![], vec![pod_status_a.clone()], edited, Some(1));
+        assert!(!significant_change(Some(&a), &b), "bytes and a policy edit wait for the pace");
         pod_status_a.state = PodState::Managed;
-        assert!(significant_change(Some(&a), &node_status(vec![], vec![pod_status_a], Some(1))));
+        assert!(significant_change(Some(&a), &node_status(vec![], vec![pod_status_a], vec![], Some(1))));
         assert!(significant_change(None, &a));
     }
 }

@@ -1,5 +1,5 @@
 //! `node-agent serve`: the DaemonSet process. Watches this node's
-//! TieringNode and pods, installs the shim, configures every interposer of
+//! TieringNode and pods and the TieringPolicies, installs the shim, configures every interposer of
 //! the pods the spec lists, keeps their containers on the memory nodes their
 //! policy allows, and reports status and metrics.
 //!
@@ -25,14 +25,14 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use pytier_contract::Settings;
-use pytier_crds::TieringNode;
 use pytier_crds::injection::SHIM_PYTHONPATH;
-use pytier_crds::node::{NumaNode, PodState, PodTiering, TieringNodeSpec, TieringNodeStatus};
+use pytier_crds::node::{NumaNode, PodState, PodTiering, PolicyGeneration, TieringNodeSpec, TieringNodeStatus};
+use pytier_crds::{TieringNode, TieringPolicy};
 use serde_json::json;
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
-use crate::decide::{self, InterposerView, PodFindings};
+use crate::decide::{self, InterposerView, PodFindings, Policies};
 use crate::metrics::{self, PodSample, Snapshot};
 use crate::topology::{self, NodeFacts, Overrides};
 use crate::{cgroups, control, processes, shim, sockets};
@@ -115,14 +115,14 @@ struct Configurer {
 }
 
 impl Configurer {
-    /// Sends each interposer of the spec's pods its settings unless it has
-    /// them. Returns how many were configured.
-    fn configure(&mut self, spec: &TieringNodeSpec, shared: &Shared) -> usize {
+    /// Sends each interposer of the spec's pods its policy's settings unless
+    /// it has them. Returns how many were configured.
+    fn configure(&mut self, spec: &TieringNodeSpec, policies: &Policies, shared: &Shared) -> usize {
         let facts = shared.facts(&self.args.sysfs);
         let mut seen = Vec::new();
         let mut work = Vec::new();
         for pod in &spec.pods {
-            let Ok(resolved) = decide::resolve_pod(spec, pod, &facts) else { continue };
+            let Ok(resolved) = decide::resolve_pod(policies, pod, &facts) else { continue };
             for socket in sockets::pod_sockets(&self.args.kubelet_pods_dir, &pod.uid) {
                 seen.push(socket.path.clone());
                 let current = self.configured.get(&socket.path);
@@ -194,6 +194,7 @@ impl Observer {
     fn observe(
         &mut self,
         spec: &TieringNodeSpec,
+        policies: &Policies,
         container_names: &HashMap<String, String>,
         shared: &Shared,
     ) -> Vec<PodFindings> {
@@ -212,7 +213,7 @@ impl Observer {
         let mut all = Vec::new();
         for pod in &spec.pods {
             let mut found = PodFindings::default();
-            let resolved = decide::resolve_pod(spec, pod, &facts);
+            let resolved = decide::resolve_pod(policies, pod, &facts);
             if let Err(why) = &resolved {
                 found.invalid = Some(why.clone());
             }
@@ -300,6 +301,22 @@ fn container_names(pods: &Store<Pod>) -> HashMap<String, String> {
     names
 }
 
+/// The settings of the policies governing `pods`, as the watch last saw them.
+fn policies_of(store: &Store<TieringPolicy>, pods: &[PodTiering]) -> Policies {
+    let mut policies = Policies::new();
+    for pod in pods {
+        let key = (pod.namespace.clone(), pod.policy.clone());
+        if policies.contains_key(&key) {
+            continue;
+        }
+        if let Some(policy) = store.get(&ObjectRef::new(&pod.policy).within(&pod.namespace)) {
+            let generation = policy.metadata.generation.unwrap_or_default();
+            policies.insert(key, (generation, policy.spec.settings.clone()));
+        }
+    }
+    policies
+}
+
 /// The node's conditions, keeping transition times of those that did not change.
 fn conditions(old: Option<&TieringNodeStatus>, ready: bool, reason: &str, message: String) -> Vec<Condition> {
     let status = if ready { "True" } else { "False" };
@@ -341,6 +358,15 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         wake.clone(),
         Arc::default(),
     );
+    // The settings come from the policies themselves: an edit reaches this
+    // agent as one watch event, with no TieringNode written.
+    let policy_error: Arc<Mutex<Option<String>>> = Arc::default();
+    let policies = watch::<TieringPolicy>(
+        Api::all(client.clone()),
+        watcher::Config::default(),
+        wake.clone(),
+        policy_error.clone(),
+    );
 
     let snapshot: metrics::Shared = Arc::default();
     let registry = Arc::new(metrics::registry(&node, snapshot.clone()));
@@ -366,7 +392,9 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         node: node.clone(),
         tiering_nodes: tiering_nodes.clone(),
         pods,
+        policies: policies.clone(),
         spec_error,
+        policy_error,
         snapshot,
         ready,
         observe_every: Duration::from_secs_f64(args.observe_every),
@@ -374,7 +402,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     };
     tokio::spawn(reporter.run(Observer::new(args.clone()), shared.clone()));
 
-    // The configure loop: settings go out as soon as the spec changes.
+    // The configure loop: settings go out as soon as the spec or a policy changes.
     let configurer = Arc::new(Mutex::new(Configurer { args, configured: HashMap::new() }));
     let mut shutdown = std::pin::pin!(pytier_admin::shutdown_signal());
     loop {
@@ -387,10 +415,11 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
         let spec = tiering_nodes.get(&ObjectRef::new(&node)).map(|tn| tn.spec.clone()).unwrap_or_default();
+        let governing = policies_of(&policies, &spec.pods);
         let (configurer, shared) = (configurer.clone(), shared.clone());
         let _ = tokio::task::spawn_blocking(move || {
             let mut configurer = configurer.lock().expect("the configurer's lock is never poisoned: it does not panic");
-            configurer.configure(&spec, &shared)
+            configurer.configure(&spec, &governing, &shared)
         })
         .await;
     }
@@ -404,12 +433,26 @@ struct Reporter {
     node: String,
     tiering_nodes: Store<TieringNode>,
     pods: Store<Pod>,
+    policies: Store<TieringPolicy>,
     /// Why this agent cannot read its TieringNode, if it cannot.
     spec_error: Arc<Mutex<Option<String>>>,
+    /// Why this agent cannot read the TieringPolicies, if it cannot.
+    policy_error: Arc<Mutex<Option<String>>>,
     snapshot: metrics::Shared,
     ready: Arc<std::sync::atomic::AtomicBool>,
     observe_every: Duration,
     status_every: Duration,
+}
+
+/// What one observe pass found.
+struct Pass {
+    /// Per pod of the spec, in its order.
+    findings: Vec<PodFindings>,
+    numa: Vec<NumaNode>,
+    shim_error: Option<String>,
+    spec_pods: Vec<PodTiering>,
+    /// The generation of each policy whose settings the pods get.
+    in_use: Vec<PolicyGeneration>,
 }
 
 impl Reporter {
@@ -418,23 +461,29 @@ impl Reporter {
         loop {
             let tn = self.tiering_nodes.get(&ObjectRef::new(&self.node));
             let spec = tn.as_ref().map(|tn| tn.spec.clone()).unwrap_or_default();
+            let policies = policies_of(&self.policies, &spec.pods);
             let names = container_names(&self.pods);
             let shared = shared.clone();
             let pass = tokio::task::spawn_blocking(move || {
                 observer.ensure_shim();
-                let findings = observer.observe(&spec, &names, &shared);
+                let findings = observer.observe(&spec, &policies, &names, &shared);
                 let facts = shared.facts.lock().expect("facts lock").clone();
-                let numa = topology::classify(&facts, &Overrides::default()).unwrap_or_default();
-                let shim_error = observer.shim.clone().err();
-                (observer, findings, numa, shim_error, spec.pods)
+                let pass = Pass {
+                    findings,
+                    numa: topology::classify(&facts, &Overrides::default()).unwrap_or_default(),
+                    shim_error: observer.shim.clone().err(),
+                    in_use: decide::generations(&policies, &spec.pods),
+                    spec_pods: spec.pods,
+                };
+                (observer, pass)
             })
             .await;
-            let Ok((back, findings, numa, shim_error, spec_pods)) = pass else {
+            let Ok((back, pass)) = pass else {
                 warn!("an observe pass failed; observing stops");
                 return;
             };
             observer = back;
-            self.report(tn, findings, numa, shim_error, spec_pods, &mut last_written).await;
+            self.report(tn, pass, &mut last_written).await;
             tokio::time::sleep(self.observe_every).await;
         }
     }
@@ -445,12 +494,10 @@ impl Reporter {
     async fn report(
         &self,
         tn: Option<Arc<TieringNode>>,
-        findings: Vec<PodFindings>,
-        numa: Vec<NumaNode>,
-        shim_error: Option<String>,
-        spec_pods: Vec<PodTiering>,
+        pass: Pass,
         last_written: &mut Option<(TieringNodeStatus, Instant)>,
     ) {
+        let Pass { findings, numa, shim_error, spec_pods, in_use } = pass;
         let node = &self.node;
         let statuses: Vec<_> = spec_pods.iter().zip(&findings).map(|(p, f)| decide::pod_status(p, f)).collect();
         *self.snapshot.lock().expect("metrics snapshot lock") = Snapshot {
@@ -490,7 +537,7 @@ impl Reporter {
             }
             return;
         };
-        let mut status = decide::node_status(numa, statuses, tn.metadata.generation);
+        let mut status = decide::node_status(numa, statuses, in_use, tn.metadata.generation);
         let unmanaged: Vec<String> = status
             .pods
             .iter()
@@ -499,6 +546,12 @@ impl Reporter {
             .collect();
         let (ok, reason, message) = if let Some(e) = spec_error {
             (false, "SpecUnreadable", format!("this agent cannot read the TieringNode (from a newer pytier?): {e}"))
+        } else if let Some(e) = self.policy_error.lock().expect("policy error lock").clone() {
+            (
+                false,
+                "PolicyUnreadable",
+                format!("this agent cannot read the TieringPolicies (from a newer pytier?): {e}"),
+            )
         } else if let Some(e) = shim_error {
             (false, "ShimNotInstalled", e)
         } else if !unmanaged.is_empty() {

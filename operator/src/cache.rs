@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender, unbounded};
 use futures::{Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Node, Pod, PodSpec, PodStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -166,19 +167,23 @@ struct Router {
     stores: Stores,
     nodes: Arc<Queue<NodeMeta>>,
     policies: Arc<Queue<TieringPolicy>>,
-    /// What selection read of each policy when it was last routed.
-    policy_seen: Arc<Mutex<HashMap<ObjectRef<TieringPolicy>, PolicyKey>>>,
+    /// What selection read of each policy, and its generation, when it was
+    /// last routed.
+    policy_seen: Arc<Mutex<HashMap<ObjectRef<TieringPolicy>, PolicySeen>>>,
     /// Each TieringNode's spec generation when it was last routed.
     tiering_node_seen: Arc<Mutex<HashMap<String, Option<i64>>>>,
 }
 
-/// The parts of a policy that decide which pods it governs and with which
-/// settings (its spec, through the generation) and whether it is being
-/// deleted or still needs its finalizer. Status writes change none of them.
+type PolicySeen = (PolicyKey, Option<i64>);
+
+/// The parts of a policy that decide which pods it governs (TieringNodes
+/// name the policy, not its settings) and whether it is being deleted or
+/// still needs its finalizer. Status writes and settings edits change none
+/// of them.
 #[derive(PartialEq)]
 struct PolicyKey {
     uid: Option<String>,
-    generation: Option<i64>,
+    selector: Option<LabelSelector>,
     deleting: bool,
     finalizers: Option<Vec<String>>,
 }
@@ -188,7 +193,7 @@ impl PolicyKey {
         let meta = &policy.metadata;
         PolicyKey {
             uid: meta.uid.clone(),
-            generation: meta.generation,
+            selector: policy.spec.pod_selector.clone(),
             deleting: meta.deletion_timestamp.is_some(),
             finalizers: meta.finalizers.clone(),
         }
@@ -322,24 +327,31 @@ impl Router {
         self.stores.pod_index.write().unwrap().rebuild(&self.stores.pods.state());
     }
 
-    /// A change of what selection reads (not a status write) may add or
-    /// remove pods on any node where its namespace has pods, and any node
-    /// that lists it now.
+    /// A change of what selection reads may add or remove pods on any node
+    /// where its namespace has pods, and any node that lists it now. A
+    /// settings edit only needs the policy's own status (its observed
+    /// generation): agents read settings from the policy. A status write
+    /// needs nothing.
     fn policy_changed(&self, policy: &TieringPolicy, deleted: bool) {
         let key = ObjectRef::from_obj(policy);
+        let now_selection = PolicyKey::of(policy);
         let mut seen = self.policy_seen.lock().unwrap();
-        let unchanged = if deleted {
-            seen.remove(&key);
-            false
+        let before = if deleted {
+            seen.remove(&key)
         } else {
-            seen.insert(key, PolicyKey::of(policy)).is_some_and(|old| old == PolicyKey::of(policy))
+            seen.insert(key, (PolicyKey::of(policy), policy.metadata.generation))
         };
         drop(seen);
-        if unchanged {
+        let (ns, name) = (policy.namespace().unwrap_or_default(), policy.name_any());
+        if let Some((selection, generation)) = before
+            && !deleted
+            && selection == now_selection
+        {
+            if generation != policy.metadata.generation {
+                self.policy(&ns, &name);
+            }
             return;
         }
-        let ns = policy.namespace().unwrap_or_default();
-        let name = policy.name_any();
         let mut nodes = self.stores.nodes_of(&ns);
         for tn in self.stores.tiering_nodes.state() {
             if tn.spec.pods.iter().any(|p| p.namespace == ns && p.policy == name) {
@@ -444,6 +456,6 @@ mod tests {
 
         index.rebuild(&[Arc::new(on("n9", pod("c", "p9", &[], &[])))]);
         assert_eq!(names(index.on_node.get("n9")), ["p9"]);
-        assert!(index.in_namespace.get("a").is_none(), "a rebuild forgets what the relist dropped");
+        assert!(!index.in_namespace.contains_key("a"), "a rebuild forgets what the relist dropped");
     }
 }

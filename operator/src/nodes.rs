@@ -13,7 +13,7 @@ use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Config, Controller};
 use kube::runtime::reflector::ObjectRef;
-use pytier_crds::node::{PodTiering, PolicySettings, TieringNodeSpec};
+use pytier_crds::node::{PodTiering, TieringNodeSpec};
 use pytier_crds::{TieringNode, TieringPolicy};
 use serde_json::json;
 use tracing::{debug, warn};
@@ -107,7 +107,7 @@ async fn write_spec(api: &Api<TieringNode>, name: &str, spec: &TieringNodeSpec) 
 }
 
 /// The pods on `node` that a policy governs, sorted by namespace and name,
-/// and the settings of each policy that governs one of them, sorted likewise.
+/// each with the name of that policy (the agent reads its settings).
 pub fn desired_spec(node: &str, pods: &[Arc<Pod>], policies: &[Arc<TieringPolicy>]) -> TieringNodeSpec {
     let mut spec = TieringNodeSpec::default();
     for pod in pods.iter().filter(|p| selection::node_name(p) == Some(node) && selection::is_active(p)) {
@@ -115,17 +115,9 @@ pub fn desired_spec(node: &str, pods: &[Arc<Pod>], policies: &[Arc<TieringPolicy
         let (Some(policy), Some(namespace), Some(uid)) = (selecting.first(), pod.namespace(), pod.uid()) else {
             continue;
         };
-        if spec.settings_of_policy(&namespace, &policy.name_any()).is_none() {
-            spec.policies.push(PolicySettings {
-                namespace: namespace.clone(),
-                name: policy.name_any(),
-                settings: policy.spec.settings.clone(),
-            });
-        }
         spec.pods.push(PodTiering { namespace, name: pod.name_any(), uid, policy: policy.name_any() });
     }
     spec.pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-    spec.policies.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     spec
 }
 
@@ -147,14 +139,11 @@ mod tests {
             on("n1", pod("a", "db", &[("app", "db")], &[])),
             on("n2", pod("a", "web-3", &[("app", "web")], &[])),
         ];
-        let mut fast = (*policy("a", "fast", 20, Some(("app", "web")))).clone();
-        fast.spec.settings.mode = pytier_crds::policy::Mode::Observe;
-        let policies = vec![Arc::new(fast), policy("a", "first", 10, Some(("app", "web")))];
+        let policies =
+            vec![policy("a", "younger", 20, Some(("app", "web"))), policy("a", "first", 10, Some(("app", "web")))];
         let spec = desired_spec("n1", &pods, &policies);
         let names: Vec<_> = spec.pods.iter().map(|p| (p.name.as_str(), p.policy.as_str())).collect();
         assert_eq!(names, [("web-1", "first"), ("web-2", "first")]);
         assert_eq!(spec.pods[0].uid, "uid-web-1");
-        assert_eq!(spec.policies.len(), 1, "one entry per policy, not per pod");
-        assert_eq!(spec.settings_of(&spec.pods[1]), Some(&policies[1].spec.settings));
     }
 }

@@ -14,7 +14,7 @@ use kube::{Client, ResourceExt};
 use pytier_contract::Settings;
 use pytier_contract::protocol::{Answer, Request};
 use pytier_contract::stats::Stats;
-use pytier_crds::node::PodState;
+use pytier_crds::node::{PodState, PodTiering, PolicyGeneration, TieringNodeSpec};
 use pytier_crds::{TieringNode, TieringPolicy};
 use pytier_tests::agent::{Driver, FakePod, NodeAgent, NodeDirs, PodProcess, SERVICE};
 use pytier_tests::operator::{Operator, eventually, install_rbac, install_webhook};
@@ -164,14 +164,25 @@ async fn a_policy_reaches_the_interposer_and_its_status_comes_back() {
         assert!(metrics.contains(&series), "{series} not in\n{metrics}");
     }
 
-    // An edit of the policy reaches the interposer.
+    // An edit of the policy reaches the interposer from the policy itself:
+    // the TieringNode's spec is not rewritten, its status names the
+    // generation in use.
+    let nodes: Api<TieringNode> = Api::all(c.clone());
+    let spec_generation = nodes.get("n1").await.unwrap().metadata.generation;
     let patch = Patch::Merge(json!({"spec": {"tracking": {"hotThreshold": 4.0}}}));
-    policies.patch("web", &PatchParams::default(), &patch).await.unwrap();
+    let edited = policies.patch("web", &PatchParams::default(), &patch).await.unwrap().metadata.generation.unwrap();
     eventually("the edited threshold in the interposer", WAIT, || async {
         let t = interposer_config(&socket)?.tracking.hot_threshold;
         if t == 4.0 { Ok(()) } else { Err(format!("hotThreshold {t}")) }
     })
     .await;
+    eventually("the edited generation in the TieringNode's status", WAIT, || async {
+        let in_use = node_status(&c, "n1").await?.policies;
+        let want = PolicyGeneration { namespace: "default".into(), name: "web".into(), generation: edited };
+        if in_use == [want] { Ok(()) } else { Err(format!("{in_use:?}")) }
+    })
+    .await;
+    assert_eq!(nodes.get("n1").await.unwrap().metadata.generation, spec_generation, "no TieringNode write");
 
     // A deleted pod leaves the status and the metrics.
     Api::<Pod>::namespaced(c.clone(), "default")
@@ -478,46 +489,50 @@ print(pytier.status()[0], pkg == os.path.dirname(native[0]) if native else "unma
     println!("{swaps} swaps; versions loaded: {variants:?}");
 }
 
-/// A TieringNode whose settings carry a field this agent does not know (a
+/// A TieringPolicy whose settings carry a field this agent does not know (a
 /// newer CRD) is reported on the TieringNode; the agent keeps running.
 #[tokio::test]
-async fn a_tiering_node_from_a_newer_api_is_reported_not_fatal() {
+async fn a_policy_from_a_newer_api_is_reported_not_fatal() {
     let plane = ControlPlane::start().await.unwrap();
     let c = plane.client();
     type Crd = k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     let crds: Api<Crd> = Api::all(c.clone());
-    let mut crd = serde_json::to_value(crds.get("tieringnodes.pytier.dev").await.unwrap()).unwrap();
-    let settings = &mut crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["policies"]
-        ["items"]["properties"]["settings"]["properties"];
-    settings["futureSetting"] = json!({"type": "string", "description": "from a newer pytier"});
-    crds.replace("tieringnodes.pytier.dev", &PostParams::default(), &serde_json::from_value(crd).unwrap())
+    let mut crd = serde_json::to_value(crds.get("tieringpolicies.pytier.dev").await.unwrap()).unwrap();
+    let tracking =
+        &mut crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["tracking"];
+    tracking["properties"]["futureSetting"] = json!({"type": "string", "description": "from a newer pytier"});
+    crds.replace("tieringpolicies.pytier.dev", &PostParams::default(), &serde_json::from_value(crd).unwrap())
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await; // the new schema takes effect
     plane.apply_manifests(&repo_root().join("deploy/operator/namespace.yaml")).await.unwrap();
     plane.apply_manifests(&repo_root().join("deploy/node-agent/rbac.yaml")).await.unwrap();
     let kubeconfig = plane.kubeconfig_as_service_account("pytier-system", "pytier-node-agent").unwrap();
-    // Raw objects: this test's own types would refuse the new field too.
-    let api: Api<DynamicObject> = Api::all_with(c.clone(), &ApiResource::erase::<TieringNode>(&()));
-    let pod = json!({"namespace": "default", "name": "web-0", "uid": "7d1c5a1e-0000-4000-8000-000000000001",
-                     "policy": "web"});
-    let policy = json!({"namespace": "default", "name": "web", "settings": {"futureSetting": "x"}});
-    let spec = json!({"spec": {"policies": [policy], "pods": [pod]}});
-    let tn = DynamicObject::new("n1", &ApiResource::erase::<TieringNode>(&())).data(spec);
-    api.create(&PostParams::default(), &tn).await.unwrap();
+    // A raw object: this test's own types would refuse the new field too.
+    let policies: Api<DynamicObject> =
+        Api::namespaced_with(c.clone(), "default", &ApiResource::erase::<TieringPolicy>(&()));
+    let policy = DynamicObject::new("web", &ApiResource::erase::<TieringPolicy>(&()))
+        .data(json!({"spec": {"tracking": {"futureSetting": "x"}}}));
+    policies.create(&PostParams::default(), &policy).await.unwrap();
+    let pod = PodTiering {
+        namespace: "default".into(),
+        name: "web-0".into(),
+        uid: "7d1c5a1e-0000-4000-8000-000000000001".into(),
+        policy: "web".into(),
+    };
+    let nodes: Api<TieringNode> = Api::all(c.clone());
+    nodes.create(&PostParams::default(), &TieringNode::new("n1", TieringNodeSpec { pods: vec![pod] })).await.unwrap();
 
     let dirs = NodeDirs::new(&plane, "n1").unwrap();
     let agent = NodeAgent::start(&plane, &kubeconfig, "n1", &dirs, &[]).unwrap();
-    let condition = eventually("a SpecUnreadable condition", WAIT, || async {
-        let tn = api.get("n1").await.map_err(|e| e.to_string())?;
-        let conditions = tn.data["status"]["conditions"].as_array().cloned().unwrap_or_default();
-        let ready = conditions.into_iter().find(|c| c["type"] == "Ready").ok_or("no Ready condition")?;
-        if ready["reason"] == "SpecUnreadable" { Ok(ready) } else { Err(format!("{ready}")) }
+    let condition = eventually("a PolicyUnreadable condition", WAIT, || async {
+        let status = node_status(&c, "n1").await?;
+        let ready = status.conditions.into_iter().find(|c| c.type_ == "Ready").ok_or("no Ready condition")?;
+        if ready.reason == "PolicyUnreadable" { Ok(ready) } else { Err(format!("{ready:?}")) }
     })
     .await;
-    assert_eq!(condition["status"], "False");
-    let message = condition["message"].as_str().unwrap();
-    assert!(message.contains("futureSetting"), "{message}");
+    assert_eq!(condition.status, "False");
+    assert!(condition.message.contains("futureSetting"), "{}", condition.message);
     assert_eq!(agent.get("/healthz").unwrap(), "ok", "the agent runs on");
 }
 

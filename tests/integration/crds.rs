@@ -5,7 +5,7 @@
 use kube::ResourceExt;
 use kube::api::{Api, DynamicObject, PostParams};
 use kube::core::ApiResource;
-use pytier_crds::node::{NumaNode, PodTiering, PolicySettings, Tier, TierSource};
+use pytier_crds::node::{NumaNode, PodTiering, PolicyGeneration, Tier, TierSource};
 use pytier_crds::{TieringNode, TieringNodeSpec, TieringNodeStatus, TieringPolicy};
 use pytier_tests::ControlPlane;
 use serde_json::json;
@@ -116,11 +116,6 @@ async fn tiering_node_spec_and_status_round_trip() {
     let mut node = TieringNode::new(
         "worker-1",
         TieringNodeSpec {
-            policies: vec![PolicySettings {
-                namespace: "default".into(),
-                name: "web".into(),
-                settings: Default::default(),
-            }],
             pods: vec![PodTiering {
                 namespace: "default".into(),
                 name: "web-0".into(),
@@ -144,6 +139,7 @@ async fn tiering_node_spec_and_status_round_trip() {
             free_bytes: 1 << 29,
         }],
         cxl_nodes: Some("1".into()),
+        policies: vec![PolicyGeneration { namespace: "default".into(), name: "web".into(), generation: 3 }],
         ..Default::default()
     });
     let updated = api.replace_status("worker-1", &PostParams::default(), &node).await.unwrap();

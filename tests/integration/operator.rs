@@ -137,9 +137,21 @@ async fn policies_become_tiering_node_specs() {
     wait_listed(&c, "n2", &[("web-2", "web")]).await;
     wait_listed(&c, "n3", &[("batch", "batch")]).await;
     let tn = Api::<TieringNode>::all(c.clone()).get("n3").await.unwrap();
-    let settings = tn.spec.settings_of(&tn.spec.pods[0]).expect("the policy's settings are listed");
-    assert_eq!(settings.mode, pytier_crds::policy::Mode::Observe, "settings are copied");
     assert_eq!(tn.owner_references()[0].kind, "Node", "a TieringNode goes with its node");
+
+    // A settings edit is the agents' to read from the policy: once the
+    // operator has seen it, the TieringNode is as it was.
+    let batch = Api::<TieringPolicy>::namespaced(c.clone(), "shop");
+    let edit = json!({"spec": {"tracking": {"hotThreshold": 5.0}}});
+    let generation =
+        batch.patch("batch", &PatchParams::default(), &Patch::Merge(&edit)).await.unwrap().metadata.generation;
+    eventually("the edit observed by the operator", WAIT, || async {
+        let seen = batch.get("batch").await.map_err(|e| e.to_string())?.status.and_then(|s| s.observed_generation);
+        if seen == generation { Ok(()) } else { Err(format!("observed {seen:?}")) }
+    })
+    .await;
+    let after = Api::<TieringNode>::all(c.clone()).get("n3").await.unwrap();
+    assert_eq!(after.resource_version(), tn.resource_version(), "a settings edit writes no TieringNode");
 
     // A selector edit moves pods in and out.
     let policies = Api::<TieringPolicy>::namespaced(c.clone(), "shop");

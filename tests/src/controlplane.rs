@@ -272,7 +272,7 @@ impl ControlPlane {
     pub async fn apply_crds(&self, paths: &[PathBuf]) -> Result<()> {
         let api: Api<CustomResourceDefinition> = Api::all(self.client());
         for path in paths {
-            let text = fs::read_to_string(&path)?;
+            let text = fs::read_to_string(path)?;
             let crd: CustomResourceDefinition =
                 serde_norway::from_str(&text).with_context(|| format!("{} is not a CRD", path.display()))?;
             let name = crd.metadata.name.clone().context("CRD without a name")?;

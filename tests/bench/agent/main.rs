@@ -16,7 +16,7 @@
 
 use std::time::{Duration, Instant};
 
-/// How often each interposer (and the TieringNode) is asked whether it has
+/// How often each interposer is asked whether it has
 /// the edited settings: the resolution of the latencies. Fifty threads asking
 /// every 10 ms took enough CPU on two cores to slow the very path measured.
 const PROBE_EVERY: Duration = Duration::from_millis(50);
@@ -26,7 +26,7 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use pytier_contract::protocol::{Answer, Request};
-use pytier_crds::{TieringNode, TieringPolicy};
+use pytier_crds::TieringPolicy;
 use pytier_tests::agent::{Driver, FakePod, NodeAgent, NodeDirs, PodProcess, SERVICE};
 use pytier_tests::operator::{Operator, install_rbac};
 use pytier_tests::{ControlPlane, repo_root};
@@ -155,15 +155,12 @@ async fn main() -> Result<()> {
 
     // Edits: time until each interposer holds the new threshold.
     let mut latencies = Vec::new();
-    let mut spec_latencies = Vec::new();
-    let nodes: Api<TieringNode> = Api::all(c.clone());
     for edit in 0..args.edits {
         let value = 2.0 + edit as f64 * 0.5;
         let patch = Patch::Merge(json!({"spec": {"tracking": {"hotThreshold": value}}}));
         let at = Instant::now();
         policies.patch("svc", &PatchParams::default(), &patch).await?;
-        // Every interposer watched on a thread of its own, and the
-        // TieringNode meanwhile, every PROBE_EVERY.
+        // Every interposer watched on a thread of its own, every PROBE_EVERY.
         let watchers: Vec<_> = sockets
             .iter()
             .cloned()
@@ -179,17 +176,6 @@ async fn main() -> Result<()> {
                 })
             })
             .collect();
-        loop {
-            let tn = nodes.get("n1").await?;
-            if tn.spec.pods.iter().all(|p| tn.spec.settings_of(p).is_some_and(|s| s.tracking.hot_threshold == value)) {
-                spec_latencies.push(at.elapsed().as_secs_f64());
-                break;
-            }
-            if at.elapsed() > Duration::from_secs(60) {
-                bail!("edit {edit}: the TieringNode spec did not change within 60s");
-            }
-            tokio::time::sleep(PROBE_EVERY).await;
-        }
         for watcher in watchers {
             match watcher.join().expect("a watcher thread") {
                 Some(latency) => latencies.push(latency),
@@ -199,7 +185,6 @@ async fn main() -> Result<()> {
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     latencies.sort_by(f64::total_cmp);
-    spec_latencies.sort_by(f64::total_cmp);
     let (_, rss_peak) = cpu_and_peak_rss(agent.pid())?;
 
     let mut intact = 0;
@@ -232,14 +217,6 @@ async fn main() -> Result<()> {
         args.edits,
         args.processes
     );
-    if !spec_latencies.is_empty() {
-        println!(
-            "{:<40} p50 {:.3}s, max {:.3}s (the operator's part)",
-            "  of which: edit -> TieringNode spec",
-            percentile(&spec_latencies, 0.5),
-            spec_latencies.last().copied().unwrap_or(0.0),
-        );
-    }
     println!("{:<40} {intact} of {}", "services with intact data", args.processes);
     println!(
         "agent: cpu {:.2}%, rss {:.1} MiB, configure p99 {:.3} s",

@@ -1,20 +1,27 @@
-//! Simulated node agents, one task per node, writing its TieringNode's
-//! status as `node-agent serve` does: at once when the spec changes (a new
-//! generation), otherwise when its pods' byte counts changed and `every`
-//! (the agent's `--status-every`, 60 s by default) has passed. The bytes move at every
-//! write, so each node with pods writes once per `every`, at a phase of its
-//! own.
+//! Simulated node agents, one task per node, doing against the API server
+//! what `node-agent serve` does:
+//! - each watches the TieringPolicies over a watch of its own (the agent
+//!   reads its pods' settings from the policies) and notes when it saw each
+//!   policy's settings;
+//! - each writes its TieringNode's status at once when the spec changes (a
+//!   new generation), otherwise when its pods' byte counts changed and
+//!   `every` (the agent's `--status-every`, 60 s by default) has passed. The
+//!   bytes move at every write, so each node with pods writes once per
+//!   `every`, at a phase of its own.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
-use pytier_crds::TieringNode;
-use pytier_crds::node::{PodState, PodStatus, TieringNodeStatus};
+use pytier_crds::node::{PodState, PodStatus, PolicyGeneration, TieringNodeStatus};
+use pytier_crds::{TieringNode, TieringPolicy};
 use serde_json::json;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
@@ -24,6 +31,26 @@ pub struct Agents {
     tasks: JoinSet<()>,
     counts: Arc<Counts>,
     started: Instant,
+    /// Per node: what its agent saw of each policy.
+    pub seen: HashMap<String, Arc<Seen>>,
+    /// Woken whenever an agent sees a policy change.
+    pub saw_change: Arc<Notify>,
+}
+
+/// What one agent's policy watch delivered: per namespace, the generation,
+/// scan interval and arrival time of the policy it last saw there.
+#[derive(Default)]
+pub struct Seen(Mutex<HashMap<String, (i64, u32, Instant)>>);
+
+impl Seen {
+    /// The scan interval of the namespace's policy and when it arrived.
+    pub fn scan_interval(&self, namespace: &str) -> Option<(u32, Instant)> {
+        self.0.lock().unwrap().get(namespace).map(|&(_, value, at)| (value, at))
+    }
+
+    fn generation(&self, namespace: &str) -> Option<i64> {
+        self.0.lock().unwrap().get(namespace).map(|&(generation, _, _)| generation)
+    }
 }
 
 #[derive(Default)]
@@ -52,20 +79,26 @@ impl Agents {
     ) -> Agents {
         let (stop, stopped) = watch::channel(false);
         let counts = Arc::new(Counts::default());
+        let saw_change = Arc::new(Notify::new());
         let mut tasks = JoinSet::new();
+        let mut seen = HashMap::new();
         let count = nodes.len().max(1) as u32;
         for (i, (node, changed)) in nodes.into_iter().enumerate() {
+            let policies = Arc::new(Seen::default());
+            seen.insert(node.clone(), policies.clone());
+            tasks.spawn(watch_policies(client.clone(), policies.clone(), saw_change.clone(), stopped.clone()));
             let agent = Agent {
                 api: Api::all(client.clone()),
                 store: store.clone(),
                 node,
                 changed,
+                policies,
                 every,
                 counts: counts.clone(),
             };
             tasks.spawn(agent.run(every * i as u32 / count, stopped.clone()));
         }
-        Agents { stop, tasks, counts, started: Instant::now() }
+        Agents { stop, tasks, counts, started: Instant::now(), seen, saw_change }
     }
 
     pub async fn stop(mut self) -> Report {
@@ -81,11 +114,32 @@ impl Agents {
     }
 }
 
+/// One agent's watch of every TieringPolicy, as the real agent keeps it.
+async fn watch_policies(client: Client, seen: Arc<Seen>, saw_change: Arc<Notify>, mut stop: watch::Receiver<bool>) {
+    let events = watcher(Api::<TieringPolicy>::all(client), watcher::Config::default()).default_backoff();
+    let mut events = std::pin::pin!(events);
+    loop {
+        let event = tokio::select! {
+            event = events.next() => event,
+            _ = stop.changed() => return,
+        };
+        let Some(event) = event else { return };
+        if let Ok(watcher::Event::Apply(policy) | watcher::Event::InitApply(policy)) = event {
+            let at = Instant::now();
+            let value = policy.spec.settings.tracking.scan_interval_millis;
+            let generation = policy.metadata.generation.unwrap_or_default();
+            seen.0.lock().unwrap().insert(policy.namespace().unwrap_or_default(), (generation, value, at));
+            saw_change.notify_waiters();
+        }
+    }
+}
+
 struct Agent {
     api: Api<TieringNode>,
     store: Store<TieringNode>,
     node: String,
     changed: Arc<Notify>,
+    policies: Arc<Seen>,
     every: Duration,
     counts: Arc<Counts>,
 }
@@ -129,6 +183,14 @@ impl Agent {
                 ..Default::default()
             })
             .collect();
+        let mut policies: Vec<PolicyGeneration> = (tn.spec.pods.iter())
+            .filter_map(|p| {
+                let generation = self.policies.generation(&p.namespace)?;
+                Some(PolicyGeneration { namespace: p.namespace.clone(), name: p.policy.clone(), generation })
+            })
+            .collect();
+        policies.sort_by(|a, b| a.namespace.cmp(&b.namespace));
+        policies.dedup();
         let status = TieringNodeStatus {
             conditions: vec![Condition {
                 type_: "Ready".into(),
@@ -143,6 +205,7 @@ impl Agent {
             cxl_nodes: Some("1".into()),
             managed_pods: pods.len() as u32,
             pods,
+            policies,
             ..Default::default()
         };
         let start = Instant::now();

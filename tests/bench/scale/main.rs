@@ -10,8 +10,9 @@
 //!    operator handles it, and as the creating client sees the whole creation;
 //! 2. policies: time from creating all policies until every TieringNode is
 //!    correct;
-//! 3. edits, one policy at a time: time until every TieringNode it affects
-//!    has the new settings (p50/p99), with the agents answering each change;
+//! 3. edits, one policy at a time: time until the agent of every node with
+//!    pods it governs has seen the new settings (p50/p99), over the agent's
+//!    own watch of the policies, as `node-agent serve` reads them;
 //! 4. churn: more pods created at the same rate while the agents report,
 //!    the webhook measured again;
 //! 5. catch-up: the agents stop; time until every policy's status shows the
@@ -64,7 +65,7 @@ struct Args {
 }
 
 const USAGE: &str = "usage: scale-bench [--nodes N] [--pods N] [--churn PODS] [--policies N] [--edits N] \
-                     [--rate PODS_PER_S] [--runs N] [--agent-every SECONDS (0: no agents)]";
+                     [--rate PODS_PER_S] [--runs N] [--agent-every SECONDS]";
 
 impl Args {
     fn parse() -> Result<Args> {
@@ -100,8 +101,8 @@ impl Args {
         if args.nodes == 0 || args.policies == 0 || args.pods < args.policies || args.rate <= 0.0 || args.runs == 0 {
             bail!("need at least one node, one policy, a pod per policy, a positive rate and one run");
         }
-        if args.agent_every.is_nan() || args.agent_every < 0.0 {
-            bail!("--agent-every must be 0 (no agents) or a number of seconds");
+        if args.agent_every.is_nan() || args.agent_every <= 0.0 {
+            bail!("--agent-every must be a positive number of seconds");
         }
         Ok(args)
     }
@@ -214,18 +215,14 @@ impl TieringNodes {
         self.per_node.lock().unwrap().entry(node.to_string()).or_default().clone()
     }
 
-    /// Nodes whose TieringNode differs from the wanted pods and settings.
-    fn wrong(&self, pods: &HashMap<String, Vec<(String, String)>>, settings: &BTreeMap<String, u32>) -> usize {
+    /// Nodes whose TieringNode differs from the wanted pods.
+    fn wrong(&self, pods: &HashMap<String, Vec<(String, String)>>) -> usize {
         pods.iter()
             .filter(|(node, want)| {
                 let Some(tn) = self.store.get(&reflector::ObjectRef::new(node)) else { return true };
                 tn.spec.pods.len() != want.len()
-                    || tn.spec.pods.iter().zip(want.iter()).any(|(got, (ns, name))| {
-                        got.namespace != *ns
-                            || got.name != *name
-                            || got.policy != POLICY
-                            || settings.get(ns) != tn.spec.settings_of(got).map(|s| &s.tracking.scan_interval_millis)
-                    })
+                    || (tn.spec.pods.iter().zip(want.iter()))
+                        .any(|(got, (ns, name))| got.namespace != *ns || got.name != *name || got.policy != POLICY)
             })
             .count()
     }
@@ -234,13 +231,12 @@ impl TieringNodes {
     async fn converged(
         &self,
         pods: &HashMap<String, Vec<(String, String)>>,
-        settings: &BTreeMap<String, u32>,
         since: Instant,
         timeout: Duration,
     ) -> Result<Duration> {
         loop {
             let changed = self.changed.notified();
-            let wrong = self.wrong(pods, settings);
+            let wrong = self.wrong(pods);
             if wrong == 0 {
                 return Ok(since.elapsed());
             }
@@ -263,6 +259,36 @@ impl TieringNodes {
     }
 }
 
+/// Waits until the agent of each of `nodes` has seen the policy of
+/// `namespace` with scan interval `value`; returns the time from `since` to
+/// the last arrival.
+async fn arrived(
+    agents: &Agents,
+    nodes: &[&String],
+    namespace: &str,
+    value: u32,
+    since: Instant,
+    timeout: Duration,
+) -> Result<Duration> {
+    loop {
+        let changed = agents.saw_change.notified();
+        let (mut last, mut missing) = (since, 0);
+        for node in nodes {
+            match agents.seen[*node].scan_interval(namespace) {
+                Some((seen, at)) if seen == value => last = last.max(at),
+                _ => missing += 1,
+            }
+        }
+        if missing == 0 {
+            return Ok(last - since);
+        }
+        if since.elapsed() > timeout {
+            bail!("{missing} agents had not seen it after {timeout:?}");
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(200), changed).await;
+    }
+}
+
 /// One run's figures.
 struct Run {
     create_rate: f64,
@@ -276,7 +302,7 @@ struct Run {
     policies_applied: f64,
     edits: Vec<f64>,
     nodes_per_policy: usize,
-    agents: Option<agents::Report>,
+    agents: agents::Report,
     policy_status_writes_per_s: f64,
     catch_up: Option<f64>,
     kwok: (usize, usize),
@@ -296,11 +322,11 @@ async fn main() -> Result<()> {
         print_run(&cluster, r, &run);
         runs.push(run);
     }
-    print_summary(&cluster, &runs);
+    print_summary(&runs);
     let lost_edits = runs.iter().flat_map(|r| &r.edits).filter(|e| e.is_infinite()).count();
-    let stale = runs.iter().filter(|r| r.agents.is_some() && r.catch_up.is_none()).count();
+    let stale = runs.iter().filter(|r| r.catch_up.is_none()).count();
     if lost_edits > 0 || stale > 0 {
-        bail!("{lost_edits} edits never reached their TieringNodes; {stale} runs ended with policy statuses behind");
+        bail!("{lost_edits} edits never reached their agents; {stale} runs ended with policy statuses behind");
     }
     Ok(())
 }
@@ -340,19 +366,16 @@ async fn run(cluster: &Cluster) -> Result<Run> {
     eprintln!("{} nodes created in {:.1}s", a.nodes, t.elapsed().as_secs_f64());
 
     let tns = TieringNodes::watch(&client);
-    let agents = if a.agent_every > 0.0 {
-        // As the real agents: their own identity, under their own RBAC (so
-        // the API server's fairness treats them as the flow they are).
-        plane.apply_manifests(&pytier_tests::repo_root().join("deploy/node-agent/rbac.yaml")).await?;
-        let kubeconfig = plane.kubeconfig_as_service_account("pytier-system", "pytier-node-agent")?;
-        let options = kube::config::KubeConfigOptions::default();
-        let config =
-            kube::Config::from_custom_kubeconfig(kube::config::Kubeconfig::read_from(&kubeconfig)?, &options).await?;
-        let nodes = (0..a.nodes).map(|j| cluster.node(j)).map(|n| (n.clone(), tns.on_change(&n))).collect();
-        Some(Agents::start(&Client::try_from(config)?, &tns.store, nodes, Duration::from_secs_f64(a.agent_every)))
-    } else {
-        None
-    };
+    // As the real agents: their own identity, under their own RBAC (so the
+    // API server's fairness treats them as the flow they are), a watch of
+    // the policies each.
+    plane.apply_manifests(&pytier_tests::repo_root().join("deploy/node-agent/rbac.yaml")).await?;
+    let kubeconfig = plane.kubeconfig_as_service_account("pytier-system", "pytier-node-agent")?;
+    let options = kube::config::KubeConfigOptions::default();
+    let config =
+        kube::Config::from_custom_kubeconfig(kube::config::Kubeconfig::read_from(&kubeconfig)?, &options).await?;
+    let nodes = (0..a.nodes).map(|j| cluster.node(j)).map(|n| (n.clone(), tns.on_change(&n))).collect();
+    let agents = Agents::start(&Client::try_from(config)?, &tns.store, nodes, Duration::from_secs_f64(a.agent_every));
     let mut profile = Profile::start(&op)?;
 
     // 1. Pods at a steady rate; every one goes through the webhook.
@@ -364,15 +387,13 @@ async fn run(cluster: &Cluster) -> Result<Run> {
 
     // 2. Policies: one per namespace; then every TieringNode must list its pods.
     let want = cluster.expected_pods();
-    let mut settings: BTreeMap<String, u32> = BTreeMap::new();
     let t = Instant::now();
     for n in 0..a.policies {
         let ns = cluster.namespace(n);
         let api = Api::<TieringPolicy>::namespaced(client.clone(), &ns);
         api.create(&PostParams::default(), &serde_json::from_value(cluster.policy_json(n, 100))?).await?;
-        settings.insert(ns, 100);
     }
-    let policies_applied = tns.converged(&want, &settings, t, Duration::from_secs(300)).await?.as_secs_f64();
+    let policies_applied = tns.converged(&want, t, Duration::from_secs(300)).await?.as_secs_f64();
     eprintln!("policies applied to every TieringNode in {policies_applied:.2}s");
     profile.end("policies", &op)?;
 
@@ -384,11 +405,12 @@ async fn run(cluster: &Cluster) -> Result<Run> {
         let value = 200 + e as u32;
         let patch = json!({"spec": {"tracking": {"scanIntervalMillis": value}}});
         let api = Api::<TieringPolicy>::namespaced(client.clone(), &ns);
+        let nodes: Vec<&String> =
+            (want.iter()).filter(|(_, pods)| pods.iter().any(|(p, _)| *p == ns)).map(|(n, _)| n).collect();
         let t = Instant::now();
         api.patch(POLICY, &PatchParams::default(), &Patch::Merge(&patch)).await?;
-        settings.insert(ns, value);
         // An edit that never arrives counts as infinitely slow; the run goes on.
-        let took = tns.converged(&want, &settings, t, Duration::from_secs(120)).await;
+        let took = arrived(&agents, &nodes, &ns, value, t, Duration::from_secs(120)).await;
         edits.push(took.map_or_else(
             |e| {
                 eprintln!("edit {e}");
@@ -408,30 +430,26 @@ async fn run(cluster: &Cluster) -> Result<Run> {
     let with_policies = &profile.phases[1..];
     let policy_status_writes_per_s = with_policies.iter().map(|p| p.count("patch tieringpolicies/status")).sum::<f64>()
         / with_policies.iter().map(|p| p.seconds).sum::<f64>();
-    let mut agent_report = None;
+    let agent_report = agents.stop().await;
     let mut catch_up = None;
-    if let Some(agents) = agents {
-        let report = agents.stop().await;
-        let t = Instant::now();
-        let policies = Api::<TieringPolicy>::all(client.clone());
-        loop {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            let reported = tns.reported_dram_bytes();
-            let shown: BTreeMap<String, u64> = (policies.list(&Default::default()).await?.items.iter())
-                .map(|p| (p.namespace().unwrap_or_default(), p.status.as_ref().map_or(0, |s| s.dram_bytes)))
-                .collect();
-            if shown == reported {
-                catch_up = Some(t.elapsed().as_secs_f64());
-                break;
-            }
-            if t.elapsed() > Duration::from_secs(120) {
-                eprintln!("policy statuses did not reach the agents' reports in 120 s");
-                break;
-            }
+    let t = Instant::now();
+    let policies = Api::<TieringPolicy>::all(client.clone());
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let reported = tns.reported_dram_bytes();
+        let shown: BTreeMap<String, u64> = (policies.list(&Default::default()).await?.items.iter())
+            .map(|p| (p.namespace().unwrap_or_default(), p.status.as_ref().map_or(0, |s| s.dram_bytes)))
+            .collect();
+        if shown == reported {
+            catch_up = Some(t.elapsed().as_secs_f64());
+            break;
         }
-        agent_report = Some(report);
-        profile.end("catch-up", &op)?;
+        if t.elapsed() > Duration::from_secs(120) {
+            eprintln!("policy statuses did not reach the agents' reports in 120 s");
+            break;
+        }
     }
+    profile.end("catch-up", &op)?;
 
     let operator_webhook = Histogram::parse(&op.get("/metrics")?, "pytier_operator_webhook_duration_seconds", &[])?;
     let kwok_state = kwok_progress(&client).await?;
@@ -535,27 +553,24 @@ fn print_run(cluster: &Cluster, number: usize, run: &Run) {
     println!("{:<34} {:.2} s", "policies -> all TieringNodes", run.policies_applied);
     println!(
         "{:<34} p50 {:.2} s, p99 {:.2} s, max {:.2} s ({} nodes per policy)",
-        "policy edit -> its TieringNodes",
+        "policy edit -> its nodes' agents",
         quantile(&run.edits, 0.5),
         run.edit_p99(),
         run.edits.iter().cloned().fold(0.0, f64::max),
         run.nodes_per_policy
     );
-    if let Some(agents) = &run.agents {
-        println!(
-            "{:<34} {} writes ({:.1}/s), {} failed, p99 {:.1} ms",
-            "agent status writes",
-            agents.writes,
-            agents.per_second,
-            agents.failures,
-            ms(quantile(&agents.latencies, 0.99))
-        );
-    }
+    let agents = &run.agents;
+    println!(
+        "{:<34} {} writes ({:.1}/s), {} failed, p99 {:.1} ms",
+        "agent status writes",
+        agents.writes,
+        agents.per_second,
+        agents.failures,
+        ms(quantile(&agents.latencies, 0.99))
+    );
     println!("{:<34} {:.2}/s", "policy status writes", run.policy_status_writes_per_s);
-    if run.agents.is_some() {
-        let shown = run.catch_up.map_or("not within 120 s".to_string(), |s| format!("{s:.1} s"));
-        println!("{:<34} {shown}", "policy status = agents' reports");
-    }
+    let shown = run.catch_up.map_or("not within 120 s".to_string(), |s| format!("{s:.1} s"));
+    println!("{:<34} {shown}", "policy status = agents' reports");
     println!("{:<34} {} nodes Ready, {} pods Running", "kwok at the end", run.kwok.0, run.kwok.1);
     println!("{:<34} peak RSS {:.0} MiB, CPU {:.1} s", "operator", run.rss_mib, run.cpu);
     println!("profile (operator, per phase):");
@@ -564,7 +579,7 @@ fn print_run(cluster: &Cluster, number: usize, run: &Run) {
     }
 }
 
-fn print_summary(cluster: &Cluster, runs: &[Run]) {
+fn print_summary(runs: &[Run]) {
     let med = |f: &dyn Fn(&Run) -> f64| {
         let values: Vec<f64> = runs.iter().map(f).collect();
         let min = values.iter().cloned().fold(f64::INFINITY, f64::min);
@@ -584,10 +599,8 @@ fn print_summary(cluster: &Cluster, runs: &[Run]) {
     row("webhook handling p99 (operator)", "ms", 1e3, &|r| r.handling.1);
     row("create request p99 (client)", "ms", 1e3, &|r| r.create.1);
     row("policy status writes", "/s", 1.0, &|r| r.policy_status_writes_per_s);
-    if cluster.args.agent_every > 0.0 {
-        row("agent status writes", "/s", 1.0, &|r| r.agents.as_ref().map_or(0.0, |a| a.per_second));
-        row("policy status catch-up", "s", 1.0, &|r| r.catch_up.unwrap_or(f64::NAN));
-    }
+    row("agent status writes", "/s", 1.0, &|r| r.agents.per_second);
+    row("policy status catch-up", "s", 1.0, &|r| r.catch_up.unwrap_or(f64::NAN));
     row("operator peak RSS", "MiB", 1.0, &|r| r.rss_mib);
     row("operator CPU, all phases", "s", 1.0, &|r| r.cpu);
     for (i, phase) in runs[0].phases.iter().enumerate() {
