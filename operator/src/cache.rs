@@ -420,7 +420,7 @@ fn trim_node(node: &mut NodeMeta) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::selection::tests::pod;
+    use crate::selection::tests::{pod, policy};
 
     fn on(node: &str, mut p: Pod) -> Pod {
         p.spec = Some(PodSpec { node_name: Some(node.into()), ..Default::default() });
@@ -457,5 +457,57 @@ mod tests {
         index.rebuild(&[Arc::new(on("n9", pod("c", "p9", &[], &[])))]);
         assert_eq!(names(index.on_node.get("n9")), ["p9"]);
         assert!(!index.in_namespace.contains_key("a"), "a rebuild forgets what the relist dropped");
+    }
+
+    /// A router over empty stores but for a pod of namespace `a` on `n1`.
+    fn router() -> (Router, UnboundedReceiver<ObjectRef<NodeMeta>>, UnboundedReceiver<ObjectRef<TieringPolicy>>) {
+        let mut index = PodIndex::default();
+        index.insert(&on("n1", pod("a", "p1", &[], &[])));
+        let stores = Stores {
+            pods: reflector::store().0,
+            pod_index: Arc::new(RwLock::new(index)),
+            policies: reflector::store().0,
+            tiering_nodes: reflector::store().0,
+            nodes: reflector::store().0,
+        };
+        let (nodes, node_requests) = Queue::new(Gauge::default());
+        let (policies, policy_requests) = Queue::new(Gauge::default());
+        let router =
+            Router { stores, nodes, policies, policy_seen: Arc::default(), tiering_node_seen: Arc::default() };
+        (router, node_requests, policy_requests)
+    }
+
+    fn drain<K: Resource<DynamicType = ()>>(rx: &mut UnboundedReceiver<ObjectRef<K>>, queue: &Queue<K>) -> Vec<String> {
+        let mut names = Vec::new();
+        while let Ok(Some(obj)) = rx.try_next() {
+            queue.started(&obj);
+            names.push(obj.name);
+        }
+        names
+    }
+
+    #[test]
+    fn a_settings_edit_reaches_no_node_a_selector_edit_does() {
+        let (router, mut nodes, mut policies) = router();
+        let mut web = (*policy("a", "web", 1, Some(("app", "web")))).clone();
+        web.metadata.generation = Some(1);
+        router.policy_changed(&web, false);
+        assert_eq!(drain(&mut nodes, &router.nodes), ["n1"], "a new policy may select pods of its namespace");
+
+        web.metadata.generation = Some(2);
+        web.spec.settings.tracking.hot_threshold = 9.0;
+        router.policy_changed(&web, false);
+        assert!(drain(&mut nodes, &router.nodes).is_empty(), "agents read the settings from the policy");
+        assert_eq!(drain(&mut policies, &router.policies), ["web"], "its status shows the new generation");
+
+        router.policy_changed(&web, false);
+        assert!(drain(&mut nodes, &router.nodes).is_empty(), "a status write changes nothing");
+
+        web.metadata.generation = Some(3);
+        web.spec.pod_selector = None;
+        router.policy_changed(&web, false);
+        assert_eq!(drain(&mut nodes, &router.nodes), ["n1"], "a selector edit may move pods");
+        router.policy_changed(&web, true);
+        assert_eq!(drain(&mut nodes, &router.nodes), ["n1"], "a deletion releases its pods");
     }
 }

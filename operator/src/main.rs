@@ -230,7 +230,8 @@ async fn start_webhook(args: &RunArgs, client: Client, metrics: Arc<Metrics>, re
         }
         _ => (StatusCode::NOT_FOUND, "text/plain", b"not found\n".to_vec()),
     });
-    let tls = rustls::ServerConfig::builder().with_no_client_auth().with_cert_resolver(serving);
+    let mut tls = rustls::ServerConfig::builder().with_no_client_auth().with_cert_resolver(serving);
+    tls.alpn_protocols = pytier_admin::http::ALPN.iter().map(|p| p.to_vec()).collect();
     let tls = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     let listener =
         std::net::TcpListener::bind(args.webhook_addr).with_context(|| format!("cannot bind {}", args.webhook_addr))?;

@@ -357,6 +357,14 @@ async fn webhook_injects_opted_in_pods_over_tls() {
     })
     .await;
 
+    // HTTP/2 is offered: the API server's calls share one connection.
+    let url = format!("https://{}/", op.webhook_addr);
+    let out = std::process::Command::new("curl")
+        .args(["-sk", "--http2", "-o", "/dev/null", "-w", "%{http_version}", &url])
+        .output()
+        .expect("curl runs");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "2", "ALPN chose HTTP/2: {out:?}");
+
     // With the webhook down, pods are still admitted (failurePolicy: Ignore).
     let webhook_requests = op.get("/metrics").unwrap();
     assert!(webhook_requests.contains("pytier_operator_webhook_requests_total{outcome=\"injected\"}"));

@@ -1,5 +1,6 @@
-//! A minimal HTTP/1.1 server (optionally TLS) for the webhook and the
-//! metrics/health endpoints. Handlers are synchronous: each answers from
+//! A minimal HTTP server (optionally TLS) for the webhook and the
+//! metrics/health endpoints, speaking HTTP/1.1 and HTTP/2 (chosen by ALPN
+//! under TLS, see [`ALPN`]). Handlers are synchronous: each answers from
 //! memory without waiting on anything.
 
 use std::convert::Infallible;
@@ -7,10 +8,10 @@ use std::sync::Arc;
 
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tracing::debug;
@@ -18,6 +19,11 @@ use tracing::debug;
 /// An answer: status, content type and body.
 pub type Reply = (StatusCode, &'static str, Vec<u8>);
 pub type Handler = Arc<dyn Fn(&Method, &str, &[u8]) -> Reply + Send + Sync>;
+
+/// The protocols a TLS listener offers, HTTP/2 first: the API server then
+/// sends every webhook call over one connection instead of opening (and
+/// TLS-handshaking) another whenever calls overlap.
+pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
 /// Larger bodies are refused; an AdmissionReview of a pod is a few KiB.
 const MAX_BODY: usize = 4 << 20;
@@ -36,12 +42,13 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, handler: Han
         let (handler, tls) = (handler.clone(), tls.clone());
         tokio::spawn(async move {
             let service = service_fn(move |request: Request<Incoming>| answer(request, handler.clone()));
+            let server = auto::Builder::new(TokioExecutor::new());
             let result = match tls {
                 Some(acceptor) => match acceptor.accept(stream).await {
-                    Ok(stream) => http1::Builder::new().serve_connection(TokioIo::new(stream), service).await,
+                    Ok(stream) => server.serve_connection(TokioIo::new(stream), service).await,
                     Err(e) => return debug!(error = %e, "TLS handshake failed"),
                 },
-                None => http1::Builder::new().serve_connection(TokioIo::new(stream), service).await,
+                None => server.serve_connection(TokioIo::new(stream), service).await,
             };
             if let Err(e) = result {
                 debug!(error = %e, "connection ended with an error");
