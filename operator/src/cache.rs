@@ -472,8 +472,7 @@ mod tests {
         };
         let (nodes, node_requests) = Queue::new(Gauge::default());
         let (policies, policy_requests) = Queue::new(Gauge::default());
-        let router =
-            Router { stores, nodes, policies, policy_seen: Arc::default(), tiering_node_seen: Arc::default() };
+        let router = Router { stores, nodes, policies, policy_seen: Arc::default(), tiering_node_seen: Arc::default() };
         (router, node_requests, policy_requests)
     }
 

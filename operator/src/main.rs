@@ -93,7 +93,8 @@ struct RunArgs {
     #[arg(long, default_value_t = 365)]
     cert_validity_days: i64,
     /// Least seconds between two writes of a policy's status that only change
-    /// its byte counts; any other change is written at once.
+    /// its pod and byte counts (and messages); a change of condition or
+    /// observed generation is written at once.
     #[arg(long, default_value_t = 10.0)]
     status_every: f64,
     /// Host directory with the interposer shim, which the node agent fills.

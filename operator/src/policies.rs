@@ -98,7 +98,7 @@ async fn update_status(policy: &TieringPolicy, api: &Api<TieringPolicy>, ctx: &C
         return Ok(Action::requeue(Duration::from_secs(300)));
     }
     let key = ObjectRef::from_obj(policy);
-    if only_bytes_differ(&previous, &status)
+    if only_counts_differ(&previous, &status)
         && let Some(wait) = ctx.status_pacer.wait(&key)
     {
         return Ok(Action::requeue(wait));
@@ -112,10 +112,11 @@ async fn update_status(policy: &TieringPolicy, api: &Api<TieringPolicy>, ctx: &C
     Ok(Action::requeue(Duration::from_secs(300)))
 }
 
-/// Spaces the status writes of a policy that only move its byte counts. The
-/// agents report bytes every few seconds per node, so a policy over hundreds
-/// of nodes would otherwise be rewritten at every reconcile; a change of
-/// pods or conditions is written at once.
+/// Spaces the status writes of a policy that only move its counts. The
+/// agents report bytes every minute per node and pods come and go, so a
+/// policy over hundreds of nodes would otherwise be rewritten at every
+/// reconcile; a change of condition or observed generation is written at
+/// once.
 pub struct StatusPacer {
     every: Duration,
     last_write: Mutex<HashMap<ObjectRef<TieringPolicy>, Instant>>,
@@ -141,9 +142,17 @@ impl StatusPacer {
     }
 }
 
-fn only_bytes_differ(a: &TieringPolicyStatus, b: &TieringPolicyStatus) -> bool {
-    let without_bytes = |s: &TieringPolicyStatus| TieringPolicyStatus { dram_bytes: 0, cxl_bytes: 0, ..s.clone() };
-    without_bytes(a) == without_bytes(b)
+/// Whether two statuses agree on what someone acts on: the observed
+/// generation and each condition's status and reason. Pod counts, bytes and
+/// messages can wait for the pacer (in a churn of pods they change at every
+/// reconcile).
+fn only_counts_differ(a: &TieringPolicyStatus, b: &TieringPolicyStatus) -> bool {
+    let key = |s: &TieringPolicyStatus| {
+        let conditions: Vec<_> =
+            s.conditions.iter().map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone())).collect();
+        (s.observed_generation, conditions)
+    };
+    key(a) == key(b)
 }
 
 /// Rewrites every TieringNode that still lists the policy's pods. The policy
@@ -415,7 +424,7 @@ mod tests {
     }
 
     #[test]
-    fn only_byte_counts_wait_for_the_pacer() {
+    fn counts_wait_for_the_pacer_conditions_do_not() {
         let web = policy("a", "web", 1, Some(("app", "web")));
         let pods: Vec<_> = ["w1", "w2"].iter().map(|n| Arc::new(pod("a", n, &[("app", "web")], &[]))).collect();
         let before = [agent_reports(&[("w1", PodState::Managed, 100)])];
@@ -423,8 +432,19 @@ mod tests {
         let after_state = [agent_reports(&[("w1", PodState::Managed, 100), ("w2", PodState::Managed, 1)])];
         let all = std::slice::from_ref(&web);
         let s = summarize(&web, &pods, all, &before, &Default::default(), now());
-        assert!(only_bytes_differ(&s, &summarize(&web, &pods, all, &after_bytes, &s, now())));
-        assert!(!only_bytes_differ(&s, &summarize(&web, &pods, all, &after_state, &s, now())));
+        assert!(only_counts_differ(&s, &summarize(&web, &pods, all, &after_bytes, &s, now())));
+        let managed = summarize(&web, &pods, all, &after_state, &s, now());
+        assert!(!only_counts_differ(&s, &managed), "PodsPending became AllPodsManaged");
+        let mut more = pods.clone();
+        more.push(Arc::new(pod("a", "w3", &[("app", "web")], &[])));
+        let three = [agent_reports(&[
+            ("w1", PodState::Managed, 100),
+            ("w2", PodState::Managed, 1),
+            ("w3", PodState::Managed, 1),
+        ])];
+        let grown = summarize(&web, &more, all, &three, &managed, now());
+        assert_eq!((managed.matched_pods, grown.matched_pods), (2, 3));
+        assert!(only_counts_differ(&managed, &grown), "one more pod, all still managed");
 
         let pacer = StatusPacer::new(Duration::from_secs(10));
         let key = ObjectRef::from_obj(&*web);

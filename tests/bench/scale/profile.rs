@@ -183,6 +183,13 @@ impl Histogram {
         Histogram { buckets, count }
     }
 
+    /// The share of observations at most `bound` (a bucket bound), NaN
+    /// when no bucket ends there.
+    pub fn share_within(&self, bound: f64) -> f64 {
+        let within = self.buckets.iter().find(|(le, _)| (*le - bound).abs() < 1e-9);
+        within.map_or(f64::NAN, |(_, c)| c / self.count.max(1.0))
+    }
+
     /// Upper bound of the bucket holding the `q` quantile: what coarse
     /// buckets can honestly say.
     pub fn quantile_bound(&self, q: f64) -> f64 {
