@@ -243,10 +243,20 @@ impl Stores {
         let (r, r2) = (router.clone(), router.clone());
         let pods =
             route(pod_events, "pods", move |pod, deleted| r.pod_changed(pod, deleted), move || r2.pods_relisted());
-        let r = router.clone();
-        let policies = route(policy_events, "tieringpolicies", move |p, deleted| r.policy_changed(p, deleted), || {});
-        let r = router.clone();
-        let tns = route(tn_events, "tieringnodes", move |tn, deleted| r.tiering_node_changed(tn, deleted), || {});
+        let (r, r2) = (router.clone(), router.clone());
+        let policies = route(
+            policy_events,
+            "tieringpolicies",
+            move |p, deleted| r.policy_changed(p, deleted),
+            move || r2.forget_vanished(),
+        );
+        let (r, r2) = (router.clone(), router.clone());
+        let tns = route(
+            tn_events,
+            "tieringnodes",
+            move |tn, deleted| r.tiering_node_changed(tn, deleted),
+            move || r2.forget_vanished(),
+        );
         let r = router;
         let nodes = route(node_events, "nodes", move |node, deleted| r.node_changed(node, deleted), || {});
         let drive = async move {
@@ -320,6 +330,16 @@ impl Router {
         if let Some(ns) = pod.namespace() {
             self.policies_in(&ns);
         }
+    }
+
+    /// What a relist dropped (deleted while the watch was away) is
+    /// forgotten: the memory of what was last routed stays as large as the
+    /// cluster.
+    fn forget_vanished(&self) {
+        let policies = &self.stores.policies;
+        self.policy_seen.lock().unwrap().retain(|key, _| policies.get(key).is_some());
+        let tiering_nodes = &self.stores.tiering_nodes;
+        self.tiering_node_seen.lock().unwrap().retain(|name, _| tiering_nodes.get(&ObjectRef::new(name)).is_some());
     }
 
     /// A relist may have dropped pods without a deletion event.
@@ -478,7 +498,7 @@ mod tests {
 
     fn drain<K: Resource<DynamicType = ()>>(rx: &mut UnboundedReceiver<ObjectRef<K>>, queue: &Queue<K>) -> Vec<String> {
         let mut names = Vec::new();
-        while let Ok(Some(obj)) = rx.try_next() {
+        while let Ok(obj) = rx.try_recv() {
             queue.started(&obj);
             names.push(obj.name);
         }
@@ -508,5 +528,10 @@ mod tests {
         assert_eq!(drain(&mut nodes, &router.nodes), ["n1"], "a selector edit may move pods");
         router.policy_changed(&web, true);
         assert_eq!(drain(&mut nodes, &router.nodes), ["n1"], "a deletion releases its pods");
+
+        // Seen again, then gone in a relist (this test's store is empty).
+        router.policy_changed(&web, false);
+        router.forget_vanished();
+        assert!(router.policy_seen.lock().unwrap().is_empty(), "what a relist dropped is forgotten");
     }
 }

@@ -39,6 +39,9 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, handler: Han
                 continue;
             }
         };
+        // An HTTP/2 answer is several writes (headers, data): without this,
+        // Nagle holds the later ones until the client acknowledges the first.
+        let _ = stream.set_nodelay(true);
         let (handler, tls) = (handler.clone(), tls.clone());
         tokio::spawn(async move {
             let service = service_fn(move |request: Request<Incoming>| answer(request, handler.clone()));

@@ -27,6 +27,7 @@
 //! Run with `tests/bench/scale/run`.
 
 mod agents;
+mod probe;
 mod profile;
 
 use std::collections::{BTreeMap, HashMap};
@@ -35,6 +36,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use futures::StreamExt;
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{self, Store};
@@ -48,6 +50,7 @@ use serde_json::json;
 use tokio::sync::Notify;
 
 use crate::agents::Agents;
+use crate::probe::Probe;
 use crate::profile::{Histogram, Phase, Profile, peak_rss_bytes, quantile};
 
 const POLICY: &str = "tiering";
@@ -298,6 +301,8 @@ struct Run {
     webhook: [(f64, f64); 2],
     /// The share of those calls within 5 ms, in each phase.
     webhook_within_5ms: [f64; 2],
+    /// The probe's calls straight to the webhook, p50 and p99, in each phase.
+    direct: [(f64, f64); 2],
     webhook_calls: f64,
     /// The operator's own handling, p50 and p99 (all calls).
     handling: (f64, f64),
@@ -342,6 +347,7 @@ async fn run(cluster: &Cluster) -> Result<Run> {
     let mut op = Operator::start_with(&plane, &kubeconfig, "bench", &["--webhook-dns-names", "127.0.0.1"])?;
     op.wait_ready()?;
     install_webhook(&plane, &op).await?;
+    let webhook = (op.webhook_addr.clone(), webhook_ca(&client).await?);
     let kwok = Kwok::start(&plane)?;
 
     for n in 0..a.policies {
@@ -382,7 +388,8 @@ async fn run(cluster: &Cluster) -> Result<Run> {
 
     // 1. Pods at a steady rate; every one goes through the webhook.
     let t = Instant::now();
-    let (create_latency, webhook_creation) = create_pods(cluster, &client, 0..a.pods).await?;
+    let creation = create_pods(cluster, &client, 0..a.pods, &webhook).await?;
+    let create_latency = creation.latency;
     let create_seconds = t.elapsed().as_secs_f64();
     eprintln!("{} pods created in {create_seconds:.1}s", a.pods);
     profile.end("pod creation", &op)?;
@@ -424,7 +431,7 @@ async fn run(cluster: &Cluster) -> Result<Run> {
     profile.end("edits", &op)?;
 
     // 4. Churn: more pods while the agents report.
-    let (_, webhook_churn) = create_pods(cluster, &client, a.pods..a.pods + a.churn).await?;
+    let churn = create_pods(cluster, &client, a.pods..a.pods + a.churn, &webhook).await?;
     profile.end("churn", &op)?;
 
     // 5. Catch-up: the agents stop; the policies' status must reach their last reports.
@@ -462,9 +469,10 @@ async fn run(cluster: &Cluster) -> Result<Run> {
     Ok(Run {
         create_rate: a.pods as f64 / create_seconds,
         create: (quantile(&create_latency, 0.5), quantile(&create_latency, 0.99)),
-        webhook: [bounds(&webhook_creation), bounds(&webhook_churn)],
-        webhook_within_5ms: [webhook_creation.share_within(0.005), webhook_churn.share_within(0.005)],
-        webhook_calls: webhook_creation.count + webhook_churn.count,
+        webhook: [bounds(&creation.webhook), bounds(&churn.webhook)],
+        webhook_within_5ms: [creation.webhook.share_within(0.005), churn.webhook.share_within(0.005)],
+        direct: [creation.direct, churn.direct],
+        webhook_calls: creation.webhook.count + churn.webhook.count,
         handling: (operator_webhook.quantile(0.5), operator_webhook.quantile(0.99)),
         policies_applied,
         edits,
@@ -482,12 +490,28 @@ async fn run(cluster: &Cluster) -> Result<Run> {
 /// Creates the pods numbered `range` at the benchmark's rate; every one must
 /// come back injected. Returns each creation's latency and the API server's
 /// histogram of its webhook calls meanwhile.
+/// A phase of pod creation as measured.
+struct Creation {
+    /// Seconds of each create request, at the client.
+    latency: Vec<f64>,
+    /// The API server's histogram of its webhook calls meanwhile.
+    webhook: Histogram,
+    /// The probe's calls straight to the webhook meanwhile, p50 and p99.
+    direct: (f64, f64),
+}
+
+/// The probe's pace: a fifth of the pods' default rate, a couple of
+/// thousand calls over the pod creation phase.
+const PROBE_EVERY: Duration = Duration::from_millis(100);
+
 async fn create_pods(
     cluster: &Cluster,
     client: &Client,
     range: std::ops::Range<usize>,
-) -> Result<(Vec<f64>, Histogram)> {
+    (webhook_addr, webhook_ca): &(String, Vec<u8>),
+) -> Result<Creation> {
     let before = apiserver_webhook_histogram(client).await?;
+    let probe = Probe::start(webhook_addr, webhook_ca, PROBE_EVERY).await?;
     let mut creations = tokio::task::JoinSet::new();
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / cluster.args.rate));
     let count = range.len();
@@ -511,10 +535,22 @@ async fn create_pods(
         latency.push(took.as_secs_f64());
         injected += usize::from(was_injected);
     }
+    let direct = probe.stop().await.context("the webhook probe failed")?;
     if injected != count {
         bail!("only {injected} of {count} pods came back injected");
     }
-    Ok((latency, apiserver_webhook_histogram(client).await?.minus(&before)))
+    let webhook = apiserver_webhook_histogram(client).await?.minus(&before);
+    Ok(Creation { latency, webhook, direct: (quantile(&direct, 0.5), quantile(&direct, 0.99)) })
+}
+
+/// The CA the API server trusts the webhook with (the operator sets it).
+async fn webhook_ca(client: &Client) -> Result<Vec<u8>> {
+    let configs = Api::<MutatingWebhookConfiguration>::all(client.clone()).list(&Default::default()).await?;
+    (configs.items.iter().flat_map(|c| c.webhooks.iter().flatten()))
+        .find(|w| w.name == WEBHOOK)
+        .and_then(|w| w.client_config.ca_bundle.clone())
+        .map(|bundle| bundle.0)
+        .context("the webhook configuration has no caBundle")
 }
 
 impl Run {
@@ -545,6 +581,15 @@ fn print_run(cluster: &Cluster, number: usize, run: &Run) {
             ms(w50),
             ms(w99),
             100.0 * within
+        );
+    }
+    for (phase, (d50, d99)) in ["pod creation", "churn"].iter().zip(run.direct) {
+        println!(
+            "{:<34} p50 {:.2} ms, p99 {:.2} ms (TLS, HTTP/2, every {} ms)",
+            format!("  webhook call, {phase} (probe)"),
+            ms(d50),
+            ms(d99),
+            PROBE_EVERY.as_millis()
         );
     }
     println!(
@@ -602,6 +647,8 @@ fn print_summary(runs: &[Run]) {
     row("webhook p99 (API server bucket)", "ms", 1e3, &|r| r.webhook_p99());
     row("webhook within 5 ms, pod creation", "%", 100.0, &|r| r.webhook_within_5ms[0]);
     row("webhook within 5 ms, churn", "%", 100.0, &|r| r.webhook_within_5ms[1]);
+    row("webhook probe p99, pod creation", "ms", 1e3, &|r| r.direct[0].1);
+    row("webhook probe p99, churn", "ms", 1e3, &|r| r.direct[1].1);
     row("webhook handling p99 (operator)", "ms", 1e3, &|r| r.handling.1);
     row("create request p99 (client)", "ms", 1e3, &|r| r.create.1);
     row("policy status writes", "/s", 1.0, &|r| r.policy_status_writes_per_s);
