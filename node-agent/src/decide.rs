@@ -2,10 +2,10 @@
 //! each interposer gets, the memory nodes each container may use, and the
 //! status of each pod and of the node. No I/O here.
 
-use pytier_contract::Settings;
-use pytier_contract::stats::Stats;
 use std::collections::BTreeMap;
 
+use pytier_contract::Settings;
+use pytier_contract::stats::Stats;
 use pytier_crds::node::{NumaNode, PodState, PodStatus, PodTiering, PolicyGeneration, Tier, TieringNodeStatus};
 
 use crate::topology::{self, NodeFacts, Overrides};

@@ -1,7 +1,8 @@
 //! `node-agent serve`: the DaemonSet process. Watches this node's
-//! TieringNode and pods and the TieringPolicies, installs the shim, configures every interposer of
-//! the pods the spec lists, keeps their containers on the memory nodes their
-//! policy allows, and reports status and metrics.
+//! TieringNode and pods and the TieringPolicies, installs the shim,
+//! configures every interposer of the pods the spec lists with its policy's
+//! settings, keeps their containers on the memory nodes their policy
+//! allows, and reports status and metrics.
 //!
 //! Each pass reads facts (sysfs, cgroups, `/proc`, sockets, API objects),
 //! decides in `decide`, then applies effects. Nothing is kept only in
