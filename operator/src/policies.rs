@@ -86,16 +86,12 @@ async fn update_status(policy: &TieringPolicy, api: &Api<TieringPolicy>, ctx: &C
     let ns = policy.namespace().unwrap_or_default();
     let tiering_nodes: Vec<_> =
         ctx.stores.nodes_of(&ns).iter().filter_map(|n| ctx.stores.tiering_nodes.get(&ObjectRef::new(n))).collect();
-    let status = summarize(
-        policy,
-        &ctx.stores.pods_in(&ns),
-        &ctx.stores.policies.state(),
-        &tiering_nodes,
-        &previous,
-        Time(k8s_openapi::jiff::Timestamp::now()),
-    );
+    let (pods, now) = (ctx.stores.pods_in(&ns), Time(k8s_openapi::jiff::Timestamp::now()));
+    let status = summarize(policy, &pods, &ctx.stores.policies.state(), &tiering_nodes, &previous, now.clone());
+    // A pod still starting may turn the policy PodsPending when its grace ends.
+    let recheck = pods.iter().filter_map(|p| starting_for(p, &now)).min().unwrap_or(Duration::from_secs(300));
     if status == previous {
-        return Ok(Action::requeue(Duration::from_secs(300)));
+        return Ok(Action::requeue(recheck));
     }
     let key = ObjectRef::from_obj(policy);
     if only_counts_differ(&previous, &status)
@@ -109,7 +105,7 @@ async fn update_status(policy: &TieringPolicy, api: &Api<TieringPolicy>, ctx: &C
         .map_err(|e| Error::Status(policy.name_any(), e))?;
     ctx.status_pacer.written(key);
     publish_transitions(policy, &previous, &status, ctx).await;
-    Ok(Action::requeue(Duration::from_secs(300)))
+    Ok(Action::requeue(recheck))
 }
 
 /// Spaces the status writes of a policy that only move its counts. The
@@ -199,6 +195,7 @@ pub fn summarize(
 
     let mut status = TieringPolicyStatus { observed_generation: policy.meta().generation, ..Default::default() };
     let (mut conflicts, mut failures, mut pending) = (Vec::new(), Vec::new(), Vec::new());
+    let mut all_pending_starting = true;
     for pod in pods.iter().filter(|p| selection::is_active(p) && selection::selects(policy, p)) {
         let pod_name = pod.name_any();
         let selecting = selection::selecting_policies(pod, policies);
@@ -225,9 +222,17 @@ pub fn summarize(
                 status.failed_pods += 1;
                 failures.push(format!("{pod_name}: {}", s.message.as_deref().unwrap_or("failed")));
             }
-            _ => pending.push(pod_name),
+            _ => {
+                all_pending_starting &= starting_for(pod, &now).is_some();
+                pending.push(pod_name);
+            }
         }
     }
+    // A Ready policy stays Ready while new pods start: in a rollout of
+    // hundreds of pods it would otherwise flip with every pod, each flip a
+    // status write and an Event.
+    let was_ready = find(previous, "Ready").is_some_and(|c| c.status == "True" && c.reason == "AllPodsManaged");
+    let only_starting = was_ready && all_pending_starting;
 
     let selector_error = selection::selector_error(policy);
     // The interposer's own check (the schema makes the same ones, so this
@@ -239,7 +244,7 @@ pub fn summarize(
         (false, "InvalidSettings", e.clone())
     } else if !failures.is_empty() {
         (false, "PodsFailed", format!("{} of {} pods cannot be tiered", failures.len(), status.matched_pods))
-    } else if !pending.is_empty() {
+    } else if !pending.is_empty() && !only_starting {
         let msg = format!(
             "{} of {} pods have no Python process under the interposer yet: {}",
             pending.len(),
@@ -249,6 +254,9 @@ pub fn summarize(
         (false, "PodsPending", msg)
     } else if status.matched_pods == 0 {
         (true, "NoPodsSelected", "no running pod is selected by this policy".to_string())
+    } else if !pending.is_empty() {
+        let (tiered, starting) = (status.injected_pods, pending.len());
+        (true, "AllPodsManaged", format!("{tiered} of {} pods are tiered, {starting} starting", status.matched_pods))
     } else {
         (true, "AllPodsManaged", format!("all {} pods are tiered", status.matched_pods))
     };
@@ -293,6 +301,17 @@ fn condition(
         last_transition_time,
         observed_generation: policy.meta().generation,
     }
+}
+
+/// How long a pod not yet reported managed counts as starting: the kubelet
+/// pulls its image and Python starts, then the agent's next pass reports it.
+pub const STARTING_GRACE: Duration = Duration::from_secs(60);
+
+/// How much longer `pod` counts as starting, if it still does.
+fn starting_for(pod: &Pod, now: &Time) -> Option<Duration> {
+    let created = pod.creation_timestamp()?.0.as_second();
+    let left = STARTING_GRACE.as_secs() as i64 - (now.0.as_second() - created);
+    (left > 0).then(|| Duration::from_secs(left as u64))
 }
 
 /// At most three items, and how many more there are.
@@ -421,6 +440,33 @@ mod tests {
         assert!(cond(&s_old, "Degraded").message.contains("also selected by young"));
         assert_eq!(cond(&s_young, "Degraded").reason, "Conflict");
         assert!(cond(&s_young, "Degraded").message.contains("governed by the older policy old"));
+    }
+
+    #[test]
+    fn a_ready_policy_stays_ready_while_new_pods_start() {
+        let web = policy("a", "web", 1, Some(("app", "web")));
+        let all = std::slice::from_ref(&web);
+        let created = |name: &str, second: i64| {
+            let mut p = pod("a", name, &[("app", "web")], &[]);
+            p.metadata.creation_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::from_second(second).unwrap()));
+            Arc::new(p)
+        };
+        let at = |second: i64| Time(k8s_openapi::jiff::Timestamp::from_second(second).unwrap());
+        let reports = [agent_reports(&[("w1", PodState::Managed, 100)])];
+        let ready = summarize(&web, &[created("w1", 0)], all, &reports, &Default::default(), at(1000));
+        assert_eq!(cond(&ready, "Ready").reason, "AllPodsManaged");
+
+        let pods = [created("w1", 0), created("w2", 990)];
+        let starting = summarize(&web, &pods, all, &reports, &ready, at(1000));
+        assert_eq!(cond(&starting, "Ready").status, "True");
+        assert_eq!(cond(&starting, "Ready").message, "1 of 2 pods are tiered, 1 starting");
+        assert!(only_counts_differ(&ready, &starting), "a starting pod waits for the pacer");
+        assert_eq!(starting_for(&pods[1], &at(1000)), Some(Duration::from_secs(50)));
+
+        let late = summarize(&web, &pods, all, &reports, &starting, at(1051));
+        assert_eq!(cond(&late, "Ready").reason, "PodsPending", "its grace is over");
+        let fresh = summarize(&web, &[created("w2", 990)], all, &[], &Default::default(), at(1000));
+        assert_eq!(cond(&fresh, "Ready").reason, "PodsPending", "a policy not yet Ready does not become Ready");
     }
 
     #[test]
