@@ -243,6 +243,11 @@ impl ControlPlane {
         self.processes.iter().map(|p| p.child.id()).collect()
     }
 
+    /// The same processes with their names ("etcd", "kube-apiserver", ...).
+    pub fn named_pids(&self) -> Vec<(&'static str, u32)> {
+        self.processes.iter().map(|p| (p.name, p.child.id())).collect()
+    }
+
     /// The directory holding etcd's data, certificates and logs; removed on drop.
     pub fn data_dir(&self) -> &Path {
         self.dir.path()

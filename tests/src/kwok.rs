@@ -34,6 +34,10 @@ impl Kwok {
         let child = spawn_logged(&mut cmd, &log)?;
         Ok(Kwok { child, log })
     }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for Kwok {

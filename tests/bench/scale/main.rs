@@ -384,7 +384,9 @@ async fn run(cluster: &Cluster) -> Result<Run> {
         kube::Config::from_custom_kubeconfig(kube::config::Kubeconfig::read_from(&kubeconfig)?, &options).await?;
     let nodes = (0..a.nodes).map(|j| cluster.node(j)).map(|n| (n.clone(), tns.on_change(&n))).collect();
     let agents = Agents::start(&Client::try_from(config)?, &tns.store, nodes, Duration::from_secs_f64(a.agent_every));
-    let mut profile = Profile::start(&op)?;
+    let mut others = plane.named_pids();
+    others.extend([("kwok", kwok.pid()), ("benchmark", std::process::id())]);
+    let mut profile = Profile::start(&op, others)?;
 
     // 1. Pods at a steady rate; every one goes through the webhook.
     let t = Instant::now();

@@ -16,66 +16,94 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
 use serde_json::json;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 pub struct Probe {
     stop: watch::Sender<bool>,
-    task: JoinHandle<Result<Vec<f64>>>,
+    thread: std::thread::JoinHandle<Result<Vec<f64>>>,
 }
 
 impl Probe {
     /// Connects to the webhook at `addr` (`host:port`), trusting `ca_pem`,
-    /// and sends a review every `every` until stopped.
+    /// and sends a review every `every` until stopped. The probe has a thread
+    /// and a runtime of its own, as the operator's webhook does: the
+    /// benchmark's runtime, busy with a thousand simulated agents, would
+    /// otherwise delay its timings.
     pub async fn start(addr: &str, ca_pem: &[u8], every: Duration) -> Result<Probe> {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(ca_pem) {
-            roots.add(cert.context("the webhook's caBundle is not PEM")?)?;
-        }
-        let mut tls = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
-        tls.alpn_protocols = vec![b"h2".to_vec()];
-        let host = addr.rsplit_once(':').context("address without port")?.0.to_string();
-        let tcp = tokio::net::TcpStream::connect(addr).await?;
-        tcp.set_nodelay(true)?;
-        let stream = tokio_rustls::TlsConnector::from(Arc::new(tls)).connect(ServerName::try_from(host)?, tcp).await?;
-        if stream.get_ref().1.alpn_protocol() != Some(b"h2") {
-            bail!("the webhook did not choose HTTP/2");
-        }
-        let (mut sender, connection) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await?;
-        tokio::spawn(connection);
-        let uri = format!("https://{addr}/mutate");
-        let (stop, mut stopped) = watch::channel(false);
-        let task = tokio::spawn(async move {
-            let mut took = Vec::new();
-            let mut tick = tokio::time::interval(every);
-            for n in 0u64.. {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = stopped.changed() => break,
-                }
-                let body = serde_json::to_vec(&review(n))?;
-                let request = http::Request::post(&uri)
-                    .header(http::header::CONTENT_TYPE, "application/json")
-                    .body(Full::new(Bytes::from(body)))?;
-                let start = Instant::now();
-                let response = sender.send_request(request).await?;
-                let status = response.status();
-                let answer = response.into_body().collect().await?.to_bytes();
-                took.push(start.elapsed().as_secs_f64());
-                if !status.is_success() || !answer.windows(7).any(|w| w == b"\"patch\"") {
-                    bail!("the webhook answered {status} without a patch: {}", String::from_utf8_lossy(&answer));
-                }
-            }
-            Ok(took)
-        });
-        Ok(Probe { stop, task })
+        let (addr, ca_pem) = (addr.to_string(), ca_pem.to_vec());
+        let (stop, stopped) = watch::channel(false);
+        let (connected, is_connected) = tokio::sync::oneshot::channel();
+        let thread = std::thread::Builder::new().name("webhook-probe".into()).spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(async move {
+                let sender = match connect(&addr, &ca_pem).await {
+                    Ok(sender) => sender,
+                    Err(e) => {
+                        let _ = connected.send(Err(e));
+                        return Ok(Vec::new());
+                    }
+                };
+                let _ = connected.send(Ok(()));
+                probe(sender, &format!("https://{addr}/mutate"), every, stopped).await
+            })
+        })?;
+        is_connected.await.context("the probe's thread ended")??;
+        Ok(Probe { stop, thread })
     }
 
     /// Stops; returns each call's seconds.
     pub async fn stop(self) -> Result<Vec<f64>> {
         let _ = self.stop.send(true);
-        self.task.await?
+        let thread = self.thread;
+        tokio::task::spawn_blocking(move || thread.join()).await?.map_err(|_| anyhow::anyhow!("the probe panicked"))?
     }
+}
+
+type Sender = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
+
+/// One TLS connection speaking HTTP/2, as the API server's.
+async fn connect(addr: &str, ca_pem: &[u8]) -> Result<Sender> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem) {
+        roots.add(cert.context("the webhook's caBundle is not PEM")?)?;
+    }
+    let mut tls = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let host = addr.rsplit_once(':').context("address without port")?.0.to_string();
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let stream = tokio_rustls::TlsConnector::from(Arc::new(tls)).connect(ServerName::try_from(host)?, tcp).await?;
+    if stream.get_ref().1.alpn_protocol() != Some(b"h2") {
+        bail!("the webhook did not choose HTTP/2");
+    }
+    let (sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    Ok(sender)
+}
+
+/// Sends a review every `every` until `stopped`; each call's seconds.
+async fn probe(mut sender: Sender, uri: &str, every: Duration, mut stopped: watch::Receiver<bool>) -> Result<Vec<f64>> {
+    let mut took = Vec::new();
+    let mut tick = tokio::time::interval(every);
+    for n in 0u64.. {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stopped.changed() => break,
+        }
+        let body = serde_json::to_vec(&review(n))?;
+        let request = http::Request::post(uri)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))?;
+        let start = Instant::now();
+        let response = sender.send_request(request).await?;
+        let status = response.status();
+        let answer = response.into_body().collect().await?.to_bytes();
+        took.push(start.elapsed().as_secs_f64());
+        if !status.is_success() || !answer.windows(7).any(|w| w == b"\"patch\"") {
+            bail!("the webhook answered {status} without a patch: {}", String::from_utf8_lossy(&answer));
+        }
+    }
+    Ok(took)
 }
 
 /// A CREATE review of a pod that asks for injection, as the API server sends it.

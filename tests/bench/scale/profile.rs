@@ -1,7 +1,8 @@
 //! Where the operator's work goes: its CPU time and its own counters
 //! (reconciles by controller, API requests by verb and resource, bytes sent),
-//! sampled at phase boundaries; and the histogram arithmetic the benchmark
-//! needs for Prometheus text.
+//! sampled at phase boundaries, beside how busy the machine's cores were and
+//! who kept them busy (the API server, etcd, kwok, the benchmark itself); and
+//! the histogram arithmetic the benchmark needs for Prometheus text.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
@@ -12,33 +13,38 @@ use pytier_tests::operator::Operator;
 /// The phases of one run, each ended by `end`.
 pub struct Profile {
     last: Snapshot,
+    /// The other processes on the machine whose CPU is reported, by name.
+    others: Vec<(&'static str, u32)>,
     pub phases: Vec<Phase>,
 }
 
 impl Profile {
-    pub fn start(op: &Operator) -> Result<Profile> {
-        Ok(Profile { last: Snapshot::take(op)?, phases: Vec::new() })
+    pub fn start(op: &Operator, others: Vec<(&'static str, u32)>) -> Result<Profile> {
+        Ok(Profile { last: Snapshot::take(op, &others)?, others, phases: Vec::new() })
     }
 
     /// Ends the phase `name`, begun when the last one ended.
     pub fn end(&mut self, name: &'static str, op: &Operator) -> Result<()> {
-        let now = Snapshot::take(op)?;
+        let now = Snapshot::take(op, &self.others)?;
         self.phases.push(Phase::between(name, &self.last, &now));
         self.last = now;
         Ok(())
     }
 }
 
-/// The operator's counters and CPU time at one moment.
+/// The operator's counters and CPU time at one moment, and the machine's.
 struct Snapshot {
     at: Instant,
     cpu_seconds: f64,
     /// Series (name and labels, as exposed) → value.
     series: HashMap<String, f64>,
+    machine: MachineTicks,
+    /// CPU seconds of the other processes, in `Profile::others`' order.
+    others: Vec<(&'static str, f64)>,
 }
 
 impl Snapshot {
-    fn take(op: &Operator) -> Result<Snapshot> {
+    fn take(op: &Operator, others: &[(&'static str, u32)]) -> Result<Snapshot> {
         let text = op.get("/metrics")?;
         let series = text
             .lines()
@@ -48,7 +54,29 @@ impl Snapshot {
             .filter_map(|l| l.rsplit_once(' '))
             .filter_map(|(series, value)| Some((series.to_string(), value.parse().ok()?)))
             .collect();
-        Ok(Snapshot { at: Instant::now(), cpu_seconds: cpu_seconds(op.pid())?, series })
+        let others = others.iter().map(|&(name, pid)| Ok((name, cpu_seconds(pid)?))).collect::<Result<_>>()?;
+        let machine = MachineTicks::read()?;
+        Ok(Snapshot { at: Instant::now(), cpu_seconds: cpu_seconds(op.pid())?, series, machine, others })
+    }
+}
+
+/// The machine's CPU time in clock ticks, all cores together (`/proc/stat`).
+#[derive(Clone, Copy)]
+struct MachineTicks {
+    busy: u64,
+    total: u64,
+    cores: usize,
+}
+
+impl MachineTicks {
+    fn read() -> Result<MachineTicks> {
+        let stat = std::fs::read_to_string("/proc/stat")?;
+        let line = stat.lines().find(|l| l.starts_with("cpu ")).context("no cpu line in /proc/stat")?;
+        // user nice system idle iowait irq softirq steal (guest time is in user).
+        let ticks: Vec<u64> = line.split_whitespace().skip(1).take(8).map(str::parse).collect::<Result<_, _>>()?;
+        let total: u64 = ticks.iter().sum();
+        let cores = stat.lines().filter(|l| l.starts_with("cpu") && !l.starts_with("cpu ")).count();
+        Ok(MachineTicks { busy: total - ticks[3] - ticks[4], total, cores })
     }
 }
 
@@ -61,6 +89,11 @@ pub struct Phase {
     pub reconciles: BTreeMap<String, f64>,
     /// "verb resource" → (requests, bytes sent).
     pub requests: BTreeMap<String, (f64, f64)>,
+    /// Share of all the machine's cores that was busy (steal included).
+    pub machine_busy: f64,
+    pub cores: usize,
+    /// Other processes' CPU, in cores (1.0 = one core all the time).
+    pub others: Vec<(&'static str, f64)>,
 }
 
 impl Phase {
@@ -72,7 +105,15 @@ impl Phase {
             cpu_seconds: after.cpu_seconds - before.cpu_seconds,
             reconciles: BTreeMap::new(),
             requests: BTreeMap::new(),
+            machine_busy: (after.machine.busy - before.machine.busy) as f64
+                / (after.machine.total - before.machine.total).max(1) as f64,
+            cores: after.machine.cores,
+            others: Vec::new(),
         };
+        let seconds = phase.seconds.max(f64::MIN_POSITIVE);
+        phase.others = (after.others.iter().zip(&before.others))
+            .map(|(&(name, now), &(_, then))| (name, (now - then) / seconds))
+            .collect();
         for series in after.series.keys() {
             let labels = labels(series);
             let request = || format!("{} {}", labels["verb"], labels["resource"]);
@@ -100,6 +141,14 @@ impl Phase {
             self.seconds,
             self.cpu_seconds,
             100.0 * self.cpu_seconds / self.seconds
+        );
+        let others: Vec<String> =
+            self.others.iter().map(|(name, cores)| format!("{name} {:.0}%", 100.0 * cores)).collect();
+        println!(
+            "      machine: {:.0}% of {} cores busy; of a core: {}",
+            100.0 * self.machine_busy,
+            self.cores,
+            others.join(", ")
         );
         let reconciles: Vec<String> = self.reconciles.iter().map(|(c, n)| format!("{c} {n:.0}")).collect();
         println!("      reconciles: {}", reconciles.join(", "));
