@@ -285,6 +285,7 @@ fn scan_loop(shared: Arc<Shared>) {
         let config = shared.config.lock().map(|c| c.clone()).unwrap_or_default();
         let interval = Duration::from_millis(config.tracking.scan_interval_millis as u64);
         let started = Instant::now();
+        let cpu_started = scanner::thread_cpu_seconds();
         let Ok(mut tracker) = shared.tracker.lock() else { return };
         let pages = tracker.collect_page_writes(&config).clone();
         let mut report = None;
@@ -300,13 +301,16 @@ fn scan_loop(shared: Arc<Shared>) {
             }
         }
         // All of this turn's work (collection, peeks, slice, placement) adds
-        // to the pause that keeps the scanner within its CPU budget.
-        let took = started.elapsed();
-        next_slice = next_slice.max(Instant::now()) + took.mul_f64(1.0 / config.tracking.max_cpu_fraction - 1.0);
+        // to the pause that keeps the scanner within its CPU budget. CPU
+        // time, not wall time: on a busy machine a turn waits for a core,
+        // and that wait is not the program's loss.
+        let cpu = scanner::thread_cpu_seconds() - cpu_started;
+        let pause = Duration::from_secs_f64(cpu * (1.0 / config.tracking.max_cpu_fraction - 1.0));
+        next_slice = next_slice.max(Instant::now()) + pause;
         let slice_due = if tracker.in_cycle() { next_slice } else { next_slice.max(next_cycle) };
         let look_due = tracker.next_page_look(&config);
         drop(tracker);
-        shared.scan_nanos.fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+        shared.scan_nanos.fetch_add((cpu * 1e9) as u64, Ordering::Relaxed);
         if let Ok(mut latest) = shared.latest.lock() {
             match report {
                 Some(report) => {

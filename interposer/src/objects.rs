@@ -26,7 +26,9 @@ pub struct TypeInfo {
 pub struct Found {
     /// Offset of the object within its block.
     pub offset: usize,
-    pub type_addr: usize,
+    /// The type's place in the cache (`TypeCache::get`): per-type tallies
+    /// are kept in a vector, not a map.
+    pub type_index: u32,
     /// The type's `tp_flags`.
     pub type_flags: u64,
     pub refcnt: u64,
@@ -74,15 +76,32 @@ pub type AddrMap<V> = HashMap<usize, V, BuildHasherDefault<AddrHasher>>;
 /// Type objects found so far, and words that turned out not to be types.
 ///
 /// Checking an unknown word costs a system call, and most candidate words are
-/// not types (a GC object's first words are list links), so `find` tries the
-/// known types first and checks at most `VALIDATIONS_PER_PASS` unknown words
-/// per pass; an object of a type not yet checked is found a pass later.
+/// not types (a GC object's first words are list links), so `find_in` tries
+/// the known types first and checks at most `VALIDATIONS_PER_PASS` unknown
+/// words per pass; an object of a type not yet checked is found a pass later.
+/// Even rejecting a word costs lookups, and every block that holds no object
+/// (a small list's items, a dict's keys) offers three, so unknown words are
+/// only looked at while `discovering` (see `Tracker::scan_region`).
 pub struct TypeCache {
     type_type: usize,
-    types: AddrMap<TypeInfo>,
+    /// Types in the order they were found; `index` maps addresses to them.
+    types: Vec<TypeInfo>,
+    index: AddrMap<u32>,
+    /// The last types looked up, by a few bits of their address: a pool's
+    /// blocks mostly hold objects of one or two types.
+    recent: [(usize, u32); RECENT],
     not_types: AddrMap<()>,
     validations_left: u32,
+    /// pymalloc's arenas, sorted `(start, end)`: no type lives there (a type
+    /// object is static or bigger than pymalloc's 512 bytes), so a word
+    /// pointing into them is not checked. Most unknown words are such
+    /// pointers: the items of small lists, a dict's keys and values.
+    arenas: Vec<(usize, usize)>,
+    /// Whether words that are not known types are checked at all.
+    discovering: bool,
 }
+
+const RECENT: usize = 16;
 
 /// Beyond this many cached non-types those entries are dropped, so random
 /// words cannot grow the cache without bound.
@@ -94,35 +113,72 @@ impl TypeCache {
     pub fn new(type_type: usize) -> TypeCache {
         TypeCache {
             type_type,
-            types: AddrMap::default(),
+            types: Vec::new(),
+            index: AddrMap::default(),
+            recent: [(0, 0); RECENT],
             not_types: AddrMap::default(),
             validations_left: VALIDATIONS_PER_PASS,
+            arenas: Vec::new(),
+            discovering: true,
         }
     }
 
-    /// Renews the budget of unknown words to check.
-    pub fn new_pass(&mut self) {
+    /// Renews the budget of unknown words to check; `arenas` are the spans
+    /// (start, length) of pymalloc's arenas this pass.
+    pub fn new_pass(&mut self, arenas: impl Iterator<Item = (usize, usize)>) {
         self.validations_left = VALIDATIONS_PER_PASS;
+        self.arenas = arenas.map(|(start, len)| (start, start + len)).collect();
+        self.arenas.sort_unstable();
     }
 
-    pub fn get(&self, addr: usize) -> Option<&TypeInfo> {
-        self.types.get(&addr)
+    /// Turns the checking of unknown words on or off.
+    pub fn discover(&mut self, on: bool) {
+        self.discovering = on;
     }
 
-    /// Whether `addr` is a type object, reading it (safely) the first time,
-    /// within this pass's budget.
-    pub fn lookup(&mut self, addr: usize) -> Option<&TypeInfo> {
-        if self.types.contains_key(&addr) {
-            return self.types.get(&addr);
+    fn in_an_arena(&self, addr: usize) -> bool {
+        let after = self.arenas.partition_point(|&(start, _)| start <= addr);
+        after > 0 && addr < self.arenas[after - 1].1
+    }
+
+    /// The type `Found::type_index` names.
+    pub fn get(&self, index: u32) -> Option<&TypeInfo> {
+        self.types.get(index as usize)
+    }
+
+    /// A known type's index.
+    #[inline(always)]
+    fn known(&mut self, addr: usize) -> Option<u32> {
+        if addr < 4096 {
+            return None; // also never matches an empty `recent` entry
         }
-        if addr < 4096 || !addr.is_multiple_of(8) || self.validations_left == 0 || self.not_types.contains_key(&addr) {
+        let recent = &mut self.recent[(addr >> 4) % RECENT];
+        if recent.0 == addr {
+            return Some(recent.1);
+        }
+        let index = *self.index.get(&addr)?;
+        *recent = (addr, index);
+        Some(index)
+    }
+
+    /// Whether `addr`, not a known type, is a type object: read (safely)
+    /// the first time, within this pass's budget; its index if so.
+    fn check_unknown(&mut self, addr: usize) -> Option<u32> {
+        if addr < 4096
+            || !addr.is_multiple_of(8)
+            || self.validations_left == 0
+            || self.in_an_arena(addr)
+            || self.not_types.contains_key(&addr)
+        {
             return None;
         }
         self.validations_left -= 1;
         match self.validate(addr, 3) {
             Some(info) => {
-                self.types.insert(addr, info);
-                self.types.get(&addr)
+                let index = self.types.len() as u32;
+                self.types.push(info);
+                self.index.insert(addr, index);
+                Some(index)
             }
             None => {
                 if self.not_types.len() >= MAX_NOT_TYPES {
@@ -156,27 +212,33 @@ impl TypeCache {
         Some(TypeInfo { flags, basic_size, name })
     }
 
-    /// The live object in `block`, if there is one.
-    pub fn find(&mut self, layout: &Layout, block: &[u8]) -> Option<Found> {
-        self.find_in(layout, block, block.len())
-    }
-
     /// The live object at the start of a block of `block_len` bytes, of which
-    /// `head` holds the first ones.
-    pub fn find_in(&mut self, layout: &Layout, head: &[u8], block_len: usize) -> Option<Found> {
-        let block = head;
+    /// `head` holds the first ones. `hint` is the offset to try first: the
+    /// one the last object of the same pool had (a pool's blocks mostly hold
+    /// one kind of object), which saves a failed lookup or two per block.
+    #[inline]
+    pub fn find_in(&mut self, layout: &Layout, head: &[u8], block_len: usize, hint: usize) -> Option<Found> {
         let gc = layout.gc_header_size;
         let managed = gc + layout.managed_dict_preheader;
-        let offsets = [0, gc, managed];
         // Known types first: no system call, and the usual case.
-        if let Some(found) = offsets.iter().find_map(|&o| self.object_at(layout, block, block_len, o, false)) {
-            return found;
+        let offsets = [hint, 0, gc, managed];
+        let tried = |i: usize, o: usize| i > 0 && o == hint;
+        for (i, &o) in offsets.iter().enumerate() {
+            if !tried(i, o)
+                && let Some(found) = self.object_at(layout, head, block_len, o, false)
+            {
+                return found;
+            }
         }
-        offsets.iter().find_map(|&o| self.object_at(layout, block, block_len, o, true)).flatten()
+        if !self.discovering {
+            return None;
+        }
+        offsets[1..].iter().find_map(|&o| self.object_at(layout, head, block_len, o, true)).flatten()
     }
 
     /// `None`: no type at this offset; `Some(None)`: a type, but the block
     /// does not hold a live object of it; `Some(Some(_))`: found.
+    #[inline(always)]
     fn object_at(
         &mut self,
         layout: &Layout,
@@ -188,7 +250,8 @@ impl TypeCache {
         let gc = layout.gc_header_size;
         let managed = gc + layout.managed_dict_preheader;
         let type_addr = u64_at(block, offset + 8)? as usize;
-        let info = if check_unknown { self.lookup(type_addr)? } else { self.types.get(&type_addr)? };
+        let type_index = if check_unknown { self.check_unknown(type_addr)? } else { self.known(type_addr)? };
+        let info = &self.types[type_index as usize];
         let is_gc = info.flags & TPFLAGS_HAVE_GC != 0;
         let is_managed = is_gc && info.flags & layout.managed_dict_flag != 0;
         let expected = if !is_gc {
@@ -202,7 +265,7 @@ impl TypeCache {
             return None;
         }
         let Some(refcnt) = layout.refcount(u64_at(block, offset)?) else { return Some(None) };
-        Some(Some(Found { offset, type_addr, type_flags: info.flags, refcnt }))
+        Some(Some(Found { offset, type_index, type_flags: info.flags, refcnt }))
     }
 }
 

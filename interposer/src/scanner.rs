@@ -28,6 +28,14 @@ const PAGE: usize = 4096;
 /// 64 of its objects seen changing every cycle. Writes see every use, plain
 /// reads included; reference-count snapshots miss most of them.
 const WRITE_HEAT_WEIGHT: f32 = 64.0;
+/// Beyond the first passes, a pass looks for types it does not know yet in
+/// one arena of this many (a different one each pass): most of what fails to
+/// be a known type is a block holding no object, and checking its words is a
+/// good part of a pass. An object of a new type is found within this many
+/// passes.
+const DISCOVER_EVERY: u64 = 8;
+/// The first passes look for types everywhere: most types are learnt then.
+const DISCOVERY_PASSES: u64 = 3;
 /// The share of the scanner's CPU budget page-write collections and peeks
 /// may take; slices get what they leave.
 const PAGE_WRITES_CPU_SHARE: f64 = 0.25;
@@ -107,30 +115,17 @@ struct Cycle {
     per_type: TypeTallies,
 }
 
-/// Objects and bytes by class, per type, within one pass.
+/// Objects and bytes by class, per type (by `Found::type_index`), within one pass.
 #[derive(Default)]
-struct TypeTallies {
-    index: AddrMap<usize>,
-    tallies: Vec<(usize, ByClass, ByClass)>,
-    /// Neighbouring blocks often hold objects of one type: (type, index).
-    last: Option<(usize, usize)>,
-}
+struct TypeTallies(Vec<(ByClass, ByClass)>);
 
 impl TypeTallies {
-    fn of(&mut self, type_addr: usize) -> &mut (usize, ByClass, ByClass) {
-        let i = match self.last {
-            Some((t, i)) if t == type_addr => i,
-            _ => {
-                let next = self.tallies.len();
-                let i = *self.index.entry(type_addr).or_insert(next);
-                if i == next {
-                    self.tallies.push((type_addr, ByClass::default(), ByClass::default()));
-                }
-                self.last = Some((type_addr, i));
-                i
-            }
-        };
-        &mut self.tallies[i]
+    fn of(&mut self, type_index: u32) -> &mut (ByClass, ByClass) {
+        let i = type_index as usize;
+        if i >= self.0.len() {
+            self.0.resize(i + 1, Default::default());
+        }
+        &mut self.0[i]
     }
 }
 
@@ -239,11 +234,11 @@ impl Tracker {
             }
         }
         self.buf = buf;
-        let took = started.elapsed().as_secs_f64();
+        let cpu = thread_cpu_seconds() - cpu_started;
         let report = &mut cycle.report;
-        report.scan_seconds += took;
+        report.scan_seconds += cpu;
         report.slices += 1;
-        report.longest_slice_seconds = report.longest_slice_seconds.max(thread_cpu_seconds() - cpu_started);
+        report.longest_slice_seconds = report.longest_slice_seconds.max(cpu);
         if cycle.next < cycle.queue.len() || cycle.big_next < cycle.big_queue.len() {
             self.cycle = Some(cycle);
             return None;
@@ -253,8 +248,8 @@ impl Tracker {
 
     fn begin_cycle(&mut self, now: Instant) -> Cycle {
         self.pass += 1;
-        self.types.new_pass();
         let mut queue = self.regions();
+        self.types.new_pass(queue.iter().map(|r| (r.base, r.len)));
         let pass = self.pass;
         for region in &queue {
             self.arenas.entry(region.base).or_insert(ArenaState { born: pass, scanned_at: None });
@@ -311,6 +306,8 @@ impl Tracker {
                 cycle.heat.entry(page).or_insert(0.0);
             }
         }
+        let order = cycle.next as u64; // this arena's place in the cycle
+        self.types.discover(self.pass <= DISCOVERY_PASSES || (order + self.pass).is_multiple_of(DISCOVER_EVERY));
         for pool in self.layout.pools_of_arena(region.base, buf.len()) {
             let at = pool - region.base;
             let bytes = &buf[at..at + self.layout.pool_size];
@@ -330,6 +327,7 @@ impl Tracker {
         let batch = &cycle.big_queue[first..end];
         cycle.big_next = end;
         let addrs: Vec<usize> = batch.iter().map(|(addr, _)| *addr).collect();
+        self.types.discover(true); // few blocks, each likely an object (heap types are here too)
         let read = read_each(&addrs, BIG_HEAD, buf);
         let report = &mut cycle.report;
         let now = Instant::now();
@@ -342,7 +340,7 @@ impl Tracker {
             report.big_blocks.blocks += 1;
             report.big_blocks.bytes += size as u64;
             let head = &buf[i * BIG_HEAD..(i + 1) * BIG_HEAD];
-            let Some(found) = self.types.find_in(&self.layout, head, size) else {
+            let Some(found) = self.types.find_in(&self.layout, head, size, 0) else {
                 // A buffer: it is as hot as the object that owns it, if known.
                 if let Some(class) = cycle.owner_class[first + i] {
                     report.big_blocks.owned_bytes.add(class, size as u64);
@@ -418,15 +416,17 @@ impl Tracker {
         let mut pages = [PageTally::default(); 16];
         let mut page_heat = [0f32; 16];
         let end = (header.next_offset as usize).min(layout.pool_size);
+        let mut hint = 0;
         for (i, start) in (layout.pool_header_size..end).step_by(block_size).enumerate() {
             if start + block_size > bytes.len() || i >= state.slots.len() {
                 break;
             }
             let slot = &mut state.slots[i];
-            let Some(found) = self.types.find(&layout, &bytes[start..start + block_size]) else {
+            let Some(found) = self.types.find_in(&layout, &bytes[start..start + block_size], block_size, hint) else {
                 slot.clear();
                 continue;
             };
+            hint = found.offset;
             if layout.is_immortal(found.refcnt) {
                 slot.clear();
                 continue;
@@ -467,12 +467,10 @@ impl Tracker {
     }
 
     fn top_types(&self, per_type: &TypeTallies, class: impl Fn(&ByClass) -> u64) -> Vec<TypeBytes> {
-        let mut top: Vec<TypeBytes> = per_type
-            .tallies
-            .iter()
-            .filter(|(_, _, bytes)| class(bytes) > 0)
-            .map(|(addr, objects, bytes)| TypeBytes {
-                type_name: self.types.get(*addr).map_or_else(|| "?".into(), |t| t.name.clone()),
+        let mut top: Vec<TypeBytes> = (per_type.0.iter().enumerate())
+            .filter(|(_, (_, bytes))| class(bytes) > 0)
+            .map(|(index, (objects, bytes))| TypeBytes {
+                type_name: self.types.get(index as u32).map_or_else(|| "?".into(), |t| t.name.clone()),
                 objects: class(objects),
                 bytes: class(bytes),
             })
@@ -504,16 +502,17 @@ fn add_heat(heat: &mut AddrMap<f32>, addr: usize, size: usize, degrees: f32) {
 }
 
 /// Adds an object to the histogram and its type's tallies.
+#[inline]
 fn tally(report: &mut PassReport, per_type: &mut TypeTallies, found: &Found, slot: &Slot, class: Class, size: u64) {
     report.histogram[slot.bucket()] += 1;
-    let entry = per_type.of(found.type_addr);
-    entry.1.add(class, 1);
-    entry.2.add(class, size);
+    let (objects, bytes) = per_type.of(found.type_index);
+    objects.add(class, 1);
+    bytes.add(class, size);
 }
 
 /// CPU time the calling thread has used. A slice's length in CPU time leaves
 /// out the time the scanner waited for a core on a busy machine.
-fn thread_cpu_seconds() -> f64 {
+pub fn thread_cpu_seconds() -> f64 {
     let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes only the timespec it is given.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };

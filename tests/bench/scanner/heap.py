@@ -1,0 +1,101 @@
+"""One heap for tests/bench/scanner/run: builds about HEAP_MIB MiB of typical
+Python objects (records as class instances, dicts and tuples holding strings,
+ints, floats and small lists, in lists of 10 000), lets pytier finish CYCLES complete scan
+cycles over it at the scanner budget PYTIER_CONFIG gives, and prints the
+scanner thread's CPU per cycle (from /proc, over all CYCLES) and the last
+cycle's figures as JSON. Run with the shim on PYTHONPATH.
+
+usage: heap.py HEAP_MIB [CYCLES]
+"""
+
+import json
+import os
+import sys
+import time
+
+import pytier
+
+
+class Record:
+    def __init__(self, i):
+        self.id = i
+        self.name = f"record-{i}"
+        self.score = i * 0.5
+        self.tags = (i % 7, i % 11)
+
+
+def rss_bytes():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def build(mib):
+    start = rss_bytes()
+    heap = []
+    i = 0
+    while rss_bytes() - start < mib << 20:
+        batch = []
+        for _ in range(10_000):
+            kind = i % 3
+            if kind == 0:
+                batch.append(Record(i))
+            elif kind == 1:
+                batch.append({"id": i, "name": f"row-{i}", "value": i * 1.5, "tags": [i, str(i)]})
+            else:
+                batch.append((i, f"item {i}", [i * 2.5]))
+            i += 1
+        heap.append(batch)
+    return heap
+
+
+def scanner_cpu_seconds():
+    """CPU time of pytier's scanner thread, from /proc (not pytier's own count)."""
+    for tid in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{tid}/stat") as f:
+            stat = f.read()
+        if "(pytier-scan" in stat:
+            fields = stat.rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    sys.exit("no pytier scanner thread")
+
+
+def wait_for_passes(n, deadline):
+    while True:
+        stats = pytier.stats()
+        if not stats.get("active"):
+            sys.exit(f"pytier is not active: {stats.get('reason')}")
+        if stats["passes"] >= n:
+            return stats
+        if time.monotonic() > deadline:
+            sys.exit(f"only {stats['passes']} of {n} cycles in time")
+        time.sleep(0.01)
+
+
+def main():
+    mib = int(sys.argv[1])
+    cycles = int(sys.argv[2]) if len(sys.argv) > 2 else 20
+    t = time.monotonic()
+    heap = build(mib)
+    built = time.monotonic() - t
+    deadline = time.monotonic() + 600
+    # One whole cycle over the finished heap first (the types are known).
+    stats = wait_for_passes(pytier.stats()["passes"] + 2, deadline)
+    cpu, first = scanner_cpu_seconds(), stats["passes"]
+    stats = wait_for_passes(first + cycles, deadline)
+    cpu = scanner_cpu_seconds() - cpu
+    done = stats["passes"] - first
+    last = stats["last"]
+    print(json.dumps({
+        "heapMiB": mib,
+        "buildSeconds": built,
+        "objects": sum(last["objects"].values()),
+        "heapBytes": last["heapBytes"],
+        "bytesRead": last["bytesRead"],
+        "cycleCpuSeconds": cpu / done,
+        "cycles": done,
+        "records": sum(map(len, heap)),
+    }))
+
+
+if __name__ == "__main__":
+    main()
