@@ -272,12 +272,22 @@ fn bind(path: &Path) -> std::io::Result<UnixListener> {
     }
 }
 
+/// How long after start-up the scanner begins.
+const FIRST_SCAN_DELAY: Duration = Duration::from_secs(1);
+
 /// Every scan interval: collects page writes (when their fault budget
 /// allows) and, when the CPU budget allows, scans a slice of the heap; after
 /// the last slice of a cycle, places the heap's pages. A cycle
 /// over a big heap spans many slices; the next begins a scan interval after
 /// the start of the last at the earliest.
 fn scan_loop(shared: Arc<Shared>) {
+    // A process that ends within its first second pays for no scan: short
+    // scripts, command-line tools, test runners and pool workers are many of
+    // the interpreters a pod starts, and a heap is worth tracking only once
+    // it has lived a while.
+    if let Ok(guard) = shared.latest.lock() {
+        let _ = shared.wake.wait_timeout_while(guard, FIRST_SCAN_DELAY, |_| !shared.stop.load(Ordering::Acquire));
+    }
     let mut next_slice = Instant::now();
     let mut next_cycle = Instant::now();
     let mut placement = Placement::default();

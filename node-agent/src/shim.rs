@@ -87,15 +87,16 @@ pub fn verify(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Every file under `root` as (relative path, contents), sorted; compiled
-/// Python caches are left out.
+/// Every file under `root` as (relative path, contents), sorted. Compiled
+/// Python caches are part of the shim: pods mount it read-only, and
+/// without them every interpreter start compiles pytier's Python again.
 fn list(root: &Path) -> Result<Vec<(String, Vec<u8>)>> {
     fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) -> Result<()> {
         for entry in fs::read_dir(dir)? {
             let entry = entry?;
             let path = entry.path();
             let name = entry.file_name();
-            if name == "__pycache__" || name == MANIFEST {
+            if name == MANIFEST {
                 continue;
             }
             if entry.file_type()?.is_dir() {
@@ -173,7 +174,7 @@ mod tests {
         let first = install(src.path(), host.path()).unwrap();
         assert!(first.switched);
         assert_eq!(fs::read(host.path().join("current/pytier/_native.so")).unwrap(), b"v1");
-        assert!(!host.path().join("current/pytier/__pycache__").exists());
+        assert_eq!(fs::read(host.path().join("current/pytier/__pycache__/x.pyc")).unwrap(), b"cache");
         assert!(!install(src.path(), host.path()).unwrap().switched, "same content: nothing to do");
 
         shim(src.path(), b"v2");

@@ -195,10 +195,24 @@ def test_pages_of_objects_only_read_are_hot_and_untouched_pages_cold():
     assert untouched_cold > 0.95, r.stdout
 
 
+def test_a_process_pays_for_no_scan_in_its_first_second():
+    r = python("""
+        import pytier, time
+        time.sleep(0.5)
+        early = pytier.stats()
+        wait_for_a_full_cycle()
+        print(early["passes"], early["scanSecondsTotal"], pytier.stats()["passes"])
+    """, env={"PYTIER_CONFIG": FAST})
+    assert r.returncode == 0, r.stderr
+    early_passes, early_cpu, later_passes = r.stdout.split()
+    assert (int(early_passes), float(early_cpu)) == (0, 0.0), r.stdout
+    assert int(later_passes) >= 2
+
+
 def test_page_write_tracking_can_be_turned_off():
     r = python("""
         import pytier, time
-        time.sleep(0.3)
+        wait_for_a_full_cycle()
         s = pytier.stats()["last"]["pageWrites"]
         print(s["offReason"], s["collections"])
     """, env={"PYTIER_CONFIG": json.dumps({"tracking": {"scanIntervalMillis": 20, "maxCpuFraction": 0.5, "maxFaultFraction": 0}})})
