@@ -82,6 +82,9 @@ struct ArenaPages {
     measured: bool,
 }
 
+/// The tracker's state before its first collection.
+const NOT_OPENED: &str = "not started yet";
+
 impl Default for PageTracker {
     fn default() -> Self {
         Self::new()
@@ -90,10 +93,8 @@ impl Default for PageTracker {
 
 impl PageTracker {
     pub fn new() -> PageTracker {
-        let writes = PageWrites::open();
-        let report = PageReport { off_reason: writes.as_ref().err().cloned(), ..Default::default() };
         PageTracker {
-            writes,
+            writes: Err(NOT_OPENED.into()),
             arenas: BTreeMap::new(),
             fault_seconds: DEFAULT_FAULT_SECONDS,
             last_collection: None,
@@ -101,7 +102,7 @@ impl PageTracker {
             written_since: 0,
             round_seconds: 0.0,
             frees_seen: 0,
-            report,
+            report: PageReport::default(),
         }
     }
 
@@ -115,11 +116,17 @@ impl PageTracker {
         half_life_s: f64,
         spacing: Spacing,
     ) {
-        if self.writes.is_err() {
-            return;
-        }
         if spacing.max_fault_fraction <= 0.0 {
             self.report.off_reason = Some("turned off (maxFaultFraction is 0)".into());
+            return;
+        }
+        // Opened at the first collection, not at start-up: a process that
+        // ends early never sees pytier's descriptors.
+        if matches!(&self.writes, Err(why) if why == NOT_OPENED) {
+            self.writes = PageWrites::open();
+        }
+        if let Err(why) = &self.writes {
+            self.report.off_reason = Some(why.clone());
             return;
         }
         self.report.off_reason = None;
@@ -313,7 +320,8 @@ mod tests {
     /// None where the kernel cannot track page writes (declared by the
     /// test environment).
     fn tracker_and_memory() -> Option<(PageTracker, Vec<u8>, usize)> {
-        let tracker = PageTracker::new();
+        let mut tracker = PageTracker::new();
+        tracker.writes = PageWrites::open();
         if let Err(reason) = &tracker.writes {
             assert_eq!(std::env::var("PYTIER_NO_PAGE_WRITES").as_deref(), Ok("1"), "{reason}");
             return None;

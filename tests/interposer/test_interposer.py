@@ -197,16 +197,25 @@ def test_pages_of_objects_only_read_are_hot_and_untouched_pages_cold():
 
 def test_a_process_pays_for_no_scan_in_its_first_second():
     r = python("""
-        import pytier, time
+        import os, pytier, time
+        def trackers():  # pytier's page-write descriptors
+            count = 0
+            for fd in os.listdir("/proc/self/fd"):
+                try:
+                    link = os.readlink(f"/proc/self/fd/{fd}")
+                except OSError:
+                    continue  # the listing's own descriptor, closed by now
+                count += link == "anon_inode:[userfaultfd]" or link.endswith("/pagemap")
+            return count
         time.sleep(0.5)
-        early = pytier.stats()
+        early, early_trackers = pytier.stats(), trackers()
         wait_for_a_full_cycle()
-        print(early["passes"], early["scanSecondsTotal"], pytier.stats()["passes"])
+        print(early["passes"], early["scanSecondsTotal"], early_trackers, pytier.stats()["passes"], trackers())
     """, env={"PYTIER_CONFIG": FAST})
     assert r.returncode == 0, r.stderr
-    early_passes, early_cpu, later_passes = r.stdout.split()
-    assert (int(early_passes), float(early_cpu)) == (0, 0.0), r.stdout
-    assert int(later_passes) >= 2
+    early_passes, early_cpu, early_trackers, later_passes, later_trackers = r.stdout.split()
+    assert (int(early_passes), float(early_cpu), int(early_trackers)) == (0, 0.0, 0), r.stdout
+    assert (int(later_passes) >= 2, int(later_trackers)) == (True, 2), r.stdout
 
 
 def test_page_write_tracking_can_be_turned_off():
