@@ -2,11 +2,14 @@
 //! talks to, speaking the protocol of `pytier_contract::protocol`. A request
 //! longer than `MAX_REQUEST_BYTES`, or one that does not arrive within 2 s,
 //! closes the connection. Nothing a client sends can affect the program.
+//! The socket is bound a second after start-up (see `START_DELAY`).
 
+use std::ffi::CString;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::sync::Arc;
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -15,10 +18,19 @@ use pytier_contract::protocol::{Answer, Hello, MAX_REQUEST_BYTES, PROTOCOL_VERSI
 use crate::Shared;
 use crate::fds::Guarded;
 
-/// Serves clients one at a time until `shared.stop` is set, or until the
-/// program closes the socket's descriptor (see `fds`: then it stops, saying
-/// why in the stats, and never touches that number again).
-pub fn serve(socket: Guarded<UnixListener>, shared: Arc<Shared>) {
+/// Binds the socket at `path`, then serves clients one at a time until
+/// `shared.stop` is set (then removes the socket), or until the program
+/// closes the socket's descriptor (see `fds`: then it stops, saying why in
+/// the stats, and never touches that number again).
+pub fn serve(path: &Path, shared: &Shared) {
+    let _ = std::fs::remove_file(path); // a stale socket of an earlier process with this pid
+    let socket = match bind(path).and_then(|l| Guarded::new(l, "control socket")) {
+        Ok(socket) => socket,
+        Err(e) => {
+            let _ = shared.socket_error.set(format!("cannot listen on {}: {e}", path.display()));
+            return;
+        }
+    };
     // Non-blocking accept after a poll with a timeout: a client is answered
     // at once, and the stop flag is seen within 100 ms.
     if socket.get().and_then(|l| l.set_nonblocking(true)).is_err() {
@@ -35,13 +47,44 @@ pub fn serve(socket: Guarded<UnixListener>, shared: Arc<Shared>) {
         }
         let Ok(listener) = socket.get() else { break };
         match listener.accept() {
-            Ok((stream, _)) => handle(stream, &shared),
+            Ok((stream, _)) => handle(stream, shared),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(_) => std::thread::sleep(Duration::from_millis(100)),
         }
     }
     if let Err(why) = socket.get() {
         let _ = shared.socket_error.set(why.to_string());
+    }
+    let _ = std::fs::remove_file(path);
+}
+
+/// Whether a socket could be bound at `path` later: its directory exists
+/// and this process may create files in it.
+pub fn check_can_bind(path: &Path) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    if !std::fs::metadata(dir)?.is_dir() {
+        return Err(std::io::Error::other(format!("{} is not a directory", dir.display())));
+    }
+    let dir = CString::new(dir.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    // SAFETY: a valid C string.
+    if unsafe { libc::access(dir.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Binds a Unix socket, also at a path longer than a socket address holds
+/// (108 bytes): through its directory's descriptor in `/proc/self/fd`.
+fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    match (UnixListener::bind(path), path.parent(), path.file_name()) {
+        (Err(e), Some(dir), Some(name)) if e.kind() == std::io::ErrorKind::InvalidInput => {
+            let dir = std::fs::File::open(dir)?;
+            UnixListener::bind(Path::new(&format!("/proc/self/fd/{}", dir.as_raw_fd())).join(name))
+        }
+        (result, _, _) => result,
     }
 }
 

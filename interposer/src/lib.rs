@@ -9,9 +9,10 @@
 //!
 //! The scanner never holds the GIL: it copies pymalloc pools with
 //! `process_vm_readv` (see `memory`) and recognises objects in the copies.
-//! Python loads this library with `ctypes.PyDLL` from the `pytier` package
-//! (see `interposer/python`) and calls the `pytier_*` functions below with the
-//! GIL held. Every entry point catches panics: the interposer fails open.
+//! The `pytier` package (see `interposer/python`) imports this library as
+//! the extension module `pytier._native` (see `module`), whose functions
+//! call the public functions below with the GIL held. Every entry point
+//! catches panics: the interposer fails open.
 
 pub mod arenas;
 pub mod control;
@@ -20,6 +21,7 @@ pub mod fds;
 pub mod large;
 pub mod layout;
 pub mod memory;
+mod module;
 pub mod mover;
 pub mod numa;
 pub mod objects;
@@ -30,10 +32,8 @@ pub mod policy;
 pub mod scanner;
 pub mod temperature;
 
-use std::ffi::{CStr, CString, c_char};
-use std::os::unix::net::UnixListener;
-use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::path::{Path, PathBuf};
+use std::panic::catch_unwind;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
@@ -42,7 +42,6 @@ use std::time::{Duration, Instant};
 use pytier_contract::Settings;
 use pytier_contract::stats::Stats;
 
-use fds::Guarded;
 use layout::Layout;
 use placement::Placement;
 use scanner::{PassReport, Tracker};
@@ -102,36 +101,24 @@ static THREADS: Mutex<Vec<JoinHandle<()>>> = Mutex::new(Vec::new());
 /// Set in a child after `fork()`: its copy of our state has no threads.
 static FORKED: AtomicBool = AtomicBool::new(false);
 
-/// Whether `pytier_start` would refuse this interpreter or these settings:
-/// 0 if not, else 1 with a one-line reason in `err`. Changes nothing, so a
-/// refused process stays exactly as it was.
-///
-/// # Safety
-/// `config_json` is a C string; `err` holds `err_len` bytes.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn pytier_check(
-    config_json: *const c_char,
-    hexversion: u32,
-    free_threaded: i32,
-    err: *mut c_char,
-    err_len: usize,
-) -> i32 {
-    let result = catch_unwind(AssertUnwindSafe(|| {
-        let config = unsafe { CStr::from_ptr(config_json) }.to_string_lossy().into_owned();
-        check(&config, hexversion, free_threaded != 0)
-    }));
-    let Some(message) = failure(result, "checking") else { return 0 };
-    unsafe { write_c_string(&message, err, err_len) };
-    1
+/// What `start` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Started {
+    Now,
+    /// Already running: sitecustomize ran again, or a subinterpreter's did.
+    Before,
 }
 
-/// Why an entry point failed, if it did (a panic is a bug of ours).
-fn failure<T>(result: std::thread::Result<Result<T, String>>, doing: &str) -> Option<String> {
-    match result {
-        Ok(Ok(_)) => None,
-        Ok(Err(message)) => Some(message),
-        Err(_) => Some(format!("internal error while {doing} (a bug in pytier)")),
-    }
+/// Why pytier would refuse this interpreter or these settings, if it would.
+/// Changes nothing, so a refused process stays exactly as it was.
+pub fn validate(config_json: &str, hexversion: u32, free_threaded: bool) -> Result<(), String> {
+    let result = catch_unwind(|| check(config_json, hexversion, free_threaded).map(|_| ()));
+    failure(result, "checking")
+}
+
+/// An entry point's result, with a panic (a bug of ours) as an error.
+fn failure<T>(result: std::thread::Result<Result<T, String>>, doing: &str) -> Result<T, String> {
+    result.unwrap_or_else(|_| Err(format!("internal error while {doing} (a bug in pytier)")))
 }
 
 /// The interpreter's layout and the settings, or why pytier cannot run.
@@ -146,52 +133,40 @@ fn check(config_json: &str, hexversion: u32, free_threaded: bool) -> Result<(Lay
 }
 
 /// Starts learning of new arenas. Call first, with the GIL held, so that
-/// arenas allocated while `pytier_start`'s arguments are built are seen.
-#[unsafe(no_mangle)]
-pub extern "C" fn pytier_install_hook() {
-    // SAFETY: called from CPython with the GIL held (ctypes.PyDLL).
+/// arenas allocated while `start`'s arguments are built are seen.
+pub fn install_hook() {
+    // SAFETY: called from CPython with the GIL held.
     let _ = catch_unwind(|| unsafe { arenas::install_hook() });
 }
 
-/// Starts tracking. Called once, with the GIL held.
+/// Starts tracking. Called with the GIL held.
 ///
 /// `config_json` may be empty (defaults). `type_type` is `id(type)`.
-/// `socket_path` may be empty (no control socket). Returns 0 when started,
-/// 2 when it was already running (sitecustomize ran twice), else 1 with a
-/// one-line reason in `err`; the program continues untouched either way.
-///
-/// # Safety
-/// Pointers must be valid as described; the caller holds the GIL.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn pytier_start(
-    config_json: *const c_char,
+/// `socket` may be empty (no control socket). On an error nothing of
+/// pytier's stays in the process: it goes on as it would without pytier.
+pub fn start(
+    config_json: &str,
     hexversion: u32,
-    free_threaded: i32,
+    free_threaded: bool,
     type_type: usize,
-    socket_path: *const c_char,
-    err: *mut c_char,
-    err_len: usize,
-) -> i32 {
+    socket: &str,
+) -> Result<Started, String> {
     if SHARED.get().is_some() {
-        return 2;
+        return Ok(Started::Before);
     }
-    let result = catch_unwind(AssertUnwindSafe(|| unsafe {
-        let config = CStr::from_ptr(config_json).to_string_lossy().into_owned();
-        let socket = CStr::from_ptr(socket_path).to_string_lossy().into_owned();
-        start(&config, hexversion, free_threaded != 0, type_type, &socket)
-    }));
-    let Some(message) = failure(result, "starting") else { return 0 };
-    // Not started: the process goes on as it would without pytier.
-    // SAFETY: the caller holds the GIL.
-    unsafe {
-        arenas::uninstall_hook();
-        large::uninstall_hook();
-        write_c_string(&message, err, err_len);
+    let result = catch_unwind(|| start_tracking(config_json, hexversion, free_threaded, type_type, socket));
+    let result = failure(result, "starting");
+    if result.is_err() {
+        // SAFETY: the caller holds the GIL.
+        unsafe {
+            arenas::uninstall_hook();
+            large::uninstall_hook();
+        }
     }
-    1
+    result.map(|()| Started::Now)
 }
 
-fn start(
+fn start_tracking(
     config_json: &str,
     hexversion: u32,
     free_threaded: bool,
@@ -203,13 +178,12 @@ fn start(
     memory::read_exact_self(type_type, &mut [0u8; 8])
         .map_err(|e| format!("cannot read this process's memory with process_vm_readv: {e}"))?;
 
-    let listener = if socket.is_empty() {
-        None
-    } else {
-        let _ = std::fs::remove_file(socket); // a stale socket of an earlier process with this pid
-        let listener = bind(Path::new(socket)).and_then(|l| Guarded::new(l, "control socket"));
-        Some(listener.map_err(|e| format!("cannot listen on {socket}: {e}"))?)
-    };
+    // The socket is bound by the control thread a second from now (a
+    // process that ends sooner never has it); that it can be is checked now.
+    let socket = (!socket.is_empty()).then(|| PathBuf::from(socket));
+    if let Some(socket) = &socket {
+        control::check_can_bind(socket).map_err(|e| format!("cannot listen on {}: {e}", socket.display()))?;
+    }
 
     let tracker = Tracker::new(layout, type_type);
     // SAFETY: called with the GIL held, from inside CPython. Usually already
@@ -234,7 +208,7 @@ fn start(
         started: Instant::now(),
         start_gil_seconds: t0.elapsed().as_secs_f64(),
         early_arenas,
-        socket: listener.as_ref().map(|_| PathBuf::from(socket)),
+        socket: socket.clone(),
         socket_error: OnceLock::new(),
         tracker: Mutex::new(tracker),
     });
@@ -248,32 +222,37 @@ fn start(
             .spawn(move || scan_loop(scanner_shared))
             .map_err(|e| format!("cannot start the scanner thread: {e}"))?,
     );
-    if let Some(listener) = listener {
+    if let Some(socket) = socket {
         threads.push(
             std::thread::Builder::new()
                 .name("pytier-control".into())
-                .spawn(move || control::serve(listener, shared))
+                .spawn(move || {
+                    if shared.sleep(START_DELAY) {
+                        control::serve(&socket, &shared);
+                    }
+                })
                 .map_err(|e| format!("cannot start the control thread: {e}"))?,
         );
     }
     Ok(())
 }
 
-/// Binds a Unix socket, also at a path longer than a socket address holds
-/// (108 bytes): through its directory's descriptor in `/proc/self/fd`.
-fn bind(path: &Path) -> std::io::Result<UnixListener> {
-    use std::os::fd::AsRawFd;
-    match (UnixListener::bind(path), path.parent(), path.file_name()) {
-        (Err(e), Some(dir), Some(name)) if e.kind() == std::io::ErrorKind::InvalidInput => {
-            let dir = std::fs::File::open(dir)?;
-            UnixListener::bind(Path::new(&format!("/proc/self/fd/{}", dir.as_raw_fd())).join(name))
+/// How long after start-up the scanner begins and the control socket is
+/// bound: a process that ends sooner pays for no scan and never holds a
+/// descriptor of pytier's. Short scripts, command-line tools, test runners
+/// and pool workers are many of the interpreters a pod starts, and a heap is
+/// worth tracking only once it has lived a while.
+const START_DELAY: Duration = Duration::from_secs(1);
+
+impl Shared {
+    /// Waits `time`, or less if pytier stops meanwhile; false if it stops.
+    fn sleep(&self, time: Duration) -> bool {
+        if let Ok(guard) = self.latest.lock() {
+            let _ = self.wake.wait_timeout_while(guard, time, |_| !self.stop.load(Ordering::Acquire));
         }
-        (result, _, _) => result,
+        !self.stop.load(Ordering::Acquire)
     }
 }
-
-/// How long after start-up the scanner begins.
-const FIRST_SCAN_DELAY: Duration = Duration::from_secs(1);
 
 /// Every scan interval: collects page writes (when their fault budget
 /// allows) and, when the CPU budget allows, scans a slice of the heap; after
@@ -281,12 +260,8 @@ const FIRST_SCAN_DELAY: Duration = Duration::from_secs(1);
 /// over a big heap spans many slices; the next begins a scan interval after
 /// the start of the last at the earliest.
 fn scan_loop(shared: Arc<Shared>) {
-    // A process that ends within its first second pays for no scan: short
-    // scripts, command-line tools, test runners and pool workers are many of
-    // the interpreters a pod starts, and a heap is worth tracking only once
-    // it has lived a while.
-    if let Ok(guard) = shared.latest.lock() {
-        let _ = shared.wake.wait_timeout_while(guard, FIRST_SCAN_DELAY, |_| !shared.stop.load(Ordering::Acquire));
+    if !shared.sleep(START_DELAY) {
+        return;
     }
     let mut next_slice = Instant::now();
     let mut next_cycle = Instant::now();
@@ -336,10 +311,7 @@ fn scan_loop(shared: Arc<Shared>) {
         }
         let now = Instant::now();
         let wake = (started + interval).min(slice_due).min(look_due.unwrap_or(slice_due));
-        let wake = wake.max(now + Duration::from_millis(1));
-        if let Ok(guard) = shared.latest.lock() {
-            let _ = shared.wake.wait_timeout_while(guard, wake - now, |_| !shared.stop.load(Ordering::Acquire));
-        }
+        shared.sleep(wake.max(now + Duration::from_millis(1)) - now);
     }
 }
 
@@ -352,9 +324,9 @@ extern "C" fn after_fork_in_child() {
     }
 }
 
-/// Stops the threads and removes the socket. Called at interpreter exit.
-#[unsafe(no_mangle)]
-pub extern "C" fn pytier_stop() {
+/// Stops the threads (the control thread removes its socket). Called at
+/// interpreter exit.
+pub fn stop() {
     let _ = catch_unwind(|| {
         let Some(shared) = SHARED.get() else { return };
         shared.stop.store(true, Ordering::Release);
@@ -367,37 +339,22 @@ pub extern "C" fn pytier_stop() {
                 let _ = t.join();
             }
         }
-        if let Some(socket) = &shared.socket {
-            let _ = std::fs::remove_file(socket);
-        }
     });
 }
 
-/// Stats as a JSON C string (free it with `pytier_free`), or NULL when
-/// tracking never started.
-#[unsafe(no_mangle)]
-pub extern "C" fn pytier_stats() -> *mut c_char {
-    catch_unwind(|| {
-        let shared = SHARED.get()?;
-        CString::new(serde_json::to_string(&shared.stats()).ok()?).ok().map(CString::into_raw)
-    })
-    .ok()
-    .flatten()
-    .unwrap_or(std::ptr::null_mut())
+/// The stats as JSON, or None when tracking never started.
+pub fn stats_json() -> Option<String> {
+    catch_unwind(|| serde_json::to_string(&SHARED.get()?.stats()).ok()).ok().flatten()
 }
 
-/// Classes of the objects at `addrs` as of the last pass, written to `out`:
-/// 0 cold, 1 warm, 2 hot, -1 not tracked. With `by_page` set, the class of
-/// the page each address is on (from page writes) instead of the object's
-/// own. Returns 0, or -1 when not tracking (never started, or in a forked
-/// child).
-///
-/// # Safety
-/// `addrs` and `out` point to `n` elements. Call with the GIL held or not:
-/// the scanner never takes it, so waiting for it cannot deadlock.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn pytier_classify(addrs: *const usize, out: *mut i8, n: usize, by_page: i32) -> i32 {
-    catch_unwind(AssertUnwindSafe(|| {
+/// The class of the object at each address as of the last pass: 0 cold,
+/// 1 warm, 2 hot, 255 not tracked. With `by_page`, the class of the page the
+/// address is on (from page writes) instead of the object's own. None when
+/// not tracking (never started, or in a forked child). The scanner never
+/// takes the GIL, so waiting here for the tracker with it held cannot
+/// deadlock.
+pub fn classify(addresses: &[usize], by_page: bool) -> Option<Vec<u8>> {
+    catch_unwind(|| {
         // In a forked child the tracker may be locked by a thread that did
         // not survive the fork.
         if FORKED.load(Ordering::Acquire) {
@@ -407,42 +364,18 @@ pub unsafe extern "C" fn pytier_classify(addrs: *const usize, out: *mut i8, n: u
         let tracker = shared.tracker.lock().ok()?;
         let config = shared.config.lock().ok()?.clone();
         let rules = Rules::new(config.tracking.hot_threshold, config.tracking.decay_half_life_seconds as f64, 1.0);
-        let (addrs, out) = unsafe { (std::slice::from_raw_parts(addrs, n), std::slice::from_raw_parts_mut(out, n)) };
-        for (addr, out) in addrs.iter().zip(out) {
+        let classes = addresses.iter().map(|&address| {
             let class =
-                if by_page != 0 { tracker.page_class_of(*addr, &rules) } else { tracker.class_of(*addr, &rules) };
-            *out = match class {
+                if by_page { tracker.page_class_of(address, &rules) } else { tracker.class_of(address, &rules) };
+            match class {
                 Some(Class::Cold) => 0,
                 Some(Class::Warm) => 1,
                 Some(Class::Hot) => 2,
-                None => -1,
-            };
-        }
-        Some(0)
-    }))
+                None => 255,
+            }
+        });
+        Some(classes.collect())
+    })
     .ok()
     .flatten()
-    .unwrap_or(-1)
-}
-
-/// Frees a string returned by `pytier_stats`.
-///
-/// # Safety
-/// `s` came from `pytier_stats` and is freed once.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn pytier_free(s: *mut c_char) {
-    if !s.is_null() {
-        drop(unsafe { CString::from_raw(s) });
-    }
-}
-
-unsafe fn write_c_string(message: &str, out: *mut c_char, len: usize) {
-    if out.is_null() || len == 0 {
-        return;
-    }
-    let n = message.len().min(len - 1);
-    unsafe {
-        std::ptr::copy_nonoverlapping(message.as_ptr().cast(), out, n);
-        *out.add(n) = 0;
-    }
 }

@@ -34,12 +34,20 @@ def wait_for_a_full_cycle(timeout=30):
 """
 
 
-def python(code, env=None, shim=None, timeout=60, **kw):
+def wait_for_socket(path, timeout=10):
+    """The interposer binds its control socket a second after start-up."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        assert time.monotonic() < deadline, f"no control socket at {path} within {timeout} s"
+        time.sleep(0.02)
+
+
+def python(code, env=None, shim=None, timeout=60, args=(), **kw):
     """Runs `code` in a fresh python3 with the shim; returns the CompletedProcess."""
     full = dict(os.environ, PYTHONPATH=shim or SHIM, PYTIER_SOCKET="")
     full.update(env or {})
     program = WAIT_FOR_A_FULL_CYCLE + textwrap.dedent(code)
-    return subprocess.run([sys.executable, "-c", program], env=full, capture_output=True,
+    return subprocess.run([sys.executable, "-c", program, *args], env=full, capture_output=True,
                           text=True, timeout=timeout, **kw)
 
 
@@ -195,27 +203,30 @@ def test_pages_of_objects_only_read_are_hot_and_untouched_pages_cold():
     assert untouched_cold > 0.95, r.stdout
 
 
-def test_a_process_pays_for_no_scan_in_its_first_second():
+def test_a_process_pays_for_no_scan_and_holds_no_descriptor_in_its_first_second(tmp_path):
+    sock = tmp_path / "app.sock"
     r = python("""
-        import os, pytier, time
-        def trackers():  # pytier's page-write descriptors
+        import os, pytier, sys, time
+        def descriptors():  # pytier's: userfaultfd, pagemap, control socket
             count = 0
             for fd in os.listdir("/proc/self/fd"):
                 try:
                     link = os.readlink(f"/proc/self/fd/{fd}")
                 except OSError:
                     continue  # the listing's own descriptor, closed by now
-                count += link == "anon_inode:[userfaultfd]" or link.endswith("/pagemap")
+                count += link == "anon_inode:[userfaultfd]" or link.endswith("/pagemap") or link.startswith("socket:")
             return count
         time.sleep(0.5)
-        early, early_trackers = pytier.stats(), trackers()
+        early = pytier.stats(), descriptors(), os.path.exists(sys.argv[1])
         wait_for_a_full_cycle()
-        print(early["passes"], early["scanSecondsTotal"], early_trackers, pytier.stats()["passes"], trackers())
-    """, env={"PYTIER_CONFIG": FAST})
+        print(early[0]["passes"], early[0]["scanSecondsTotal"], early[1], early[2],
+              pytier.stats()["passes"], descriptors(), os.path.exists(sys.argv[1]))
+    """, env={"PYTIER_CONFIG": FAST, "PYTIER_SOCKET": str(sock)}, args=[str(sock)])
     assert r.returncode == 0, r.stderr
-    early_passes, early_cpu, early_trackers, later_passes, later_trackers = r.stdout.split()
-    assert (int(early_passes), float(early_cpu), int(early_trackers)) == (0, 0.0, 0), r.stdout
-    assert (int(later_passes) >= 2, int(later_trackers)) == (True, 2), r.stdout
+    early_passes, early_cpu, early_fds, early_socket, later_passes, later_fds, later_socket = r.stdout.split()
+    assert (int(early_passes), float(early_cpu), int(early_fds), early_socket) == (0, 0.0, 0, "False"), r.stdout
+    assert (int(later_passes) >= 2, int(later_fds), later_socket) == (True, 3, "True"), r.stdout
+    assert not sock.exists(), "the socket is removed at exit"
 
 
 def test_page_write_tracking_can_be_turned_off():
@@ -291,6 +302,7 @@ def test_control_socket_answers_and_survives_garbage(tmp_path):
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline() == "ready\n"
+        wait_for_socket(path)
 
         def ask(payload):
             with socket.socket(socket.AF_UNIX) as s:

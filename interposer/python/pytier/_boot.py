@@ -15,8 +15,7 @@ ENV_CONTAINER = "PYTIER_CONTAINER"  # the container's name (set by the webhook)
 ENV_DISABLE = "PYTIER_DISABLE"  # "1": do nothing
 NATIVE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_native.so")
 
-ctypes = None  # imported once the interpreter is known to be supported
-_lib = None
+_native = None  # the extension module, once tracking runs
 _reason = "not started"
 
 
@@ -60,8 +59,8 @@ def _unsupported():
 
 
 def start():
-    global _lib, _reason, ctypes
-    if _lib is not None:
+    global _native, _reason
+    if _native is not None:
         return  # sitecustomize ran again in this process
     if os.environ.get(ENV_DISABLE) == "1":
         _reason = f"disabled by {ENV_DISABLE}=1"
@@ -72,85 +71,58 @@ def start():
         sys.stderr.write(f"pytier: not active: {why}\n")
         return
     try:
-        import ctypes
+        from pytier import _native as native
     except ImportError as error:
-        _reason = f"ctypes cannot be loaded here: {error}"
-        # An isolated subinterpreter (3.12+) cannot load _ctypes; pytier runs
-        # in the process's main interpreter, which has said all there is to say.
+        _reason = f"cannot load {NATIVE}: {error}"
+        # An isolated subinterpreter (3.12+) cannot load a single-phase
+        # extension module; pytier runs in the process's main interpreter,
+        # which has said all there is to say.
         if "subinterpreter" not in str(error):
             sys.stderr.write(f"pytier: not active: {_reason}\n")
         return
-    try:
-        lib = ctypes.PyDLL(NATIVE)
-    except OSError as error:
-        _reason = f"cannot load {NATIVE}: {error}"
-        sys.stderr.write(f"pytier: not active: {_reason}\n")
-        return
-    lib.pytier_start.restype = ctypes.c_int
-    lib.pytier_start.argtypes = [
-        ctypes.c_char_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_size_t,
-        ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t,
-    ]
-    lib.pytier_stats.restype = ctypes.c_void_p
-    lib.pytier_free.argtypes = [ctypes.c_void_p]
-    lib.pytier_classify.restype = ctypes.c_int
-    lib.pytier_classify.argtypes = [ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_int8), ctypes.c_size_t, ctypes.c_int]
-
-    lib.pytier_check.restype = ctypes.c_int
-    lib.pytier_check.argtypes = [ctypes.c_char_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t]
-    free_threaded = _free_threaded()
     config = os.environ.get(ENV_CONFIG, "").encode()
-    err = ctypes.create_string_buffer(512)
-    # The interpreter and the settings are checked before anything changes:
-    # a refused process runs exactly as it would without pytier.
-    if lib.pytier_check(config, sys.hexversion, int(free_threaded), err, len(err)) != 0:
-        _reason = err.value.decode(errors="replace")
-        sys.stderr.write(f"pytier: not active: {_reason}\n")
-        return
-    # From here on every new arena is seen; pytier_start finds the older ones.
-    lib.pytier_install_hook()
     socket = os.environ.get(ENV_SOCKET)
     if socket is None:
         socket = default_socket(os.getpid())
-    code = lib.pytier_start(
-        config, sys.hexversion, int(free_threaded), id(type),
-        socket.encode(), err, len(err),
-    )
-    if code not in (0, 2):  # 2: already running, started by an earlier import
-        _reason = err.value.decode(errors="replace")
+    try:
+        # The interpreter and the settings are checked before anything
+        # changes: a refused process runs exactly as it would without pytier.
+        native.check(config, sys.hexversion, _free_threaded())
+        # From here on every new arena is seen; start finds the older ones.
+        native.install_hook()
+        started_now = native.start(config, sys.hexversion, _free_threaded(), id(type), os.fsencode(socket))
+    except RuntimeError as error:
+        _reason = str(error)
         sys.stderr.write(f"pytier: not active: {_reason}\n")
         return
-    _lib = lib
+    _native = native
     _reason = None
-    if code == 0:
+    if started_now:
         import atexit
 
-        atexit.register(lib.pytier_stop)
+        atexit.register(native.stop)
 
 
 def status():
     """(active, reason): reason says why pytier is not active."""
-    return (_lib is not None and _reason is None, _reason)
+    return (_native is not None and _reason is None, _reason)
 
 
 def stats():
     """What the interposer sees in this process, or {"active": False, "reason": ...}."""
-    if _lib is None:
+    if _native is None:
         return {"active": False, "reason": _reason}
     import json
 
-    ptr = _lib.pytier_stats()
-    if not ptr:
+    text = _native.stats()
+    if text is None:
         return {"active": False, "reason": "no stats"}
-    try:
-        data = json.loads(ctypes.string_at(ptr).decode())
-    finally:
-        _lib.pytier_free(ptr)
+    data = json.loads(text)
     data["allocatedBlocks"] = sys.getallocatedblocks()
     return data
 
 
-CLASSES = {0: "cold", 1: "warm", 2: "hot", -1: None}
+CLASSES = {0: "cold", 1: "warm", 2: "hot", 255: None}
 
 
 def classify(objects, by="object"):
@@ -166,11 +138,6 @@ def classify_ids(ids, by="object"):
     the reference counts it is measuring."""
     if by not in ("object", "page"):
         raise ValueError(f'by must be "object" or "page", not {by!r}')
-    if _lib is None:
+    if _native is None:
         raise RuntimeError(f"pytier is not active: {_reason}")
-    n = len(ids)
-    addrs = (ctypes.c_size_t * n)(*ids)
-    out = (ctypes.c_int8 * n)()
-    if _lib.pytier_classify(addrs, out, n, int(by == "page")) != 0:
-        raise RuntimeError("pytier could not classify")
-    return [CLASSES[c] for c in out]
+    return [CLASSES[c] for c in _native.classify(list(ids), by == "page")]
