@@ -83,6 +83,12 @@ impl Placement {
             self.claim_arenas(topology.dram[0]);
         }
 
+        let report = &mut self.report;
+        report.heap_pages = heat.len() as u64;
+        report.budget_bytes = config.dram_budget.bytes_for(heap_bytes);
+        report.dram_heat_share =
+            policy::dram_heat_share(heat.values().copied().collect(), (report.budget_bytes / PAGE) as usize);
+
         // Where the heap is, placing or not (with one tier it is all on it).
         // Off, that is only for the stats: at most every OFF_QUERY_EVERY.
         if off {
@@ -112,9 +118,7 @@ impl Placement {
             pages.push(Page { addr: *addr, heat: heat[addr], tier });
         }
         let report = &mut self.report;
-        report.heap_pages = addrs.len() as u64;
         (report.dram_bytes, report.cxl_bytes, report.other_bytes) = (dram * PAGE, cxl * PAGE, other * PAGE);
-        report.budget_bytes = config.dram_budget.bytes_for(heap_bytes);
         if report.off_reason.is_some() {
             return &self.report;
         }

@@ -10,7 +10,9 @@ mod cgroups;
 mod control;
 mod decide;
 mod metrics;
+mod outlook;
 mod processes;
+mod report;
 mod serve;
 mod shim;
 mod sockets;
@@ -52,6 +54,23 @@ enum Command {
         /// Seconds between two statistics lines.
         #[arg(long, default_value_t = 2.0)]
         every: f64,
+        /// DRAM budget per process: a share of its heap (`25%`, the default)
+        /// or bytes (`512MiB`). Without a CXL node, the screen shows what CXL
+        /// would do under it.
+        #[arg(long)]
+        dram_budget: Option<String>,
+        /// CXL's extra latency over DRAM, in nanoseconds per access that
+        /// misses the CPU caches (about +70 to 90 ns).
+        #[arg(long, default_value_t = outlook::DEFAULT_CXL_EXTRA_NS)]
+        cxl_extra_ns: f64,
+        /// Print one JSON document at exit (every look and the last stats)
+        /// instead of lines.
+        #[arg(long)]
+        json: bool,
+        /// Write a picture of the run at exit: temperatures over time and
+        /// bytes per tier (`FILE.html`, or `FILE.svg` for the picture alone).
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
         /// The program to run, after `--`.
         #[arg(last = true)]
         program: Vec<String>,
@@ -133,11 +152,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { topology, shim, config, every, program } => {
+        Command::Run { topology, shim, config, every, dram_budget, cxl_extra_ns, json, report, program } => {
             let nodes = topology.discover()?;
-            print_table(&nodes);
-            if !nodes.iter().any(|n| n.tier == pytier_crds::node::Tier::Cxl) {
-                println!("no CXL node found: nothing would be demoted on this machine");
+            let has_cxl = nodes.iter().any(|n| n.tier == pytier_crds::node::Tier::Cxl);
+            if !json {
+                print_table(&nodes);
+                if !has_cxl {
+                    println!("no CXL node found: showing what CXL would do (the hottest pages up to the DRAM budget on DRAM, the rest on CXL at +{cxl_extra_ns} ns)");
+                }
             }
             if program.is_empty() {
                 return Ok(ExitCode::SUCCESS);
@@ -145,11 +167,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if every.is_nan() || every <= 0.0 {
                 anyhow::bail!("--every must be a positive number of seconds");
             }
-            if let Some(config) = &config {
-                pytier_contract::Settings::from_json(config).context("--config")?;
+            if !(cxl_extra_ns.is_finite() && cxl_extra_ns >= 0.0) {
+                anyhow::bail!("--cxl-extra-ns must be a number of nanoseconds, 0 or more");
             }
+            let config = standalone::settings(config.as_deref(), dram_budget.as_deref())?;
             let shim = standalone::find_shim(shim)?;
-            standalone::run(&program, &shim, config.as_deref(), std::time::Duration::from_secs_f64(every))
+            let screen = standalone::Screen {
+                every: std::time::Duration::from_secs_f64(every),
+                has_cxl,
+                cxl_extra_ns,
+                json,
+                report,
+            };
+            standalone::run(&program, &shim, config.as_deref(), &screen)
         }
     }
 }

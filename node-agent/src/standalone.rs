@@ -7,9 +7,12 @@ use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use pytier_contract::stats::Stats;
+use pytier_contract::Settings;
+use pytier_contract::settings::DramBudget;
 
 use crate::control;
+use crate::outlook::{self, Outlook};
+use crate::report;
 
 /// The shim directory: `--shim`, else `pytier-shim` beside the directory of
 /// this binary (where `interposer/build-shim.sh` puts it in a cargo build).
@@ -28,9 +31,23 @@ pub fn find_shim(flag: Option<PathBuf>) -> Result<PathBuf> {
     Ok(shim)
 }
 
+/// How standalone mode shows a run.
+pub struct Screen {
+    /// Time between two looks at the program (a line each).
+    pub every: Duration,
+    /// Whether this machine has a CXL node (else: what CXL would do).
+    pub has_cxl: bool,
+    pub cxl_extra_ns: f64,
+    /// Print one JSON document at exit instead of lines.
+    pub json: bool,
+    /// Write a picture of the run there at exit (`.html` or `.svg`).
+    pub report: Option<PathBuf>,
+}
+
 /// Runs `program` with the shim first on PYTHONPATH (the user's PYTHONPATH
-/// kept after it), printing a stats line every `every` until it exits.
-pub fn run(program: &[String], shim: &Path, config: Option<&str>, every: Duration) -> Result<ExitCode> {
+/// kept after it), printing a line every `screen.every` and a summary when
+/// it exits. Returns the program's exit code.
+pub fn run(program: &[String], shim: &Path, config: Option<&str>, screen: &Screen) -> Result<ExitCode> {
     let socket_dir = socket_dir()?;
     let socket = socket_dir.join("app.sock");
     let pythonpath = match std::env::var_os("PYTHONPATH") {
@@ -48,27 +65,112 @@ pub fn run(program: &[String], shim: &Path, config: Option<&str>, every: Duratio
         command.env("PYTIER_CONFIG", config);
     }
     let mut child = command.spawn().with_context(|| format!("cannot start {:?}", program[0]))?;
-    println!("running {:?} under pytier (pid {}, control socket {})", program.join(" "), child.id(), socket.display());
-    let started = Instant::now();
-    let mut next_report = started + every;
-    loop {
-        if let Some(status) = child.try_wait()? {
-            let _ = std::fs::remove_dir_all(&socket_dir);
-            println!("{:?} exited: {status}", program[0]);
-            // Like a shell: 128 + signal for a program killed by a signal.
-            let code = status.code().or_else(|| status.signal().map(|s| 128 + s)).unwrap_or(1);
-            return Ok(ExitCode::from(code.clamp(0, 255) as u8));
+    let say = |line: &str| {
+        if !screen.json {
+            println!("{line}");
         }
-        if Instant::now() >= next_report {
-            next_report += every;
+    };
+    say(&format!("running {:?} under pytier (pid {}, control socket {})", program.join(" "), child.id(), socket.display()));
+    say(&outlook::legend(screen.has_cxl));
+    say(&Outlook::header());
+    let started = Instant::now();
+    let mut next_look = started + screen.every;
+    let mut looks: Vec<Outlook> = Vec::new();
+    let mut last_stats = None;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() >= next_look {
+            next_look += screen.every;
             let t = started.elapsed().as_secs_f64();
             match control::stats(&socket) {
-                Ok(stats) => println!("{t:>6.1}s  {}", summary(&stats)),
-                Err(e) => println!("{t:>6.1}s  no stats yet ({e:#})"),
+                Ok(stats) => {
+                    match Outlook::new(&stats, screen.has_cxl, screen.cxl_extra_ns) {
+                        Some(look) => {
+                            say(&look.line());
+                            looks.push(look);
+                        }
+                        None => say(&format!("{t:>5.1}s  no full scan yet")),
+                    }
+                    last_stats = Some(stats);
+                }
+                // The interposer listens from a second after start-up.
+                Err(e) => say(&format!("{t:>5.1}s  no stats yet ({e:#})")),
             }
         }
         std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = std::fs::remove_dir_all(&socket_dir);
+    // Like a shell: 128 + signal for a program killed by a signal.
+    let code = status.code().or_else(|| status.signal().map(|s| 128 + s)).unwrap_or(1);
+    let summary = match looks.last() {
+        Some(look) => look.summary(screen.cxl_extra_ns),
+        None => "no full scan of the program's heap: it ended before one (pytier waits a second after start-up)\n".into(),
+    };
+    if screen.json {
+        let document = serde_json::json!({
+            "program": program,
+            "exitCode": code,
+            "looks": looks,
+            "stats": last_stats,
+        });
+        println!("{}", serde_json::to_string_pretty(&document)?);
+    } else {
+        println!("{:?} exited: {status}", program[0]);
+        print!("{summary}");
     }
+    if let Some(path) = &screen.report {
+        let svg = path.extension().is_some_and(|e| e == "svg");
+        let title = format!("pytier: {}", program.join(" "));
+        std::fs::write(path, report::render(&title, &looks, &summary, svg))
+            .with_context(|| format!("cannot write the report to {}", path.display()))?;
+        say(&format!("report written to {}", path.display()));
+    }
+    Ok(ExitCode::from(code.clamp(0, 255) as u8))
+}
+
+/// The interposer settings for a run: `--config`'s JSON with `--dram-budget`
+/// (`25%` of the heap, or bytes: `512MiB`, `2GiB`, `1048576`) put in, and
+/// checked as the interposer will check them.
+pub fn settings(config: Option<&str>, dram_budget: Option<&str>) -> Result<Option<String>> {
+    let Some(budget) = dram_budget else {
+        if let Some(config) = config {
+            Settings::from_json(config).context("--config")?;
+        }
+        return Ok(config.map(str::to_string));
+    };
+    let mut value: serde_json::Value = match config {
+        Some(config) => serde_json::from_str(config).context("--config is not JSON")?,
+        None => serde_json::json!({}),
+    };
+    let Some(object) = value.as_object_mut() else { bail!("--config must be a JSON object") };
+    if object.contains_key("dramBudget") {
+        bail!("--dram-budget and a dramBudget in --config: give the budget once");
+    }
+    object.insert("dramBudget".into(), serde_json::to_value(parse_budget(budget)?)?);
+    let json = value.to_string();
+    Settings::from_json(&json).context("--dram-budget")?;
+    Ok(Some(json))
+}
+
+fn parse_budget(text: &str) -> Result<DramBudget> {
+    let text = text.trim();
+    if let Some(percent) = text.strip_suffix('%') {
+        let percent: f64 = percent.trim().parse().with_context(|| format!("--dram-budget {text:?}: not a percentage"))?;
+        return Ok(DramBudget { bytes: None, heap_fraction: Some(percent / 100.0) });
+    }
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => bail!("--dram-budget {text:?}: give a percentage of the heap (25%) or bytes (512MiB, 2GiB, 1048576)"),
+    };
+    let number: u64 = number.parse().with_context(|| format!("--dram-budget {text:?}: no number"))?;
+    Ok(DramBudget { bytes: Some(number.saturating_mul(scale)), heap_fraction: None })
 }
 
 /// A directory for the program's control socket, removed when it exits.
@@ -78,19 +180,27 @@ fn socket_dir() -> Result<PathBuf> {
     Ok(dir)
 }
 
-fn summary(stats: &Stats) -> String {
-    let Some(last) = &stats.last else { return "no scan finished yet".into() };
-    let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
-    let (o, b) = (&last.objects, &last.bytes);
-    format!(
-        "hot {:>8} ({:.1} MiB)  warm {:>8} ({:.1} MiB)  cold {:>8} ({:.1} MiB)  coverage {:.0}%  scanner CPU {:.2}%",
-        o.hot,
-        mib(b.hot),
-        o.warm,
-        mib(b.warm),
-        o.cold,
-        mib(b.cold),
-        100.0 * last.coverage,
-        100.0 * stats.scanner_cpu_fraction,
-    )
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dram_budget_is_a_share_of_the_heap_or_bytes() {
+        assert_eq!(parse_budget("25%").unwrap(), DramBudget { bytes: None, heap_fraction: Some(0.25) });
+        assert_eq!(parse_budget("512MiB").unwrap().bytes, Some(512 << 20));
+        assert_eq!(parse_budget("4096").unwrap().bytes, Some(4096));
+        assert!(parse_budget("lots").unwrap_err().to_string().contains("512MiB"));
+    }
+
+    #[test]
+    fn the_budget_joins_the_settings_and_is_checked_as_the_interposer_checks() {
+        let json = settings(Some(r#"{"mode": "observe"}"#), Some("10%")).unwrap().unwrap();
+        let parsed = Settings::from_json(&json).unwrap();
+        assert_eq!(parsed.dram_budget.heap_fraction, Some(0.1));
+        let err = settings(None, Some("150%")).unwrap_err();
+        assert!(format!("{err:#}").contains("heapFraction"), "{err:#}");
+        let twice = settings(Some(r#"{"dramBudget": {"bytes": 4096}}"#), Some("1MiB")).unwrap_err();
+        assert!(twice.to_string().contains("once"));
+        assert_eq!(settings(None, None).unwrap(), None);
+    }
 }
