@@ -158,7 +158,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if !json {
                 print_table(&nodes);
                 if !has_cxl {
-                    println!("no CXL node found: showing what CXL would do (the hottest pages up to the DRAM budget on DRAM, the rest on CXL at +{cxl_extra_ns} ns)");
+                    println!("no CXL node found: showing what CXL would do (+{cxl_extra_ns} ns per access)");
                 }
             }
             if program.is_empty() {

@@ -104,13 +104,13 @@ impl Outlook {
         )
     }
 
-    /// Several lines for the end of the run.
+    /// Lines of at most 80 columns for the end of the run.
     pub fn summary(&self, cxl_extra_ns: f64) -> String {
-        let mut out = format!(
-            "after {:.1} s: heap {} MiB, {} objects: hot {} ({} MiB), warm {} ({} MiB), cold {} ({} MiB)\n",
-            self.seconds,
-            mib(self.heap_bytes),
-            count(self.objects.hot + self.objects.warm + self.objects.cold),
+        let objects = self.objects.hot + self.objects.warm + self.objects.cold;
+        let mut out =
+            format!("after {:.1} s: heap {} MiB, {} objects\n", self.seconds, mib(self.heap_bytes), count(objects));
+        out += &format!(
+            "  hot {} ({} MiB), warm {} ({} MiB), cold {} ({} MiB)\n",
             count(self.objects.hot),
             mib(self.bytes.hot),
             count(self.objects.warm),
@@ -118,10 +118,9 @@ impl Outlook {
             count(self.objects.cold),
             mib(self.bytes.cold),
         );
-        let served = |share: f64| format!("{:.1}%", 100.0 * share);
         if self.measured {
             out += &format!(
-                "on DRAM {} MiB, on CXL {} MiB (budget {} MiB); {} pages moved\n",
+                "  on DRAM {} MiB, on CXL {} MiB (budget {} MiB); {} pages moved\n",
                 mib(self.dram_bytes),
                 mib(self.cxl_bytes),
                 mib(self.budget_bytes),
@@ -129,25 +128,24 @@ impl Outlook {
             );
         } else {
             out += &format!(
-                "with CXL behind a DRAM budget of {} MiB, the hottest pages on DRAM and the rest on CXL:\n",
-                mib(self.budget_bytes)
+                "if CXL took all but the hottest {} MiB (the DRAM budget):\n  DRAM {:>8} MiB\n  CXL  {:>8} MiB of DRAM saved\n",
+                mib(self.budget_bytes),
+                mib(self.dram_bytes),
+                mib(self.cxl_bytes)
             );
-            out += &format!("  DRAM {:>8} MiB\n  CXL  {:>8} MiB: DRAM saved\n", mib(self.dram_bytes), mib(self.cxl_bytes));
         }
-        match (self.dram_share, self.extra_ns_per_access) {
-            (Some(share), Some(extra)) => {
-                out += &format!(
-                    "  DRAM serves {} of heap accesses, CXL {}: +{extra:.1} ns per access that misses the caches, \
-                     on average (+{cxl_extra_ns:.0} ns each on CXL)\n",
-                    served(share),
-                    served(1.0 - share)
-                )
-            }
-            _ => out += "  no page has been seen in use yet: no share of accesses to give\n",
-        }
-        if !self.coldest_types.is_empty() {
-            let types: Vec<String> =
-                self.coldest_types.iter().take(5).map(|(name, bytes)| format!("{name} {} MiB", mib(*bytes))).collect();
+        out += &match (self.dram_share, self.extra_ns_per_access) {
+            (Some(share), Some(extra)) => format!(
+                "  DRAM serves {:.1}% of heap accesses, CXL {:.1}%: +{extra:.1} ns on average\n  \
+                 per access that misses the caches (+{cxl_extra_ns:.0} ns each on CXL)\n",
+                100.0 * share,
+                100.0 * (1.0 - share),
+            ),
+            _ => "  no page has been seen in use yet: no share of accesses to give\n".into(),
+        };
+        let types: Vec<String> =
+            self.coldest_types.iter().take(4).map(|(name, bytes)| format!("{name} {} MiB", mib(*bytes))).collect();
+        if !types.is_empty() {
             out += &format!("  most cold bytes: {}\n", types.join(", "));
         }
         out
@@ -224,6 +222,7 @@ mod tests {
         let summary = o.summary(80.0);
         assert!(summary.contains("DRAM serves 90.0% of heap accesses, CXL 10.0%: +8.0 ns"), "{summary}");
         assert!(summary.contains("most cold bytes: dict 30.0 MiB"), "{summary}");
+        assert!(summary.lines().all(|l| l.chars().count() <= 80), "{summary}");
     }
 
     #[test]

@@ -87,7 +87,11 @@ fn picture(title: &str, looks: &[Outlook], metadata: Option<&String>) -> String 
     // Bytes per tier.
     let measured = looks.iter().any(|l| l.measured);
     let what = if measured { "where the kernel has them" } else { "with CXL behind the DRAM budget" };
-    let _ = writeln!(s, r#"<text x="{LEFT}" y="{}">Heap MiB on DRAM (blue) and CXL (orange), {what}</text>"#, bars_top - 12.0);
+    let _ = writeln!(
+        s,
+        r#"<text x="{LEFT}" y="{}">Heap MiB on DRAM (blue) and CXL (orange), {what}</text>"#,
+        bars_top - 12.0
+    );
     let most = looks.iter().map(|l| l.dram_bytes + l.cxl_bytes).max().unwrap_or(0).max(1) as f64;
     let scale = BARS_HEIGHT / most;
     let bottom = bars_top + BARS_HEIGHT;
@@ -112,14 +116,21 @@ fn picture(title: &str, looks: &[Outlook], metadata: Option<&String>) -> String 
             Some(format!("{:.1},{:.1}", LEFT + (x as f64 + 0.4) * column, bottom - share * BARS_HEIGHT))
         })
         .collect();
-    let _ = writeln!(s, r##"<polyline points="{}" fill="none" stroke="#1a9850" stroke-width="2.5"/>"##, points.join(" "));
+    let _ =
+        writeln!(s, r##"<polyline points="{}" fill="none" stroke="#1a9850" stroke-width="2.5"/>"##, points.join(" "));
     let _ = writeln!(
         s,
         r##"<text x="{LEFT}" y="{}" fill="#1a9850">Green: share of heap accesses DRAM serves (top: 100%){}</text>"##,
         bottom + 30.0,
         looks.last().and_then(|l| l.dram_share).map_or(String::new(), |s| format!(", last {:.1}%", 100.0 * s)),
     );
-    let _ = writeln!(s, r#"<text x="{}" y="{}" text-anchor="end">{:.1}</text>"#, LEFT - 6.0, bars_top + 4.0, most / (1u64 << 20) as f64);
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="{}" text-anchor="end">{:.1}</text>"#,
+        LEFT - 6.0,
+        bars_top + 4.0,
+        most / (1u64 << 20) as f64
+    );
     let _ = writeln!(s, r#"<text x="{}" y="{bottom}" text-anchor="end">0</text>"#, LEFT - 6.0);
     time_axis(&mut s, looks, column, bottom);
     s.push_str("</svg>\n");
@@ -130,7 +141,8 @@ fn picture(title: &str, looks: &[Outlook], metadata: Option<&String>) -> String 
 fn time_axis(s: &mut String, looks: &[Outlook], column: f64, y: f64) {
     let every = looks.len().div_ceil(6).max(1);
     for (x, look) in looks.iter().enumerate().step_by(every) {
-        let _ = writeln!(s, r#"<text x="{:.1}" y="{}">{:.0} s</text>"#, LEFT + x as f64 * column, y + 14.0, look.seconds);
+        let _ =
+            writeln!(s, r#"<text x="{:.1}" y="{}">{:.0} s</text>"#, LEFT + x as f64 * column, y + 14.0, look.seconds);
     }
 }
 

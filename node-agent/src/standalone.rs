@@ -70,7 +70,12 @@ pub fn run(program: &[String], shim: &Path, config: Option<&str>, screen: &Scree
             println!("{line}");
         }
     };
-    say(&format!("running {:?} under pytier (pid {}, control socket {})", program.join(" "), child.id(), socket.display()));
+    say(&format!(
+        "running {:?} under pytier (pid {}, control socket {})",
+        program.join(" "),
+        child.id(),
+        socket.display()
+    ));
     say(&outlook::legend(screen.has_cxl));
     say(&Outlook::header());
     let started = Instant::now();
@@ -106,7 +111,9 @@ pub fn run(program: &[String], shim: &Path, config: Option<&str>, screen: &Scree
     let code = status.code().or_else(|| status.signal().map(|s| 128 + s)).unwrap_or(1);
     let summary = match looks.last() {
         Some(look) => look.summary(screen.cxl_extra_ns),
-        None => "no full scan of the program's heap: it ended before one (pytier waits a second after start-up)\n".into(),
+        None => {
+            "no full scan of the program's heap: it ended before one (pytier waits a second after start-up)\n".into()
+        }
     };
     if screen.json {
         let document = serde_json::json!({
@@ -157,7 +164,8 @@ pub fn settings(config: Option<&str>, dram_budget: Option<&str>) -> Result<Optio
 fn parse_budget(text: &str) -> Result<DramBudget> {
     let text = text.trim();
     if let Some(percent) = text.strip_suffix('%') {
-        let percent: f64 = percent.trim().parse().with_context(|| format!("--dram-budget {text:?}: not a percentage"))?;
+        let percent: f64 =
+            percent.trim().parse().with_context(|| format!("--dram-budget {text:?}: not a percentage"))?;
         return Ok(DramBudget { bytes: None, heap_fraction: Some(percent / 100.0) });
     }
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
