@@ -245,9 +245,10 @@ def main():
     print("oracle: the hottest pages in the budget; oracle@held: as many hottest pages as the run really"
           " held on DRAM (the balloon holds a run to its budget only within a few MiB);"
           " reconverge: seconds after the shift until the share is back to 90% of the pre-shift one,"
-          " from the share right at the shift")
+          " from the share right at the shift; predicted: pytier's own estimate of the share DRAM serves"
+          " with its budget placed (placement.dramHeatShare, what `node-agent run` shows without CXL)")
     print(f"{'workload':<11} {'config':<12} {'dram-hit':>8} {'oracle':>7} {'vs oracle':>9} {'oracle@held':>11} "
-          f"{'migrated':>10} {'reconverge':>14} {'intact':>6} {'on DRAM':>8}")
+          f"{'predicted':>9} {'migrated':>10} {'reconverge':>14} {'intact':>6} {'on DRAM':>8}")
     summary = {}
     for name in args.workloads:
         heap = heap_bytes(name, args)
@@ -261,8 +262,10 @@ def main():
             reconverge = "-"
             if len(report["phases"]) > 1:
                 reconverge = ("never" if after is None else f"{after:.1f}s") + f" from {last['shareAtShift']:.2f}"
+            predicted = (report.get("pytier") or {}).get("dramHeatShare")
+            predicted = "-" if predicted is None else f"{predicted:.3f}"
             print(f"{name:<11} {config:<12} {hit:>8.3f} {oracle:>7.3f} {hit / oracle:>9.2f} "
-                  f"{last['oracleShareAtHeld']:>11.3f} "
+                  f"{last['oracleShareAtHeld']:>11.3f} {predicted:>9} "
                   f"{report['migratedBytes'] / 2**20:>8.1f}Mi {reconverge:>14} "
                   f"{'yes' if report['intact'] else 'NO':>6} "
                   f"{report['anonBytesByNode'].get('0', 0) / 2**20:>6.1f}Mi", flush=True)
