@@ -4,7 +4,7 @@
 //! stay on DRAM and the rest go to CXL, which serves the share of accesses
 //! their heat carries, each about `cxl_extra_ns` slower.
 
-use pytier_contract::stats::{HISTOGRAM_UPPER_BOUNDS, Stats};
+use pytier_contract::stats::{ByClass, HISTOGRAM_UPPER_BOUNDS, Stats};
 use serde::Serialize;
 
 /// CXL's extra latency over DRAM for an access that misses the CPU caches:
@@ -16,8 +16,8 @@ pub const DEFAULT_CXL_EXTRA_NS: f64 = 80.0;
 #[serde(rename_all = "camelCase")]
 pub struct Outlook {
     pub seconds: f64,
-    pub objects: Counts,
-    pub bytes: Counts,
+    pub objects: ByClass,
+    pub bytes: ByClass,
     pub coverage: f64,
     /// Objects by temperature, buckets of `HISTOGRAM_UPPER_BOUNDS`.
     pub histogram: [u64; 10],
@@ -39,13 +39,6 @@ pub struct Outlook {
     pub coldest_types: Vec<(String, u64)>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct Counts {
-    pub hot: u64,
-    pub warm: u64,
-    pub cold: u64,
-}
-
 impl Outlook {
     /// From the interposer's stats, or None before its first full scan.
     /// `has_cxl`: whether this machine has a CXL node.
@@ -62,8 +55,8 @@ impl Outlook {
         let share = placement.dram_heat_share;
         Some(Outlook {
             seconds: stats.uptime_seconds,
-            objects: Counts { hot: last.objects.hot, warm: last.objects.warm, cold: last.objects.cold },
-            bytes: Counts { hot: last.bytes.hot, warm: last.bytes.warm, cold: last.bytes.cold },
+            objects: last.objects,
+            bytes: last.bytes,
             coverage: last.coverage,
             histogram: last.histogram,
             scanner_cpu: stats.scanner_cpu_fraction,
@@ -106,7 +99,7 @@ impl Outlook {
 
     /// Lines of at most 80 columns for the end of the run.
     pub fn summary(&self, cxl_extra_ns: f64) -> String {
-        let objects = self.objects.hot + self.objects.warm + self.objects.cold;
+        let objects = self.objects.total();
         let mut out =
             format!("after {:.1} s: heap {} MiB, {} objects\n", self.seconds, mib(self.heap_bytes), count(objects));
         out += &format!(

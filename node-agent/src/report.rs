@@ -164,14 +164,13 @@ fn escape(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outlook::Counts;
+    use pytier_contract::stats::ByClass;
 
     fn look(seconds: f64) -> Outlook {
-        let zero = Counts { hot: 0, warm: 0, cold: 0 };
         Outlook {
             seconds,
-            objects: zero,
-            bytes: zero,
+            objects: ByClass::default(),
+            bytes: ByClass::default(),
             coverage: 1.0,
             histogram: [10, 0, 0, 0, 0, 0, 0, 0, 0, 1],
             scanner_cpu: 0.01,
