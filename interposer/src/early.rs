@@ -18,8 +18,9 @@ const HEADER: usize = 48;
 /// records the first pool of each in `EARLY_ARENAS`; returns how many.
 pub fn find_arenas(layout: &Layout) -> usize {
     let hooked = hooked_arenas(layout);
+    let mappings = anonymous_mappings();
     let mut candidates: Vec<usize> = Vec::new();
-    for (start, end) in anonymous_mappings() {
+    for &(start, end) in &mappings {
         let resident = resident_pages(start, end);
         let first = start.next_multiple_of(layout.pool_size);
         for pool in (first..end.saturating_sub(HEADER)).step_by(layout.pool_size) {
@@ -50,9 +51,24 @@ pub fn find_arenas(layout: &Layout) -> usize {
         run = Some((first, index, pool));
         if is_pool_in_use(layout, bytes) && !EARLY_ARENAS.contains(first) && EARLY_ARENAS.insert(first) {
             added += 1;
+            keep_small_pages(first, layout.arena_size, &mappings);
         }
     }
     added
+}
+
+/// Advises an early arena's pools `MADV_NOHUGEPAGE`, as the hook does new
+/// arenas (see `arenas`): from its first pool, an arena's length at most,
+/// within its mapping. An arena not aligned to pools ends up to a pool
+/// before that, so the advice may cover a few KiB of what follows it in the
+/// same mapping (another arena, as a rule). Pages already huge stay so.
+fn keep_small_pages(first_pool: usize, arena_size: usize, mappings: &[(usize, usize)]) {
+    let Some(&(_, end)) = mappings.iter().find(|&&(start, end)| start <= first_pool && first_pool < end) else {
+        return;
+    };
+    let len = arena_size.min(end - first_pool);
+    // SAFETY: advice on pytier's view of an arena; it changes no data.
+    unsafe { libc::madvise(first_pool as *mut libc::c_void, len, libc::MADV_NOHUGEPAGE) };
 }
 
 /// A pool header of a pool in use: the checks of `PoolHeader::parse`, and

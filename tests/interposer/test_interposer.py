@@ -273,6 +273,29 @@ COLLAPSE_THE_HEAP = """
 """
 
 
+def test_every_arena_is_advised_small_pages_those_older_than_pytier_too():
+    # Floats land in free pools of arenas made before pytier started, too:
+    # all of them must carry the advice (VmFlags "nh"), or khugepaged (or
+    # MADV_COLLAPSE) may fold them into huge pages. Needs no THP to check.
+    r = python("""
+        heap = [float(i) for i in range(1_000_000)]
+        pages = {id(x) & ~4095 for x in heap[::500]}
+        sampled = advised = 0
+        for line in open("/proc/self/smaps"):
+            head = line.split()[0]
+            if "-" in head and ":" not in head:
+                lo, hi = (int(x, 16) for x in head.split("-"))
+                here = sum(lo <= p < hi for p in pages)
+            elif line.startswith("VmFlags:"):
+                sampled += here
+                advised += here if " nh" in line else 0
+        print(sampled, advised)
+    """)
+    assert r.returncode == 0, r.stderr
+    sampled, advised = map(int, r.stdout.split())
+    assert sampled > 1000 and advised == sampled, r.stdout
+
+
 def test_arenas_stay_in_small_pages_where_huge_pages_would_be_made():
     # Page writes, heat and moves are per 4 KiB page: a huge page would make
     # each one 2 MiB. Without pytier the same heap folds (else this kernel
