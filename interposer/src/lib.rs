@@ -109,13 +109,6 @@ pub enum Started {
     Before,
 }
 
-/// Why pytier would refuse this interpreter or these settings, if it would.
-/// Changes nothing, so a refused process stays exactly as it was.
-pub fn validate(config_json: &str, hexversion: u32, free_threaded: bool) -> Result<(), String> {
-    let result = catch_unwind(|| check(config_json, hexversion, free_threaded).map(|_| ()));
-    failure(result, "checking")
-}
-
 /// An entry point's result, with a panic (a bug of ours) as an error.
 fn failure<T>(result: std::thread::Result<Result<T, String>>, doing: &str) -> Result<T, String> {
     result.unwrap_or_else(|_| Err(format!("internal error while {doing} (a bug in pytier)")))
@@ -132,18 +125,12 @@ fn check(config_json: &str, hexversion: u32, free_threaded: bool) -> Result<(Lay
     Ok((layout, config))
 }
 
-/// Starts learning of new arenas. Call first, with the GIL held, so that
-/// arenas allocated while `start`'s arguments are built are seen.
-pub fn install_hook() {
-    // SAFETY: called from CPython with the GIL held.
-    let _ = catch_unwind(|| unsafe { arenas::install_hook() });
-}
-
 /// Starts tracking. Called with the GIL held.
 ///
 /// `config_json` may be empty (defaults). `type_type` is `id(type)`.
-/// `socket` may be empty (no control socket). On an error nothing of
-/// pytier's stays in the process: it goes on as it would without pytier.
+/// `socket` may be empty (no control socket). The interpreter and the
+/// settings are checked before anything changes, and on any error nothing
+/// of pytier's stays in the process: it goes on as it would without pytier.
 pub fn start(
     config_json: &str,
     hexversion: u32,
@@ -186,8 +173,8 @@ fn start_tracking(
     }
 
     let tracker = Tracker::new(layout, type_type);
-    // SAFETY: called with the GIL held, from inside CPython. Usually already
-    // done by pytier_install_hook.
+    // SAFETY: called with the GIL held, from inside CPython. Arenas made
+    // before this are found just below.
     unsafe { arenas::install_hook() };
     if config.tracking.allocator_view {
         // SAFETY: as above.

@@ -12,7 +12,7 @@
 use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use std::ptr::null_mut;
 
-use crate::{Started, classify, install_hook, start, stats_json, stop, validate};
+use crate::{Started, classify, start, stats_json, stop};
 
 #[repr(C)]
 pub struct PyObject {
@@ -73,11 +73,7 @@ macro_rules! method {
     };
 }
 
-static mut METHODS: [PyMethodDef; 7] = [
-    method!(c"check", py_check, METH_VARARGS,
-        c"check(config: bytes, hexversion: int, free_threaded: bool): raises RuntimeError(why) if pytier would refuse this interpreter or these settings; changes nothing"),
-    method!(c"install_hook", py_install_hook, METH_NOARGS,
-        c"install_hook(): from now on every new pymalloc arena is seen"),
+static mut METHODS: [PyMethodDef; 5] = [
     method!(c"start", py_start, METH_VARARGS,
         c"start(config: bytes, hexversion: int, free_threaded: bool, type_addr: int, socket: bytes) -> bool: True if tracking started, False if it was already running; raises RuntimeError(why) when refused, leaving the process as it was"),
     method!(c"stop", py_stop, METH_NOARGS, c"stop(): stops tracking and removes the control socket"),
@@ -128,27 +124,10 @@ fn text(s: *const c_char) -> String {
     unsafe { CStr::from_ptr(s) }.to_string_lossy().into_owned()
 }
 
-unsafe extern "C" fn py_check(_module: *mut PyObject, args: *mut PyObject) -> *mut PyObject {
-    let (mut config, mut hexversion, mut free_threaded) = (std::ptr::null::<c_char>(), 0u32, 0 as c_int);
-    // SAFETY: the format's conversions match the pointers' types.
-    if unsafe { PyArg_ParseTuple(args, c"yIp".as_ptr(), &mut config, &mut hexversion, &mut free_threaded) } == 0 {
-        return null_mut();
-    }
-    match validate(&text(config), hexversion, free_threaded != 0) {
-        Ok(()) => unsafe { none() },
-        Err(why) => unsafe { raise(&why) },
-    }
-}
-
-unsafe extern "C" fn py_install_hook(_module: *mut PyObject, _unused: *mut PyObject) -> *mut PyObject {
-    install_hook();
-    unsafe { none() }
-}
-
 unsafe extern "C" fn py_start(_module: *mut PyObject, args: *mut PyObject) -> *mut PyObject {
     let (mut config, mut hexversion, mut free_threaded) = (std::ptr::null::<c_char>(), 0u32, 0 as c_int);
     let (mut type_addr, mut socket) = (0isize, std::ptr::null::<c_char>());
-    // SAFETY: as in py_check.
+    // SAFETY: the format's conversions match the pointers' types.
     let parsed = unsafe {
         PyArg_ParseTuple(
             args,

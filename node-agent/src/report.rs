@@ -22,7 +22,7 @@ const BARS_HEIGHT: f64 = 140.0;
 /// The report as HTML (an SVG inside) or, when `svg` is set, as SVG alone.
 pub fn render(title: &str, looks: &[Outlook], summary: &str, svg: bool) -> String {
     let data = serde_json::to_string(looks).unwrap_or_else(|_| "[]".into()).replace("</", "<\\/");
-    let picture = picture(title, looks, (svg).then_some(&data));
+    let picture = picture(title, looks, svg.then_some(&data));
     if svg {
         return picture;
     }

@@ -85,11 +85,8 @@ def start():
     if socket is None:
         socket = default_socket(os.getpid())
     try:
-        # The interpreter and the settings are checked before anything
-        # changes: a refused process runs exactly as it would without pytier.
-        native.check(config, sys.hexversion, _free_threaded())
-        # From here on every new arena is seen; start finds the older ones.
-        native.install_hook()
+        # Checks the interpreter and the settings before it changes anything:
+        # a refused process runs exactly as it would without pytier.
         started_now = native.start(config, sys.hexversion, _free_threaded(), id(type), os.fsencode(socket))
     except RuntimeError as error:
         _reason = str(error)
