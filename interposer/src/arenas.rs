@@ -5,9 +5,13 @@
 //! The registry is a fixed array of atomics: the hook runs on the application
 //! thread under the GIL and must never wait for the scanner, and a `fork()`
 //! can never leave a lock held in the child.
+//!
+//! The scanner reads hooked arenas in place (no copy). An arena it is
+//! reading stays mapped: the hook defers that arena's free to its next call
+//! (`hold`).
 
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering, fence};
 
 /// A set of non-zero addresses, lock-free, fixed capacity.
 pub struct AddrSet<const N: usize> {
@@ -89,7 +93,60 @@ unsafe extern "C" {
 /// The allocator we wrap. Written once, under the GIL, before our hook runs.
 static mut ORIGINAL: ArenaAllocator = ArenaAllocator { ctx: std::ptr::null_mut(), alloc: None, free: None };
 
+/// The arena the scanner is reading in place, or 0.
+static READING: AtomicUsize = AtomicUsize::new(0);
+/// An arena the application freed while the scanner was reading it; the
+/// hook frees it at its next call (under the GIL, as the allocator expects).
+static DEFERRED: AtomicUsize = AtomicUsize::new(0);
+
+/// While it lives, the hooked arena at `base` stays mapped and can be read
+/// in place.
+pub struct Held(());
+
+/// Holds the hooked arena at `base` mapped, if it is still one.
+pub fn hold(base: usize) -> Option<Held> {
+    READING.store(base, Ordering::SeqCst);
+    // Pairs with the fence in `arena_free`: either it sees this arena being
+    // read and defers the free, or this sees the arena gone.
+    fence(Ordering::SeqCst);
+    if ARENAS.contains(base) {
+        Some(Held(()))
+    } else {
+        READING.store(0, Ordering::SeqCst);
+        None
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        READING.store(0, Ordering::SeqCst);
+    }
+}
+
+/// After `fork()`: the child has no scanner, so nothing is being read.
+pub fn forget_reading() {
+    READING.store(0, Ordering::SeqCst);
+}
+
+/// Frees a deferred arena the scanner is done with. Hook only (GIL held).
+unsafe fn free_deferred() {
+    let arena = DEFERRED.load(Ordering::SeqCst);
+    if arena != 0 && READING.load(Ordering::SeqCst) != arena {
+        DEFERRED.store(0, Ordering::SeqCst);
+        unsafe { original_free(arena as *mut c_void, ARENA_SIZE.load(Ordering::Relaxed)) };
+    }
+}
+
+unsafe fn original_free(ptr: *mut c_void, size: usize) {
+    // SAFETY: ORIGINAL is written before the hook is installed, never after.
+    let original = unsafe { ORIGINAL };
+    if let Some(free) = original.free {
+        unsafe { free(original.ctx, ptr, size) }
+    }
+}
+
 unsafe extern "C" fn arena_alloc(_ctx: *mut c_void, size: usize) -> *mut c_void {
+    unsafe { free_deferred() };
     // SAFETY: ORIGINAL is written before the hook is installed, never after.
     let original = unsafe { ORIGINAL };
     let ptr = match original.alloc {
@@ -122,10 +179,16 @@ unsafe extern "C" fn arena_free(_ctx: *mut c_void, ptr: *mut c_void, size: usize
     ARENA_FREES.fetch_add(1, Ordering::Relaxed);
     ARENAS.remove_range(start, start + 1);
     EARLY_ARENAS.remove_range(start, start + size);
-    let original = unsafe { ORIGINAL };
-    if let Some(free) = original.free {
-        unsafe { free(original.ctx, ptr, size) }
+    unsafe { free_deferred() };
+    fence(Ordering::SeqCst); // see `hold`
+    if READING.load(Ordering::SeqCst) == start {
+        // Being read: freed by the next call. At most one arena is read at a
+        // time, and the one deferred before was freed just above (or is
+        // still being read, and so is not this one).
+        DEFERRED.store(start, Ordering::SeqCst);
+        return;
     }
+    unsafe { original_free(ptr, size) }
 }
 
 static HOOKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);

@@ -7,6 +7,8 @@
 //! at offset 0 for a type without GC, after the 16-byte GC header for a GC
 //! type, and after two more words when the type keeps a managed `__dict__`.
 
+use crate::memory::Words;
+
 /// Why the interposer refuses an interpreter.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unsupported(pub String);
@@ -151,17 +153,19 @@ pub struct PoolHeader {
 
 /// The index of the arena a pool belongs to; kept in the header even while
 /// the pool is empty.
-pub fn arena_index(pool_bytes: &[u8]) -> Option<u32> {
-    u32_at(pool_bytes, 32)
+pub fn arena_index(pool: &(impl Words + ?Sized)) -> Option<u32> {
+    Some(pool.word(32)? as u32)
 }
 
 impl PoolHeader {
     /// Decodes a pool header; `None` for a free or never-used pool, or bytes
     /// that cannot be a header (the copy may be torn or stale).
-    pub fn parse(layout: &Layout, bytes: &[u8]) -> Option<PoolHeader> {
-        let used = u32_at(bytes, 0)?;
-        let szidx = u32_at(bytes, 36)?;
-        let next_offset = u32_at(bytes, 40)?;
+    pub fn parse(layout: &Layout, pool: &(impl Words + ?Sized)) -> Option<PoolHeader> {
+        // `used` is the first half of word 0, `arenaindex` and `szidx` the
+        // halves of word 32, `nextoffset` the first half of word 40.
+        let used = pool.word(0)? as u32;
+        let szidx = (pool.word(32)? >> 32) as u32;
+        let next_offset = pool.word(40)? as u32;
         let plausible = used > 0
             && szidx < 32
             && (next_offset as usize) <= layout.pool_size
@@ -243,12 +247,12 @@ mod tests {
         h[0..4].copy_from_slice(&510u32.to_le_bytes());
         h[36..40].copy_from_slice(&1u32.to_le_bytes());
         h[40..44].copy_from_slice(&16368u32.to_le_bytes());
-        assert_eq!(PoolHeader::parse(&l, &h), Some(PoolHeader { used: 510, szidx: 1, next_offset: 16368 }));
+        assert_eq!(PoolHeader::parse(&l, &h[..]), Some(PoolHeader { used: 510, szidx: 1, next_offset: 16368 }));
         assert_eq!(l.block_size(1), 32);
         h[0..4].copy_from_slice(&0u32.to_le_bytes());
-        assert_eq!(PoolHeader::parse(&l, &h), None, "an empty pool is skipped");
+        assert_eq!(PoolHeader::parse(&l, &h[..]), None, "an empty pool is skipped");
         h[0..4].copy_from_slice(&1u32.to_le_bytes());
         h[36..40].copy_from_slice(&40u32.to_le_bytes());
-        assert_eq!(PoolHeader::parse(&l, &h), None, "no such size class");
+        assert_eq!(PoolHeader::parse(&l, &h[..]), None, "no such size class");
     }
 }

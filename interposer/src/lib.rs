@@ -323,6 +323,7 @@ extern "C" fn after_fork_in_child() {
     // The child has our memory but not our threads. Tracking stays off there;
     // the arena hook keeps working (it only touches atomics).
     FORKED.store(true, Ordering::Release);
+    arenas::forget_reading();
     if let Some(shared) = SHARED.get() {
         shared.stop.store(true, Ordering::Release);
     }

@@ -6,6 +6,82 @@
 //! cost a wrong reading, never the process.
 
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Memory the scanner reads words from: a copy in a byte slice, or an arena
+/// read in place (`InPlace`). Offsets are in bytes; a read past the end is
+/// `None`.
+pub trait Words {
+    fn len(&self) -> usize;
+    /// The little-endian word at `at` (8-byte aligned in place).
+    fn word(&self, at: usize) -> Option<u64>;
+    /// Asks for the cache line at `at` to be loaded ahead of its reading.
+    fn prefetch(&self, _at: usize) {}
+}
+
+impl Words for [u8] {
+    fn len(&self) -> usize {
+        <[u8]>::len(self)
+    }
+    #[inline(always)]
+    fn word(&self, at: usize) -> Option<u64> {
+        Some(u64::from_le_bytes(self.get(at..at.checked_add(8)?)?.try_into().ok()?))
+    }
+}
+
+/// `len` bytes at `addr` of live memory that another thread may be writing,
+/// read a word at a time where they are. Only for memory that stays mapped
+/// while it is read (see `arenas::hold`).
+#[derive(Clone, Copy)]
+pub struct InPlace {
+    addr: usize,
+    len: usize,
+}
+
+impl InPlace {
+    /// # Safety
+    /// `[addr, addr + len)` is mapped and readable, 8-byte aligned, and stays
+    /// so for as long as this value (and those made from it) is used.
+    pub unsafe fn new(addr: usize, len: usize) -> InPlace {
+        InPlace { addr, len }
+    }
+
+    /// The part `[at, at + len)` (clamped to this one).
+    pub fn part(&self, at: usize, len: usize) -> InPlace {
+        let at = at.min(self.len);
+        InPlace { addr: self.addr + at, len: len.min(self.len - at) }
+    }
+}
+
+impl Words for InPlace {
+    fn len(&self) -> usize {
+        self.len
+    }
+    #[inline(always)]
+    fn word(&self, at: usize) -> Option<u64> {
+        if at.checked_add(8)? > self.len || !at.is_multiple_of(8) {
+            return None;
+        }
+        // SAFETY: in bounds of memory `new`'s caller keeps mapped, and
+        // aligned. An atomic load: the interpreter may be writing the word.
+        let word = unsafe { AtomicU64::from_ptr((self.addr + at) as *mut u64) };
+        Some(word.load(Ordering::Relaxed))
+    }
+
+    #[inline(always)]
+    fn prefetch(&self, at: usize) {
+        // Blocks are read in order, but a pool spans pages the hardware
+        // prefetcher does not cross, and each first touch of a line stalls.
+        #[cfg(target_arch = "x86_64")]
+        if at < self.len {
+            // SAFETY: a hint only; it never faults, even on unmapped memory.
+            unsafe {
+                use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+                _mm_prefetch::<_MM_HINT_T0>((self.addr + at) as *const i8);
+            }
+        }
+    }
+}
 
 /// Copies `buf.len()` bytes at `addr` of this process into `buf`. Returns how
 /// many bytes were copied (fewer when the range runs into unmapped memory).

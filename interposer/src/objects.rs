@@ -11,14 +11,42 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::layout::{self, Layout, TPFLAGS_HAVE_GC, TPFLAGS_READY, TPFLAGS_TYPE_SUBCLASS, u64_at};
-use crate::memory::read_exact_self;
+use crate::memory::{Words, read_exact_self};
 
 /// What pytier keeps about a type.
 #[derive(Debug, Clone)]
 pub struct TypeInfo {
-    pub flags: u64,
-    pub basic_size: usize,
     pub name: String,
+    shape: Shape,
+}
+
+/// What a block is checked against to hold an object of a type.
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    addr: usize,
+    /// Its place in `TypeCache::types`, or `NOT_KNOWN`.
+    index: u32,
+    /// Where in a block its objects start (after a GC header and a managed
+    /// dict's preheader, if any), and the fewest bytes they take.
+    offset: u32,
+    min_size: u32,
+    flags: u64,
+}
+
+impl Shape {
+    const NOT_KNOWN: Shape = Shape { addr: 0, index: NOT_KNOWN, offset: 0, min_size: 0, flags: 0 };
+
+    fn new(layout: &Layout, addr: usize, index: u32, flags: u64, basic_size: usize) -> Shape {
+        let offset = if flags & TPFLAGS_HAVE_GC == 0 {
+            0
+        } else if flags & layout.managed_dict_flag != 0 {
+            layout.gc_header_size + layout.managed_dict_preheader
+        } else {
+            layout.gc_header_size
+        };
+        let min_size = layout.min_object_size(flags, basic_size).min(u32::MAX as usize) as u32;
+        Shape { addr, index, offset: offset as u32, min_size, flags }
+    }
 }
 
 /// A live object found in a block.
@@ -37,11 +65,11 @@ pub struct Found {
 impl Found {
     /// Addresses of the buffers an object owns outright, read from its fields
     /// (0 where none): a list's item array, a dict's keys table and values
-    /// array. `object` holds its bytes. Subclasses share the base layout; type
-    /// flags name the base.
-    pub fn buffers(&self, object: &[u8]) -> [usize; 2] {
+    /// array. The object is at `at` in `memory`. Subclasses share the base
+    /// layout; type flags name the base.
+    pub fn buffers(&self, memory: &(impl Words + ?Sized), at: usize) -> [usize; 2] {
         let flags = self.type_flags;
-        let word = |at| u64_at(object, at).unwrap_or(0) as usize;
+        let word = |field| memory.word(at + field).unwrap_or(0) as usize;
         if flags & layout::TPFLAGS_LIST_SUBCLASS != 0 {
             [word(layout::LIST_ITEMS), 0]
         } else if flags & layout::TPFLAGS_DICT_SUBCLASS != 0 {
@@ -73,6 +101,39 @@ impl Hasher for AddrHasher {
 
 pub type AddrMap<V> = HashMap<usize, V, BuildHasherDefault<AddrHasher>>;
 
+/// A set of addresses that answers "surely not" with one load (a bit per
+/// hash of the address) and "perhaps" otherwise: in front of a map that
+/// most lookups miss.
+pub struct AddrFilter {
+    bits: Vec<u64>,
+    shift: u32,
+}
+
+impl AddrFilter {
+    /// For about `capacity` addresses, with few false "perhaps" (1 in 16 at
+    /// most).
+    pub fn new(capacity: usize) -> AddrFilter {
+        let bits = (capacity * 16).next_power_of_two().max(64);
+        AddrFilter { bits: vec![0; bits / 64], shift: 64 - bits.trailing_zeros() }
+    }
+
+    #[inline(always)]
+    fn bit(&self, addr: usize) -> usize {
+        ((addr as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> self.shift) as usize
+    }
+
+    pub fn insert(&mut self, addr: usize) {
+        let bit = self.bit(addr);
+        self.bits[bit / 64] |= 1 << (bit % 64);
+    }
+
+    #[inline(always)]
+    pub fn may_contain(&self, addr: usize) -> bool {
+        let bit = self.bit(addr);
+        self.bits[bit / 64] & (1 << (bit % 64)) != 0
+    }
+}
+
 /// Type objects found so far, and words that turned out not to be types.
 ///
 /// Checking an unknown word costs a system call, and most candidate words are
@@ -83,13 +144,16 @@ pub type AddrMap<V> = HashMap<usize, V, BuildHasherDefault<AddrHasher>>;
 /// (a small list's items, a dict's keys) offers three, so unknown words are
 /// only looked at while `discovering` (see `Tracker::scan_region`).
 pub struct TypeCache {
+    layout: Layout,
     type_type: usize,
     /// Types in the order they were found; `index` maps addresses to them.
     types: Vec<TypeInfo>,
     index: AddrMap<u32>,
-    /// The last types looked up, by a few bits of their address: a pool's
-    /// blocks mostly hold objects of one or two types.
-    recent: [(usize, u32); RECENT],
+    known: AddrFilter,
+    /// Words looked up lately, by a few bits of their value, with their
+    /// type's shape (or `Shape::NOT_KNOWN`): blocks hold objects of a few
+    /// types, and many words that are not types are seen again.
+    recent: Box<[Shape; RECENT]>,
     not_types: AddrMap<()>,
     validations_left: u32,
     /// pymalloc's arenas, sorted `(start, end)`: no type lives there (a type
@@ -101,7 +165,11 @@ pub struct TypeCache {
     discovering: bool,
 }
 
-const RECENT: usize = 16;
+const RECENT: usize = 512;
+const NOT_KNOWN: u32 = u32::MAX;
+/// Programs rarely have more types than this; more only make `known`'s
+/// filter say "perhaps" more often.
+const MAX_TYPES: usize = 4096;
 
 /// Beyond this many cached non-types those entries are dropped, so random
 /// words cannot grow the cache without bound.
@@ -110,12 +178,14 @@ const VALIDATIONS_PER_PASS: u32 = 4096;
 
 impl TypeCache {
     /// `type_type` is the address of `PyType_Type` (`id(type)`).
-    pub fn new(type_type: usize) -> TypeCache {
+    pub fn new(layout: Layout, type_type: usize) -> TypeCache {
         TypeCache {
+            layout,
             type_type,
             types: Vec::new(),
             index: AddrMap::default(),
-            recent: [(0, 0); RECENT],
+            known: AddrFilter::new(MAX_TYPES),
+            recent: Box::new([Shape::NOT_KNOWN; RECENT]),
             not_types: AddrMap::default(),
             validations_left: VALIDATIONS_PER_PASS,
             arenas: Vec::new(),
@@ -146,24 +216,26 @@ impl TypeCache {
         self.types.get(index as usize)
     }
 
-    /// A known type's index.
+    /// A known type's shape, or `Shape::NOT_KNOWN`.
     #[inline(always)]
-    fn known(&mut self, addr: usize) -> Option<u32> {
-        if addr < 4096 {
-            return None; // also never matches an empty `recent` entry
-        }
+    fn known(&mut self, addr: usize) -> Shape {
         let recent = &mut self.recent[(addr >> 4) % RECENT];
-        if recent.0 == addr {
-            return Some(recent.1);
+        if recent.addr == addr {
+            return *recent;
         }
-        let index = *self.index.get(&addr)?;
-        *recent = (addr, index);
-        Some(index)
+        if !self.known.may_contain(addr) {
+            return Shape::NOT_KNOWN; // most words that are not types: not cached, so not evicting types
+        }
+        *recent = match self.index.get(&addr) {
+            Some(&index) => self.types[index as usize].shape,
+            None => Shape { addr, ..Shape::NOT_KNOWN },
+        };
+        *recent
     }
 
     /// Whether `addr`, not a known type, is a type object: read (safely)
-    /// the first time, within this pass's budget; its index if so.
-    fn check_unknown(&mut self, addr: usize) -> Option<u32> {
+    /// the first time, within this pass's budget; its shape if so.
+    fn check_unknown(&mut self, addr: usize) -> Option<Shape> {
         if addr < 4096
             || !addr.is_multiple_of(8)
             || self.validations_left == 0
@@ -175,10 +247,12 @@ impl TypeCache {
         self.validations_left -= 1;
         match self.validate(addr, 3) {
             Some(info) => {
-                let index = self.types.len() as u32;
+                let shape = info.shape;
+                self.index.insert(addr, shape.index);
                 self.types.push(info);
-                self.index.insert(addr, index);
-                Some(index)
+                self.known.insert(addr);
+                self.recent.fill(Shape::NOT_KNOWN); // it may be there as not known
+                Some(shape)
             }
             None => {
                 if self.not_types.len() >= MAX_NOT_TYPES {
@@ -193,6 +267,8 @@ impl TypeCache {
     /// A type is an object whose own type is `type` or a metaclass (itself a
     /// type whose flags say it makes types), and whose flags say it is ready.
     fn validate(&mut self, addr: usize, depth: u32) -> Option<TypeInfo> {
+        // The index it will have if it is one.
+        let index = self.types.len() as u32;
         let mut header = [0u8; layout::TYPE_HEADER_LEN];
         read_exact_self(addr, &mut header).ok()?;
         let flags = u64_at(&header, layout::TP_FLAGS)?;
@@ -203,69 +279,73 @@ impl TypeCache {
         let meta_ok = metatype == self.type_type
             || (depth > 0
                 && metatype != addr
-                && self.validate(metatype, depth - 1).is_some_and(|m| m.flags & TPFLAGS_TYPE_SUBCLASS != 0));
+                && self.validate(metatype, depth - 1).is_some_and(|m| m.shape.flags & TPFLAGS_TYPE_SUBCLASS != 0));
         if !meta_ok {
             return None;
         }
         let basic_size = u64_at(&header, layout::TP_BASICSIZE)? as usize;
         let name = read_c_string(u64_at(&header, layout::TP_NAME)? as usize).unwrap_or_else(|| "?".into());
-        Some(TypeInfo { flags, basic_size, name })
+        Some(TypeInfo { name, shape: Shape::new(&self.layout, addr, index, flags, basic_size) })
     }
 
-    /// The live object at the start of a block of `block_len` bytes, of which
-    /// `head` holds the first ones. `hint` is the offset to try first: the
-    /// one the last object of the same pool had (a pool's blocks mostly hold
-    /// one kind of object), which saves a failed lookup or two per block.
-    #[inline]
-    pub fn find_in(&mut self, layout: &Layout, head: &[u8], block_len: usize, hint: usize) -> Option<Found> {
+    /// The live object at the start of the block of `block_len` bytes at
+    /// `start` in `memory` (which may hold only its first bytes). `hint` is
+    /// the offset to try first: the one the last object of the same pool
+    /// had (a pool's blocks mostly hold one kind of object).
+    #[inline(always)]
+    pub fn find_in(
+        &mut self,
+        layout: &Layout,
+        memory: &(impl Words + ?Sized),
+        start: usize,
+        block_len: usize,
+        hint: usize,
+    ) -> Option<Found> {
         let gc = layout.gc_header_size;
         let managed = gc + layout.managed_dict_preheader;
         // Known types first: no system call, and the usual case.
         let offsets = [hint, 0, gc, managed];
         let tried = |i: usize, o: usize| i > 0 && o == hint;
-        for (i, &o) in offsets.iter().enumerate() {
-            if !tried(i, o)
-                && let Some(found) = self.object_at(layout, head, block_len, o, false)
-            {
-                return found;
+        for (i, &offset) in offsets.iter().enumerate() {
+            if tried(i, offset) {
+                continue;
+            }
+            let type_addr = memory.word(start + offset + 8)? as usize;
+            let shape = self.known(type_addr);
+            if shape.index != NOT_KNOWN && shape.fits(offset, block_len) {
+                return shape.object(layout, memory, start);
             }
         }
         if !self.discovering {
             return None;
         }
-        offsets[1..].iter().find_map(|&o| self.object_at(layout, head, block_len, o, true)).flatten()
+        for &offset in &offsets[1..] {
+            let type_addr = memory.word(start + offset + 8)? as usize;
+            if let Some(shape) = self.check_unknown(type_addr)
+                && shape.fits(offset, block_len)
+            {
+                return shape.object(layout, memory, start);
+            }
+        }
+        None
+    }
+}
+
+impl Shape {
+    /// Whether an object of this type can be at `offset` of a block of
+    /// `block_len` bytes: the offset its GC flags say, and room for it.
+    #[inline(always)]
+    fn fits(&self, offset: usize, block_len: usize) -> bool {
+        offset == self.offset as usize && offset + self.min_size as usize <= block_len
     }
 
-    /// `None`: no type at this offset; `Some(None)`: a type, but the block
-    /// does not hold a live object of it; `Some(Some(_))`: found.
+    /// The object of this type at `start` in `memory`, if its reference count
+    /// is a live object's.
     #[inline(always)]
-    fn object_at(
-        &mut self,
-        layout: &Layout,
-        block: &[u8],
-        block_len: usize,
-        offset: usize,
-        check_unknown: bool,
-    ) -> Option<Option<Found>> {
-        let gc = layout.gc_header_size;
-        let managed = gc + layout.managed_dict_preheader;
-        let type_addr = u64_at(block, offset + 8)? as usize;
-        let type_index = if check_unknown { self.check_unknown(type_addr)? } else { self.known(type_addr)? };
-        let info = &self.types[type_index as usize];
-        let is_gc = info.flags & TPFLAGS_HAVE_GC != 0;
-        let is_managed = is_gc && info.flags & layout.managed_dict_flag != 0;
-        let expected = if !is_gc {
-            0
-        } else if is_managed {
-            managed
-        } else {
-            gc
-        };
-        if offset != expected || offset + layout.min_object_size(info.flags, info.basic_size) > block_len {
-            return None;
-        }
-        let Some(refcnt) = layout.refcount(u64_at(block, offset)?) else { return Some(None) };
-        Some(Some(Found { offset, type_index, type_flags: info.flags, refcnt }))
+    fn object(&self, layout: &Layout, memory: &(impl Words + ?Sized), start: usize) -> Option<Found> {
+        let offset = self.offset as usize;
+        let refcnt = layout.refcount(memory.word(start + offset)?)?;
+        Some(Found { offset, type_index: self.index, type_flags: self.flags, refcnt })
     }
 }
 

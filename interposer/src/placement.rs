@@ -14,7 +14,6 @@ pub use pytier_contract::stats::{MoveTotals, PlacementReport};
 use crate::arenas::{ARENA_SIZE, ARENAS, PREFERRED_NODE};
 use crate::mover::{self, Moved};
 use crate::numa::{self, Topology};
-use crate::objects::AddrMap;
 use crate::policy::{self, Decisions, Page, Policy, Tier};
 
 const PAGE: u64 = 4096;
@@ -63,7 +62,7 @@ impl Placement {
     }
 
     /// One round over the heap pages and their heat from the last cycle.
-    pub fn round(&mut self, heat: &AddrMap<f32>, heap_bytes: u64, config: &Settings) -> &PlacementReport {
+    pub fn round(&mut self, heat: &[(usize, f32)], heap_bytes: u64, config: &Settings) -> &PlacementReport {
         let started = Instant::now();
         let topology = Topology::discover(&config.tiers);
         let report = &mut self.report;
@@ -87,7 +86,7 @@ impl Placement {
         report.heap_pages = heat.len() as u64;
         report.budget_bytes = config.dram_budget.bytes_for(heap_bytes);
         report.dram_heat_share =
-            policy::dram_heat_share(heat.values().copied().collect(), (report.budget_bytes / PAGE) as usize);
+            policy::dram_heat_share(heat.iter().map(|&(_, h)| h).collect(), (report.budget_bytes / PAGE) as usize);
 
         // Where the heap is, placing or not (with one tier it is all on it).
         // Off, that is only for the stats: at most every OFF_QUERY_EVERY.
@@ -97,14 +96,14 @@ impl Placement {
             }
             self.last_off_query = Some(Instant::now());
         }
-        let addrs: Vec<usize> = heat.keys().copied().collect();
+        let addrs: Vec<usize> = heat.iter().map(|&(addr, _)| addr).collect();
         if let Err(e) = mover::where_are(&addrs, &mut self.status) {
             self.report.off_reason = Some(format!("move_pages cannot query page locations: {e}"));
             return &self.report;
         }
         let mut pages = Vec::with_capacity(addrs.len());
         let (mut dram, mut cxl, mut other) = (0, 0, 0);
-        for (addr, &node) in addrs.iter().zip(&self.status) {
+        for (&(addr, heat), &node) in heat.iter().zip(&self.status) {
             let tier = if topology.dram.contains(&node) {
                 dram += 1;
                 Tier::Dram
@@ -115,7 +114,7 @@ impl Placement {
                 other += (node >= 0) as u64;
                 continue; // not resident, or on a node in no tier
             };
-            pages.push(Page { addr: *addr, heat: heat[addr], tier });
+            pages.push(Page { addr, heat, tier });
         }
         let report = &mut self.report;
         (report.dram_bytes, report.cxl_bytes, report.other_bytes) = (dram * PAGE, cxl * PAGE, other * PAGE);

@@ -1,7 +1,12 @@
-//! The Tracker: a cycle copies every known pool (without the GIL), finds the
+//! The Tracker: a cycle reads every known pool (without the GIL), finds the
 //! live objects in it, feeds their reference counts to the temperature table,
 //! and summarises what it saw. It also collects the arenas' page writes
 //! (`pages`).
+//!
+//! Hooked arenas are read in place, only the words needed, while the hook
+//! keeps them mapped (`arenas::hold`); the few arenas older than pytier are
+//! copied with `process_vm_readv` (their extent is not known exactly).
+//! Temperatures live in arrays per arena, indexed by pool and block.
 //!
 //! A cycle runs in slices of whole arenas, each bounded by a time budget, so
 //! the scanner's CPU use is smooth and its budget can be kept on any heap.
@@ -9,16 +14,17 @@
 //! is about, and an arena born during a cycle waits for the next one (its
 //! objects are young and most will be gone by then).
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use pytier_contract::Settings;
 pub use pytier_contract::stats::{BigReport, ByClass, PassReport, TypeBytes};
 
-use crate::arenas::{ARENA_SIZE, ARENAS, EARLY_ARENAS};
+use crate::arenas::{self, ARENA_SIZE, ARENAS, EARLY_ARENAS};
 use crate::large::BIG_BLOCKS;
 use crate::layout::{Layout, PoolHeader, arena_index};
-use crate::memory::{read_each, read_self};
-use crate::objects::{AddrMap, Found, TypeCache};
+use crate::memory::{InPlace, Words, read_each, read_self};
+use crate::objects::{AddrFilter, AddrMap, Found, TypeCache};
 use crate::pages::{PageReport, PageTracker, Spacing};
 use crate::temperature::{Class, Rules, Slot};
 
@@ -36,33 +42,38 @@ const WRITE_HEAT_WEIGHT: f32 = 64.0;
 const DISCOVER_EVERY: u64 = 8;
 /// The first passes look for types everywhere: most types are learnt then.
 const DISCOVERY_PASSES: u64 = 3;
+/// How far ahead of the block being read the next is asked for (bytes).
+const PREFETCH_AHEAD: usize = 1024;
 /// The share of the scanner's CPU budget page-write collections and peeks
 /// may take; slices get what they leave.
 const PAGE_WRITES_CPU_SHARE: f64 = 0.25;
 
-/// Temperature state of one pool.
+/// Temperature state of one pool: a slot per block (none while the pool is
+/// free).
+#[derive(Default)]
 struct PoolState {
     szidx: u32,
     slots: Vec<Slot>,
-    /// The pass that last saw this pool; older pools are forgotten.
-    seen: u64,
 }
+
+/// Heap pages and their heat (see `Cycle::heat`).
+pub type PageHeat = Vec<(usize, f32)>;
 
 pub struct Tracker {
     layout: Layout,
     types: TypeCache,
-    pools: AddrMap<PoolState>,
     /// Cycles begun so far.
     pass: u64,
     buf: Vec<u8>,
     pages: PageTracker,
-    arenas: AddrMap<ArenaState>,
+    /// Known arenas by start address.
+    arenas: BTreeMap<usize, ArenaState>,
     /// Temperatures of objects in big blocks (see `large`), by object address
     /// (`id()`); entries not seen in a cycle are dropped at its end.
     big: AddrMap<BigState>,
     cycle: Option<Cycle>,
-    /// Heat of every heap page as of the last complete cycle (see `Cycle::heat`).
-    heat: AddrMap<f32>,
+    /// Heat of every heap page as of the last complete cycle.
+    heat: PageHeat,
 }
 
 struct BigState {
@@ -92,6 +103,9 @@ struct ArenaState {
     born: u64,
     /// When its pools were last read, for their temperatures' decay.
     scanned_at: Option<Instant>,
+    /// Its first pool, and the state of each pool from there.
+    first_pool: usize,
+    pools: Vec<PoolState>,
 }
 
 /// A cycle in progress.
@@ -103,13 +117,17 @@ struct Cycle {
     /// Big blocks by address, and the hottest class of an object seen owning
     /// each (a list's item array, a dict's table), found while scanning pools.
     big_index: AddrMap<usize>,
+    big_filter: AddrFilter,
     owner_class: Vec<Option<Class>>,
     /// And the highest temperature among those owners.
     owner_heat: Vec<f32>,
     /// Every heap page seen (arena pages and pages of big blocks) and its heat:
     /// the summed temperatures of the objects starting on it (a buffer takes
     /// its owner's), plus the page's own write temperature when tracked.
-    heat: AddrMap<f32>,
+    /// Arena pages are listed as they are read; pages of big blocks, which
+    /// may share a page, are summed in `big_heat` and added at the end.
+    heat: PageHeat,
+    big_heat: AddrMap<f32>,
     started: Instant,
     report: PassReport,
     per_type: TypeTallies,
@@ -129,6 +147,34 @@ impl TypeTallies {
     }
 }
 
+/// Objects of one type seen in a row, by class, not yet in the tallies.
+#[derive(Default)]
+struct TypeRun {
+    type_index: u32,
+    objects: ByClass,
+}
+
+impl TypeRun {
+    #[inline(always)]
+    fn add(&mut self, type_index: u32, class: Class, per_type: &mut TypeTallies, size: u64) {
+        if type_index != self.type_index {
+            self.flush(per_type, size);
+            self.type_index = type_index;
+        }
+        self.objects.add(class, 1);
+    }
+
+    fn flush(&mut self, per_type: &mut TypeTallies, size: u64) {
+        let (objects, bytes) = per_type.of(self.type_index);
+        for class in Class::ALL {
+            let n = self.objects.of(class);
+            objects.add(class, n);
+            bytes.add(class, n * size);
+        }
+        self.objects = ByClass::default();
+    }
+}
+
 /// Per-page tally within one pool.
 #[derive(Default, Clone, Copy)]
 struct PageTally {
@@ -141,15 +187,14 @@ impl Tracker {
     pub fn new(layout: Layout, type_type: usize) -> Tracker {
         Tracker {
             layout,
-            types: TypeCache::new(type_type),
-            pools: AddrMap::default(),
+            types: TypeCache::new(layout, type_type),
             pass: 0,
             buf: Vec::new(),
             pages: PageTracker::new(),
-            arenas: AddrMap::default(),
+            arenas: BTreeMap::new(),
             big: AddrMap::default(),
             cycle: None,
-            heat: AddrMap::default(),
+            heat: PageHeat::new(),
         }
     }
 
@@ -159,7 +204,9 @@ impl Tracker {
             return big.slot.is_present().then(|| big.slot.class(rules));
         }
         let pool = self.layout.pool_of(addr);
-        let state = self.pools.get(&pool)?;
+        let (_, arena) = self.arenas.range(..=pool).next_back()?;
+        let number = pool.checked_sub(arena.first_pool)? / self.layout.pool_size;
+        let state = arena.pools.get(number)?;
         let offset = (addr - pool).checked_sub(self.layout.pool_header_size)?;
         let slot = state.slots.get(offset / self.layout.block_size(state.szidx))?;
         slot.is_present().then(|| slot.class(rules))
@@ -175,7 +222,7 @@ impl Tracker {
         for first in EARLY_ARENAS.snapshot() {
             let mut header = [0u8; 48];
             if read_self(first, &mut header).ok() == Some(48) {
-                regions.push(Region { base: first, len: self.layout.arena_size, index: arena_index(&header) });
+                regions.push(Region { base: first, len: self.layout.arena_size, index: arena_index(&header[..]) });
             }
         }
         regions
@@ -204,7 +251,7 @@ impl Tracker {
     }
 
     /// Heap pages and their heat, as of the last complete cycle.
-    pub fn page_heat(&self) -> &AddrMap<f32> {
+    pub fn page_heat(&self) -> &[(usize, f32)] {
         &self.heat
     }
 
@@ -252,7 +299,12 @@ impl Tracker {
         self.types.new_pass(queue.iter().map(|r| (r.base, r.len)));
         let pass = self.pass;
         for region in &queue {
-            self.arenas.entry(region.base).or_insert(ArenaState { born: pass, scanned_at: None });
+            self.arenas.entry(region.base).or_insert(ArenaState {
+                born: pass,
+                scanned_at: None,
+                first_pool: self.layout.pools_of_arena(region.base, region.len).next().unwrap_or(region.base),
+                pools: Vec::new(),
+            });
         }
         let live: std::collections::HashSet<usize> = queue.iter().map(|r| r.base).collect();
         self.arenas.retain(|base, _| live.contains(base));
@@ -260,6 +312,8 @@ impl Tracker {
         let report = PassReport { arenas: queue.len() as u64, ..Default::default() };
         let big_queue = BIG_BLOCKS.snapshot();
         let big_index = big_queue.iter().enumerate().map(|(i, (addr, _))| (*addr, i)).collect();
+        let mut big_filter = AddrFilter::new(big_queue.len());
+        big_queue.iter().for_each(|&(addr, _)| big_filter.insert(addr));
         let owner_class = vec![None; big_queue.len()];
         let owner_heat = vec![0.0; big_queue.len()];
         Cycle {
@@ -268,9 +322,11 @@ impl Tracker {
             big_queue,
             big_next: 0,
             big_index,
+            big_filter,
             owner_class,
             owner_heat,
-            heat: AddrMap::default(),
+            heat: PageHeat::new(),
+            big_heat: AddrMap::default(),
             started: now,
             report,
             per_type: TypeTallies::default(),
@@ -278,43 +334,52 @@ impl Tracker {
     }
 
     fn scan_region(&mut self, region: Region, config: &Settings, buf: &mut Vec<u8>, cycle: &mut Cycle) {
-        buf.resize(region.len, 0);
-        match read_self(region.base, buf) {
-            Ok(n) => {
-                cycle.report.bytes_read += n as u64;
-                buf.truncate(n);
-            }
-            Err(_) => {
-                cycle.report.read_errors += 1;
-                return;
-            }
-        }
+        let Some(arena) = self.arenas.get_mut(&region.base) else { return };
         // Decay by the time since this arena was last read.
         let now = Instant::now();
-        let arena = self.arenas.get_mut(&region.base);
         let since = arena
-            .as_ref()
-            .and_then(|a| a.scanned_at)
+            .scanned_at
             .map_or(config.tracking.scan_interval_millis as f64 / 1000.0, |at| (now - at).as_secs_f64());
-        if let Some(arena) = arena {
-            arena.scanned_at = Some(now);
-        }
+        arena.scanned_at = Some(now);
         let rules = Rules::new(config.tracking.hot_threshold, config.tracking.decay_half_life_seconds as f64, since);
-        if region.index.is_none() {
-            // A whole arena: its free pools are heap pages too.
-            for page in (region.base..region.base + buf.len()).step_by(PAGE) {
-                cycle.heat.entry(page).or_insert(0.0);
-            }
-        }
         let order = cycle.next as u64; // this arena's place in the cycle
         self.types.discover(self.pass <= DISCOVERY_PASSES || (order + self.pass).is_multiple_of(DISCOVER_EVERY));
-        for pool in self.layout.pools_of_arena(region.base, buf.len()) {
-            let at = pool - region.base;
-            let bytes = &buf[at..at + self.layout.pool_size];
-            if region.index.is_some() && arena_index(bytes) != region.index {
-                continue;
+        let mut scan = PoolScan { layout: &self.layout, types: &mut self.types, rules: &rules, cycle };
+        let pool_size = self.layout.pool_size;
+        let pools = self.layout.pools_of_arena(region.base, region.len).enumerate();
+        match region.index {
+            None => {
+                let Some(_held) = arenas::hold(region.base) else { return }; // freed since the cycle began
+                // SAFETY: a hooked arena is `len` bytes from `base`, page
+                // aligned, and stays mapped while held.
+                let memory = unsafe { InPlace::new(region.base, region.len) };
+                // A whole arena: its free pools are heap pages too.
+                let first_page = scan.cycle.heat.len();
+                scan.cycle.heat.extend((region.base..region.base + region.len).step_by(PAGE).map(|page| (page, 0.0)));
+                for (number, pool) in pools {
+                    let at = pool - region.base;
+                    scan.pool(arena.pool(number), &memory.part(at, pool_size), first_page + at / PAGE);
+                }
             }
-            self.scan_pool(pool, bytes, &rules, cycle);
+            Some(index) => {
+                buf.resize(region.len, 0);
+                let Ok(n) = read_self(region.base, buf) else {
+                    scan.cycle.report.read_errors += 1;
+                    return;
+                };
+                scan.cycle.report.bytes_read += n as u64;
+                for (number, pool) in pools {
+                    let at = pool - region.base;
+                    let Some(bytes) = buf[..n].get(at..at + pool_size) else { break };
+                    if arena_index(bytes) != Some(index) {
+                        arena.pool(number).slots = Vec::new(); // not this arena's
+                        continue;
+                    }
+                    let first_page = scan.cycle.heat.len();
+                    scan.cycle.heat.extend((pool..pool + pool_size).step_by(PAGE).map(|page| (page, 0.0)));
+                    scan.pool(arena.pool(number), bytes, first_page);
+                }
+            }
         }
     }
 
@@ -340,13 +405,13 @@ impl Tracker {
             report.big_blocks.blocks += 1;
             report.big_blocks.bytes += size as u64;
             let head = &buf[i * BIG_HEAD..(i + 1) * BIG_HEAD];
-            let Some(found) = self.types.find_in(&self.layout, head, size, 0) else {
+            let Some(found) = self.types.find_in(&self.layout, head, 0, size, 0) else {
                 // A buffer: it is as hot as the object that owns it, if known.
                 if let Some(class) = cycle.owner_class[first + i] {
                     report.big_blocks.owned_bytes.add(class, size as u64);
                     report.bytes.add(class, size as u64);
                 }
-                add_heat(&mut cycle.heat, addr, size, cycle.owner_heat[first + i]);
+                add_heat(&mut cycle.big_heat, addr, size, cycle.owner_heat[first + i]);
                 continue;
             };
             let state = self.big.entry(addr + found.offset).or_insert(BigState {
@@ -365,19 +430,20 @@ impl Tracker {
             report.objects.add(class, 1);
             report.bytes.add(class, size as u64);
             tally(report, &mut cycle.per_type, &found, &state.slot, class, size as u64);
-            add_heat(&mut cycle.heat, addr, size, state.slot.temperature() as f32);
+            add_heat(&mut cycle.big_heat, addr, size, state.slot.temperature() as f32);
         }
     }
 
     fn finish_cycle(&mut self, cycle: Cycle) -> PassReport {
-        let Cycle { started, mut report, per_type, mut heat, .. } = cycle;
+        let Cycle { started, mut report, per_type, mut heat, big_heat, .. } = cycle;
+        heat.extend(big_heat);
         for (page, h) in heat.iter_mut() {
             *h += WRITE_HEAT_WEIGHT * self.pages.write_heat_at(*page);
         }
         self.heat = heat;
-        // Forget pools that are gone (arena freed, pool emptied).
+        // Forget big objects that are gone (arenas were forgotten at the
+        // cycle's start, free pools when read).
         let pass = self.pass;
-        self.pools.retain(|_, p| p.seen == pass);
         self.big.retain(|_, b| b.seen == pass);
 
         report.big_blocks.dropped = BIG_BLOCKS.dropped.load(std::sync::atomic::Ordering::Relaxed);
@@ -386,84 +452,14 @@ impl Tracker {
             if report.heap_bytes == 0 { 0.0 } else { report.bytes.total() as f64 / report.heap_bytes as f64 };
         report.top_types_by_cold_bytes = self.top_types(&per_type, |c| c.cold);
         report.top_types_by_hot_bytes = self.top_types(&per_type, |c| c.hot);
-        report.table_bytes =
-            self.pools.values().map(|p| (p.slots.len() * std::mem::size_of::<Slot>()) as u64 + 48).sum::<u64>()
+        let pools = self.arenas.values().flat_map(|a| &a.pools);
+        report.table_bytes = pools
+            .map(|p| (p.slots.len() * std::mem::size_of::<Slot>() + std::mem::size_of::<PoolState>()) as u64)
+            .sum::<u64>()
                 + (self.big.len() * (std::mem::size_of::<BigState>() + 8)) as u64;
         report.page_writes = self.pages.report().clone();
         report.cycle_seconds = started.elapsed().as_secs_f64();
         report
-    }
-
-    fn scan_pool(&mut self, pool: usize, bytes: &[u8], rules: &Rules, cycle: &mut Cycle) {
-        let Cycle { report, per_type, big_index, owner_class, owner_heat, heat, .. } = cycle;
-        let layout = self.layout;
-        let Some(header) = PoolHeader::parse(&layout, bytes) else { return };
-        let block_size = layout.block_size(header.szidx);
-        let capacity = (layout.pool_size - layout.pool_header_size) / block_size;
-        let state =
-            self.pools.entry(pool).or_insert_with(|| PoolState { szidx: header.szidx, slots: Vec::new(), seen: 0 });
-        if state.szidx != header.szidx || state.slots.len() != capacity {
-            // New pool, or reused for another size class: start over.
-            state.szidx = header.szidx;
-            state.slots = vec![Slot::default(); capacity];
-        }
-        state.seen = self.pass;
-        report.pools += 1;
-        report.used_blocks += header.used as u64;
-        report.used_bytes += header.used as u64 * block_size as u64;
-
-        // Pools are page aligned; a block counts on the page it starts on.
-        let mut pages = [PageTally::default(); 16];
-        let mut page_heat = [0f32; 16];
-        let end = (header.next_offset as usize).min(layout.pool_size);
-        let mut hint = 0;
-        for (i, start) in (layout.pool_header_size..end).step_by(block_size).enumerate() {
-            if start + block_size > bytes.len() || i >= state.slots.len() {
-                break;
-            }
-            let slot = &mut state.slots[i];
-            let Some(found) = self.types.find_in(&layout, &bytes[start..start + block_size], block_size, hint) else {
-                slot.clear();
-                continue;
-            };
-            hint = found.offset;
-            if layout.is_immortal(found.refcnt) {
-                slot.clear();
-                continue;
-            }
-            let class = slot.observe(found.refcnt, rules);
-            let size = block_size as u64;
-            report.objects.add(class, 1);
-            report.bytes.add(class, size);
-            tally(report, per_type, &found, slot, class, size);
-            if !big_index.is_empty() {
-                let object = &bytes[start + found.offset..start + block_size];
-                for buffer in found.buffers(object) {
-                    if let Some(&i) = big_index.get(&buffer) {
-                        owner_class[i] = Some(owner_class[i].map_or(class, |c| c.hotter(class)));
-                        owner_heat[i] = owner_heat[i].max(slot.temperature() as f32);
-                    }
-                }
-            }
-            page_heat[(start / PAGE).min(15)] += slot.temperature() as f32;
-            let page = &mut pages[(start / PAGE).min(15)];
-            page.objects = true;
-            match class {
-                Class::Hot => page.hot = true,
-                Class::Cold => page.cold_bytes += size,
-                Class::Warm => {}
-            }
-        }
-        for (i, h) in page_heat.iter().take(layout.pool_size.div_ceil(PAGE)).enumerate() {
-            *heat.entry(pool + i * PAGE).or_insert(0.0) += h;
-        }
-        for page in pages.iter().filter(|p| p.objects) {
-            report.pages += 1;
-            if page.hot {
-                report.hot_pages += 1;
-                report.cold_bytes_on_hot_pages += page.cold_bytes;
-            }
-        }
     }
 
     fn top_types(&self, per_type: &TypeTallies, class: impl Fn(&ByClass) -> u64) -> Vec<TypeBytes> {
@@ -478,6 +474,111 @@ impl Tracker {
         top.sort_by_key(|t| std::cmp::Reverse(t.bytes));
         top.truncate(10);
         top
+    }
+}
+
+impl ArenaState {
+    /// The state of its pool `number` (from its first pool).
+    fn pool(&mut self, number: usize) -> &mut PoolState {
+        if number >= self.pools.len() {
+            self.pools.resize_with(number + 1, PoolState::default);
+        }
+        &mut self.pools[number]
+    }
+}
+
+/// Scans the pools of one arena.
+struct PoolScan<'a> {
+    layout: &'a Layout,
+    types: &'a mut TypeCache,
+    rules: &'a Rules,
+    cycle: &'a mut Cycle,
+}
+
+impl PoolScan<'_> {
+    /// Finds the live objects of the pool in `memory` (its bytes), updates
+    /// their temperatures in `state`, and adds its pages' heat to the cycle's
+    /// pages from `first_page` on.
+    fn pool(&mut self, state: &mut PoolState, memory: &(impl Words + ?Sized), first_page: usize) {
+        let layout = self.layout;
+        let Cycle { report, per_type, big_index, big_filter, owner_class, owner_heat, heat, .. } = &mut *self.cycle;
+        let Some(header) = PoolHeader::parse(layout, memory) else {
+            state.slots = Vec::new(); // free: forget its blocks
+            return;
+        };
+        let block_size = layout.block_size(header.szidx);
+        let capacity = (layout.pool_size - layout.pool_header_size) / block_size;
+        if state.szidx != header.szidx || state.slots.len() != capacity {
+            // New pool, or reused for another size class: start over.
+            state.szidx = header.szidx;
+            state.slots = vec![Slot::default(); capacity];
+        }
+        let end = (header.next_offset as usize).min(layout.pool_size).min(memory.len());
+        report.pools += 1;
+        report.used_blocks += header.used as u64;
+        report.used_bytes += header.used as u64 * block_size as u64;
+        report.bytes_read += end as u64;
+
+        // Objects by class are counted per pool, and per type in runs (a
+        // pool's blocks are mostly of one type); bytes are blocks times size.
+        let mut objects = ByClass::default();
+        let mut run = TypeRun::default();
+        // Pools are page aligned; a block counts on the page it starts on.
+        let mut pages = [PageTally::default(); 16];
+        let mut page_heat = [0f32; 16];
+        let mut hint = 0;
+        let starts = (layout.pool_header_size..end.saturating_sub(block_size - 1)).step_by(block_size);
+        for (slot, start) in state.slots.iter_mut().zip(starts) {
+            memory.prefetch(start + PREFETCH_AHEAD);
+            let Some(found) = self.types.find_in(layout, memory, start, block_size, hint) else {
+                slot.clear();
+                continue;
+            };
+            hint = found.offset;
+            if layout.is_immortal(found.refcnt) {
+                slot.clear();
+                continue;
+            }
+            let class = slot.observe(found.refcnt, self.rules);
+            objects.add(class, 1);
+            run.add(found.type_index, class, per_type, block_size as u64);
+            report.histogram[slot.bucket()] += 1;
+            if !big_index.is_empty() {
+                for buffer in found.buffers(memory, start + found.offset) {
+                    if big_filter.may_contain(buffer)
+                        && let Some(&i) = big_index.get(&buffer)
+                    {
+                        owner_class[i] = Some(owner_class[i].map_or(class, |c| c.hotter(class)));
+                        owner_heat[i] = owner_heat[i].max(slot.temperature() as f32);
+                    }
+                }
+            }
+            let page = (start / PAGE).min(15);
+            page_heat[page] += slot.temperature() as f32;
+            let tally = &mut pages[page];
+            tally.objects = true;
+            match class {
+                Class::Hot => tally.hot = true,
+                Class::Cold => tally.cold_bytes += block_size as u64,
+                Class::Warm => {}
+            }
+        }
+        run.flush(per_type, block_size as u64);
+        for class in Class::ALL {
+            report.objects.add(class, objects.of(class));
+            report.bytes.add(class, objects.of(class) * block_size as u64);
+        }
+        let pool_pages = layout.pool_size.div_ceil(PAGE);
+        for (page, h) in heat[first_page..].iter_mut().zip(&page_heat[..pool_pages]) {
+            page.1 += h;
+        }
+        for page in pages.iter().filter(|p| p.objects) {
+            report.pages += 1;
+            if page.hot {
+                report.hot_pages += 1;
+                report.cold_bytes_on_hot_pages += page.cold_bytes;
+            }
+        }
     }
 }
 

@@ -52,6 +52,9 @@ impl Temperature {
     /// Records one pass. The first only marks the thing present: whether it
     /// was used needs a baseline to compare with.
     pub fn record(&mut self, used: bool, rules: &Rules) -> Class {
+        if self.0 == PRESENT && !used {
+            return Class::Cold; // stone cold stays so: most of a heap, the quick way
+        }
         let mut temp = self.0 & TEMP_MASK;
         if self.0 & PRESENT != 0 {
             // Round to nearest, but always lose at least one unit so a small

@@ -97,6 +97,8 @@ pub struct PassReport {
     pub slices: u64,
     pub longest_slice_seconds: f64,
     pub cycle_seconds: f64,
+    /// Bytes of the heap read: arenas read in place (each pool up to its
+    /// last block ever used), early arenas copied whole.
     pub bytes_read: u64,
     pub read_errors: u64,
     /// Memory the temperature table itself takes.
