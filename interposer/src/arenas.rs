@@ -59,8 +59,21 @@ impl<const N: usize> AddrSet<N> {
     }
 
     pub fn snapshot(&self) -> Vec<usize> {
+        self.snapshot_slots().into_iter().map(|(_, addr)| addr).collect()
+    }
+
+    /// The addresses with their slots, for `holds`.
+    pub fn snapshot_slots(&self) -> Vec<(usize, usize)> {
         let high = self.high.load(Ordering::Acquire);
-        self.slots[..high].iter().map(|s| s.load(Ordering::Acquire)).filter(|a| *a != 0).collect()
+        (self.slots[..high].iter().enumerate())
+            .map(|(slot, s)| (slot, s.load(Ordering::Acquire)))
+            .filter(|&(_, addr)| addr != 0)
+            .collect()
+    }
+
+    /// Whether `addr` is (still) in the set at `slot`.
+    pub fn holds(&self, slot: usize, addr: usize) -> bool {
+        self.slots.get(slot).is_some_and(|s| s.load(Ordering::SeqCst) == addr)
     }
 }
 
@@ -98,18 +111,21 @@ static READING: AtomicUsize = AtomicUsize::new(0);
 /// An arena the application freed while the scanner was reading it; the
 /// hook frees it at its next call (under the GIL, as the allocator expects).
 static DEFERRED: AtomicUsize = AtomicUsize::new(0);
+/// How many frees were deferred so.
+pub static DEFERRED_FREES: AtomicU64 = AtomicU64::new(0);
 
 /// While it lives, the hooked arena at `base` stays mapped and can be read
 /// in place.
 pub struct Held(());
 
-/// Holds the hooked arena at `base` mapped, if it is still one.
-pub fn hold(base: usize) -> Option<Held> {
+/// Holds the hooked arena at `base` mapped, if it is still one (at `slot` of
+/// `ARENAS`, from `snapshot_slots`).
+pub fn hold(slot: usize, base: usize) -> Option<Held> {
     READING.store(base, Ordering::SeqCst);
     // Pairs with the fence in `arena_free`: either it sees this arena being
     // read and defers the free, or this sees the arena gone.
     fence(Ordering::SeqCst);
-    if ARENAS.contains(base) {
+    if ARENAS.holds(slot, base) {
         Some(Held(()))
     } else {
         READING.store(0, Ordering::SeqCst);
@@ -186,6 +202,7 @@ unsafe extern "C" fn arena_free(_ctx: *mut c_void, ptr: *mut c_void, size: usize
         // time, and the one deferred before was freed just above (or is
         // still being read, and so is not this one).
         DEFERRED.store(start, Ordering::SeqCst);
+        DEFERRED_FREES.fetch_add(1, Ordering::Relaxed);
         return;
     }
     unsafe { original_free(ptr, size) }

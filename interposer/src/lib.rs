@@ -89,6 +89,7 @@ impl Shared {
             // The scanner itself never takes the GIL; only start-up did.
             gil_seconds_total: self.start_gil_seconds,
             early_arenas: self.early_arenas as u64,
+            deferred_arena_frees: arenas::DEFERRED_FREES.load(Ordering::Relaxed),
             socket: self.socket.as_ref().map(|p| p.display().to_string()),
             socket_error: self.socket_error.get().cloned(),
             last,

@@ -12,16 +12,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// read in place (`InPlace`). Offsets are in bytes; a read past the end is
 /// `None`.
 pub trait Words {
-    fn len(&self) -> usize;
+    /// How many bytes there are.
+    fn size(&self) -> usize;
     /// The little-endian word at `at` (8-byte aligned in place).
     fn word(&self, at: usize) -> Option<u64>;
-    /// Asks for the cache line at `at` to be loaded ahead of its reading.
-    fn prefetch(&self, _at: usize) {}
 }
 
 impl Words for [u8] {
-    fn len(&self) -> usize {
-        <[u8]>::len(self)
+    fn size(&self) -> usize {
+        self.len()
     }
     #[inline(always)]
     fn word(&self, at: usize) -> Option<u64> {
@@ -54,7 +53,7 @@ impl InPlace {
 }
 
 impl Words for InPlace {
-    fn len(&self) -> usize {
+    fn size(&self) -> usize {
         self.len
     }
     #[inline(always)]
@@ -66,20 +65,6 @@ impl Words for InPlace {
         // aligned. An atomic load: the interpreter may be writing the word.
         let word = unsafe { AtomicU64::from_ptr((self.addr + at) as *mut u64) };
         Some(word.load(Ordering::Relaxed))
-    }
-
-    #[inline(always)]
-    fn prefetch(&self, at: usize) {
-        // Blocks are read in order, but a pool spans pages the hardware
-        // prefetcher does not cross, and each first touch of a line stalls.
-        #[cfg(target_arch = "x86_64")]
-        if at < self.len {
-            // SAFETY: a hint only; it never faults, even on unmapped memory.
-            unsafe {
-                use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-                _mm_prefetch::<_MM_HINT_T0>((self.addr + at) as *const i8);
-            }
-        }
     }
 }
 

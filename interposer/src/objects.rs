@@ -1,4 +1,4 @@
-//! Recognising live Python objects in copied pool memory.
+//! Recognising live Python objects in pool memory (read in place or copied).
 //!
 //! A block is taken to hold an object when a word at the right offset points
 //! to a real type object (checked once per type with safe reads and cached),
@@ -289,9 +289,7 @@ impl TypeCache {
     }
 
     /// The live object at the start of the block of `block_len` bytes at
-    /// `start` in `memory` (which may hold only its first bytes). `hint` is
-    /// the offset to try first: the one the last object of the same pool
-    /// had (a pool's blocks mostly hold one kind of object).
+    /// `start` in `memory` (which may hold only its first bytes).
     #[inline(always)]
     pub fn find_in(
         &mut self,
@@ -299,17 +297,22 @@ impl TypeCache {
         memory: &(impl Words + ?Sized),
         start: usize,
         block_len: usize,
-        hint: usize,
     ) -> Option<Found> {
         let gc = layout.gc_header_size;
         let managed = gc + layout.managed_dict_preheader;
-        // Known types first: no system call, and the usual case.
-        let offsets = [hint, 0, gc, managed];
-        let tried = |i: usize, o: usize| i > 0 && o == hint;
-        for (i, &offset) in offsets.iter().enumerate() {
-            if tried(i, offset) {
-                continue;
-            }
+        // Known types first: no system call, and the usual case. The offset
+        // whose first word can be a live count is tried first: a GC header
+        // or a managed dict's preheader holds pointers (or zero) there, so
+        // the first guess is mostly right, and a guess costs a lookup.
+        let count_at = |o: usize| memory.word(start + o).is_some_and(|w| layout.refcount(w).is_some());
+        let offsets = if count_at(0) {
+            [0, gc, managed]
+        } else if count_at(gc) {
+            [gc, 0, managed]
+        } else {
+            [managed, 0, gc]
+        };
+        for offset in offsets {
             let type_addr = memory.word(start + offset + 8)? as usize;
             let shape = self.known(type_addr);
             if shape.index != NOT_KNOWN && shape.fits(offset, block_len) {
@@ -319,7 +322,7 @@ impl TypeCache {
         if !self.discovering {
             return None;
         }
-        for &offset in &offsets[1..] {
+        for offset in offsets {
             let type_addr = memory.word(start + offset + 8)? as usize;
             if let Some(shape) = self.check_unknown(type_addr)
                 && shape.fits(offset, block_len)

@@ -26,7 +26,7 @@ use crate::layout::{Layout, PoolHeader, arena_index};
 use crate::memory::{InPlace, Words, read_each, read_self};
 use crate::objects::{AddrFilter, AddrMap, Found, TypeCache};
 use crate::pages::{PageReport, PageTracker, Spacing};
-use crate::temperature::{Class, Rules, Slot};
+use crate::temperature::{Class, Rules, Slot, Temperature};
 
 const PAGE: usize = 4096;
 /// How much a page's write heat weighs against its objects' temperatures: a
@@ -42,8 +42,6 @@ const WRITE_HEAT_WEIGHT: f32 = 64.0;
 const DISCOVER_EVERY: u64 = 8;
 /// The first passes look for types everywhere: most types are learnt then.
 const DISCOVERY_PASSES: u64 = 3;
-/// How far ahead of the block being read the next is asked for (bytes).
-const PREFETCH_AHEAD: usize = 1024;
 /// The share of the scanner's CPU budget page-write collections and peeks
 /// may take; slices get what they leave.
 const PAGE_WRITES_CPU_SHARE: f64 = 0.25;
@@ -89,13 +87,21 @@ const BIG_BATCH: usize = 1024;
 /// object after a GC header and a managed-dict preheader.
 const BIG_HEAD: usize = 64;
 
-/// A known arena: `len` bytes at `base`; an early arena's pools must carry
-/// `index` (its extent is not known exactly).
+/// A known arena: `len` bytes at `base`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Region {
     base: usize,
     len: usize,
-    index: Option<u32>,
+    kind: Kind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Made since the hook went in: exactly known, in `ARENAS` at `slot`.
+    Hooked { slot: usize },
+    /// Older: its extent is not known exactly, so as much as an arena can
+    /// span is read, and only the pools that carry its `index` are its own.
+    Early { index: u32 },
 }
 
 struct ArenaState {
@@ -133,45 +139,21 @@ struct Cycle {
     per_type: TypeTallies,
 }
 
-/// Objects and bytes by class, per type (by `Found::type_index`), within one pass.
+/// Objects and bytes per type (by `Found::type_index`) and class (by
+/// `Class as usize`: one add per object, no match), within one pass.
 #[derive(Default)]
-struct TypeTallies(Vec<(ByClass, ByClass)>);
+struct TypeTallies(Vec<[(u64, u64); 3]>);
 
 impl TypeTallies {
-    fn of(&mut self, type_index: u32) -> &mut (ByClass, ByClass) {
+    #[inline(always)]
+    fn add(&mut self, type_index: u32, class: Class, bytes: u64) {
         let i = type_index as usize;
         if i >= self.0.len() {
             self.0.resize(i + 1, Default::default());
         }
-        &mut self.0[i]
-    }
-}
-
-/// Objects of one type seen in a row, by class, not yet in the tallies.
-#[derive(Default)]
-struct TypeRun {
-    type_index: u32,
-    objects: ByClass,
-}
-
-impl TypeRun {
-    #[inline(always)]
-    fn add(&mut self, type_index: u32, class: Class, per_type: &mut TypeTallies, size: u64) {
-        if type_index != self.type_index {
-            self.flush(per_type, size);
-            self.type_index = type_index;
-        }
-        self.objects.add(class, 1);
-    }
-
-    fn flush(&mut self, per_type: &mut TypeTallies, size: u64) {
-        let (objects, bytes) = per_type.of(self.type_index);
-        for class in Class::ALL {
-            let n = self.objects.of(class);
-            objects.add(class, n);
-            bytes.add(class, n * size);
-        }
-        self.objects = ByClass::default();
+        let tally = &mut self.0[i][class as usize];
+        tally.0 += 1;
+        tally.1 += bytes;
     }
 }
 
@@ -212,17 +194,18 @@ impl Tracker {
         slot.is_present().then(|| slot.class(rules))
     }
 
-    /// Every known arena as (start, length, the arena index its pools must
-    /// carry). An early arena's extent is not known exactly: read as much as
-    /// an arena can span and keep the pools that carry its index.
+    /// Every known arena.
     fn regions(&self) -> Vec<Region> {
         let arena_size = ARENA_SIZE.load(std::sync::atomic::Ordering::Relaxed);
-        let mut regions: Vec<Region> =
-            ARENAS.snapshot().into_iter().map(|base| Region { base, len: arena_size, index: None }).collect();
+        let mut regions: Vec<Region> = (ARENAS.snapshot_slots().into_iter())
+            .map(|(slot, base)| Region { base, len: arena_size, kind: Kind::Hooked { slot } })
+            .collect();
         for first in EARLY_ARENAS.snapshot() {
             let mut header = [0u8; 48];
-            if read_self(first, &mut header).ok() == Some(48) {
-                regions.push(Region { base: first, len: self.layout.arena_size, index: arena_index(&header[..]) });
+            if read_self(first, &mut header).ok() == Some(48)
+                && let Some(index) = arena_index(&header[..])
+            {
+                regions.push(Region { base: first, len: self.layout.arena_size, kind: Kind::Early { index } });
             }
         }
         regions
@@ -347,9 +330,9 @@ impl Tracker {
         let mut scan = PoolScan { layout: &self.layout, types: &mut self.types, rules: &rules, cycle };
         let pool_size = self.layout.pool_size;
         let pools = self.layout.pools_of_arena(region.base, region.len).enumerate();
-        match region.index {
-            None => {
-                let Some(_held) = arenas::hold(region.base) else { return }; // freed since the cycle began
+        match region.kind {
+            Kind::Hooked { slot } => {
+                let Some(_held) = arenas::hold(slot, region.base) else { return }; // freed since the cycle began
                 // SAFETY: a hooked arena is `len` bytes from `base`, page
                 // aligned, and stays mapped while held.
                 let memory = unsafe { InPlace::new(region.base, region.len) };
@@ -361,7 +344,7 @@ impl Tracker {
                     scan.pool(arena.pool(number), &memory.part(at, pool_size), first_page + at / PAGE);
                 }
             }
-            Some(index) => {
+            Kind::Early { index } => {
                 buf.resize(region.len, 0);
                 let Ok(n) = read_self(region.base, buf) else {
                     scan.cycle.report.read_errors += 1;
@@ -405,7 +388,7 @@ impl Tracker {
             report.big_blocks.blocks += 1;
             report.big_blocks.bytes += size as u64;
             let head = &buf[i * BIG_HEAD..(i + 1) * BIG_HEAD];
-            let Some(found) = self.types.find_in(&self.layout, head, 0, size, 0) else {
+            let Some(found) = self.types.find_in(&self.layout, head, 0, size) else {
                 // A buffer: it is as hot as the object that owns it, if known.
                 if let Some(class) = cycle.owner_class[first + i] {
                     report.big_blocks.owned_bytes.add(class, size as u64);
@@ -450,25 +433,26 @@ impl Tracker {
         report.heap_bytes = report.used_bytes + report.big_blocks.bytes;
         report.coverage =
             if report.heap_bytes == 0 { 0.0 } else { report.bytes.total() as f64 / report.heap_bytes as f64 };
-        report.top_types_by_cold_bytes = self.top_types(&per_type, |c| c.cold);
-        report.top_types_by_hot_bytes = self.top_types(&per_type, |c| c.hot);
+        report.top_types_by_cold_bytes = self.top_types(&per_type, Class::Cold);
+        report.top_types_by_hot_bytes = self.top_types(&per_type, Class::Hot);
         let pools = self.arenas.values().flat_map(|a| &a.pools);
         report.table_bytes = pools
             .map(|p| (p.slots.len() * std::mem::size_of::<Slot>() + std::mem::size_of::<PoolState>()) as u64)
             .sum::<u64>()
-                + (self.big.len() * (std::mem::size_of::<BigState>() + 8)) as u64;
+            + (self.big.len() * (std::mem::size_of::<BigState>() + 8)) as u64;
         report.page_writes = self.pages.report().clone();
         report.cycle_seconds = started.elapsed().as_secs_f64();
         report
     }
 
-    fn top_types(&self, per_type: &TypeTallies, class: impl Fn(&ByClass) -> u64) -> Vec<TypeBytes> {
+    fn top_types(&self, per_type: &TypeTallies, class: Class) -> Vec<TypeBytes> {
         let mut top: Vec<TypeBytes> = (per_type.0.iter().enumerate())
-            .filter(|(_, (_, bytes))| class(bytes) > 0)
+            .map(|(index, tallies)| (index, tallies[class as usize]))
+            .filter(|&(_, (_, bytes))| bytes > 0)
             .map(|(index, (objects, bytes))| TypeBytes {
                 type_name: self.types.get(index as u32).map_or_else(|| "?".into(), |t| t.name.clone()),
-                objects: class(objects),
-                bytes: class(bytes),
+                objects,
+                bytes,
             })
             .collect();
         top.sort_by_key(|t| std::cmp::Reverse(t.bytes));
@@ -513,35 +497,31 @@ impl PoolScan<'_> {
             state.szidx = header.szidx;
             state.slots = vec![Slot::default(); capacity];
         }
-        let end = (header.next_offset as usize).min(layout.pool_size).min(memory.len());
+        let end = (header.next_offset as usize).min(layout.pool_size).min(memory.size());
         report.pools += 1;
         report.used_blocks += header.used as u64;
         report.used_bytes += header.used as u64 * block_size as u64;
         report.bytes_read += end as u64;
 
-        // Objects by class are counted per pool, and per type in runs (a
-        // pool's blocks are mostly of one type); bytes are blocks times size.
-        let mut objects = ByClass::default();
-        let mut run = TypeRun::default();
+        // Objects by class are counted per pool (bytes are blocks times
+        // size), page heat in temperature units (see `Slot::units`).
+        let mut objects = [0u64; 3];
         // Pools are page aligned; a block counts on the page it starts on.
         let mut pages = [PageTally::default(); 16];
-        let mut page_heat = [0f32; 16];
-        let mut hint = 0;
+        let mut page_heat = [0u32; 16];
         let starts = (layout.pool_header_size..end.saturating_sub(block_size - 1)).step_by(block_size);
         for (slot, start) in state.slots.iter_mut().zip(starts) {
-            memory.prefetch(start + PREFETCH_AHEAD);
-            let Some(found) = self.types.find_in(layout, memory, start, block_size, hint) else {
+            let Some(found) = self.types.find_in(layout, memory, start, block_size) else {
                 slot.clear();
                 continue;
             };
-            hint = found.offset;
             if layout.is_immortal(found.refcnt) {
                 slot.clear();
                 continue;
             }
             let class = slot.observe(found.refcnt, self.rules);
-            objects.add(class, 1);
-            run.add(found.type_index, class, per_type, block_size as u64);
+            objects[class as usize] += 1;
+            per_type.add(found.type_index, class, block_size as u64);
             report.histogram[slot.bucket()] += 1;
             if !big_index.is_empty() {
                 for buffer in found.buffers(memory, start + found.offset) {
@@ -554,7 +534,7 @@ impl PoolScan<'_> {
                 }
             }
             let page = (start / PAGE).min(15);
-            page_heat[page] += slot.temperature() as f32;
+            page_heat[page] += slot.units();
             let tally = &mut pages[page];
             tally.objects = true;
             match class {
@@ -563,14 +543,13 @@ impl PoolScan<'_> {
                 Class::Warm => {}
             }
         }
-        run.flush(per_type, block_size as u64);
         for class in Class::ALL {
-            report.objects.add(class, objects.of(class));
-            report.bytes.add(class, objects.of(class) * block_size as u64);
+            report.objects.add(class, objects[class as usize]);
+            report.bytes.add(class, objects[class as usize] * block_size as u64);
         }
         let pool_pages = layout.pool_size.div_ceil(PAGE);
-        for (page, h) in heat[first_page..].iter_mut().zip(&page_heat[..pool_pages]) {
-            page.1 += h;
+        for (page, &units) in heat[first_page..].iter_mut().zip(&page_heat[..pool_pages]) {
+            page.1 += Temperature::degrees_of(units) as f32;
         }
         for page in pages.iter().filter(|p| p.objects) {
             report.pages += 1;
@@ -606,9 +585,7 @@ fn add_heat(heat: &mut AddrMap<f32>, addr: usize, size: usize, degrees: f32) {
 #[inline]
 fn tally(report: &mut PassReport, per_type: &mut TypeTallies, found: &Found, slot: &Slot, class: Class, size: u64) {
     report.histogram[slot.bucket()] += 1;
-    let (objects, bytes) = per_type.of(found.type_index);
-    objects.add(class, 1);
-    bytes.add(class, size);
+    per_type.add(found.type_index, class, size);
 }
 
 /// CPU time the calling thread has used. A slice's length in CPU time leaves

@@ -88,7 +88,17 @@ impl Temperature {
 
     /// In observed uses.
     pub fn degrees(&self) -> f64 {
-        (self.0 & TEMP_MASK) as f64 / ONE as f64
+        Self::degrees_of(self.units())
+    }
+
+    /// In the fixed-point units it is kept in, which sum without rounding.
+    pub fn units(&self) -> u32 {
+        (self.0 & TEMP_MASK) as u32
+    }
+
+    /// Units (or a sum of them) in observed uses.
+    pub fn degrees_of(units: u32) -> f64 {
+        units as f64 / ONE as f64
     }
 
     /// Histogram bucket: 0 below 1/8 use, then one bucket per doubling, 9 from 32 up.
@@ -132,6 +142,11 @@ impl Slot {
     /// Temperature in observed changes.
     pub fn temperature(&self) -> f64 {
         self.temp.degrees()
+    }
+
+    /// Temperature in units (`Temperature::units`).
+    pub fn units(&self) -> u32 {
+        self.temp.units()
     }
 
     pub fn bucket(&self) -> usize {

@@ -115,6 +115,37 @@ def test_a_big_heap_is_scanned_in_slices_within_the_cpu_budget():
     assert int(untracked) == 0
 
 
+def test_arenas_freed_while_read_in_place_are_kept_until_read_then_freed():
+    # The scanner reads arenas in place; an arena the program frees meanwhile
+    # must stay mapped until the scanner moves on (or it would fault), and be
+    # freed after (or memory would leak). Churn arenas under a scanner that
+    # never rests until such a free happened a few times.
+    r = python("""
+        import pytier, time
+        def rss_mib():
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * 4096 / 2**20
+        wait_for_a_full_cycle()
+        base = rss_mib()
+        deadline = time.monotonic() + 60
+        rounds = 0
+        while pytier.stats()["deferredArenaFrees"] < 3 and time.monotonic() < deadline:
+            chunk = [(float(i), str(i)) for i in range(50000)]  # ~8 arenas, freed at once
+            assert sum(f for f, _ in chunk) == 50000 * 49999 / 2
+            del chunk
+            rounds += 1
+        [str(i) for i in range(1000)]  # arena calls free what is still deferred
+        s = pytier.stats()
+        print(s["active"], s["deferredArenaFrees"], rounds, round(rss_mib() - base, 1))
+    """, env={"PYTIER_CONFIG": json.dumps(
+        {"tracking": {"scanIntervalMillis": 1, "maxCpuFraction": 1.0, "sliceMillis": 100}})}, timeout=120)
+    assert r.returncode == 0, r.stderr
+    active, deferred, rounds, grown = r.stdout.split()
+    assert active == "True"
+    assert int(deferred) >= 3, f"no free met a read in {rounds} rounds of churn"
+    assert float(grown) < 16, f"RSS grew {grown} MiB over {rounds} rounds: deferred arenas not freed"
+
+
 def test_blocks_too_big_for_pymalloc_are_seen_through_the_allocator():
     code = """
         import pytier, time, json

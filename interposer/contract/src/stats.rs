@@ -58,6 +58,9 @@ pub struct Stats {
     pub gil_seconds_total: f64,
     /// Arenas that existed at start (found by their pool headers).
     pub early_arenas: u64,
+    /// Arenas the program freed while the scanner was reading them in place:
+    /// each was kept mapped until the scanner moved on, then freed.
+    pub deferred_arena_frees: u64,
     /// The control socket's path; `socketError` says why it stopped
     /// answering, if it did (the program closed its descriptor, ...).
     pub socket: Option<String>,
