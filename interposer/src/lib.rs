@@ -232,22 +232,6 @@ fn start_tracking(
 /// worth tracking only once it has lived a while.
 const START_DELAY: Duration = Duration::from_secs(1);
 
-/// The first cycles run at up to this many times the CPU budget (at most
-/// `STARTUP_MAX_CPU_FRACTION`): a working set needs two full cycles to show,
-/// and at 1% of a core a cycle over a 50 MiB heap takes 2.5 s.
-const STARTUP_BOOST: f64 = 5.0;
-const STARTUP_CYCLES: u64 = 2;
-const STARTUP_MAX_CPU_FRACTION: f64 = 0.05;
-
-/// The scanner's share of a core after `passes` full cycles.
-fn cpu_fraction(max_cpu_fraction: f64, passes: u64) -> f64 {
-    if passes < STARTUP_CYCLES {
-        max_cpu_fraction.max((max_cpu_fraction * STARTUP_BOOST).min(STARTUP_MAX_CPU_FRACTION))
-    } else {
-        max_cpu_fraction
-    }
-}
-
 impl Shared {
     /// Waits `time`, or less if pytier stops meanwhile; false if it stops.
     fn sleep(&self, time: Duration) -> bool {
@@ -294,7 +278,7 @@ fn scan_loop(shared: Arc<Shared>) {
         // time, not wall time: on a busy machine a turn waits for a core,
         // and that wait is not the program's loss.
         let cpu = scanner::thread_cpu_seconds() - cpu_started;
-        let fraction = cpu_fraction(config.tracking.max_cpu_fraction, shared.passes.load(Ordering::Relaxed));
+        let fraction = config.tracking.cpu_fraction(shared.passes.load(Ordering::Relaxed));
         let pause = Duration::from_secs_f64(cpu * (1.0 / fraction - 1.0));
         next_slice = next_slice.max(Instant::now()) + pause;
         let slice_due = if tracker.in_cycle() { next_slice } else { next_slice.max(next_cycle) };

@@ -9,6 +9,7 @@
 //! | --- | --- | --- |
 //! | `pytier_memory_bytes` | gauge | `tier` (dram, cxl, other): heap bytes resident there |
 //! | `pytier_dram_budget_bytes` | gauge | the most heap the policy lets stay on DRAM (0 unless placement enforces: off, or `observe` mode) |
+//! | `pytier_dram_heat_share` | gauge | the share of the heap's page heat on its hottest pages up to the DRAM budget, placing or not: the share of accesses DRAM serves (or would, with CXL); processes weighted by heap; absent until a page has heat |
 //! | `pytier_objects` | gauge | `class` (hot, warm, cold) |
 //! | `pytier_object_bytes` | gauge | `class` |
 //! | `pytier_type_bytes` | gauge | `type`, `class` (hot, cold): the interposers' top types by hot and by cold bytes |
@@ -130,6 +131,9 @@ struct Sums {
     interposers: u64,
     tier_bytes: [u64; 3],
     budget_bytes: u64,
+    /// Each process's `dramHeatShare` times its heap, and those heaps.
+    heat_share_by_heap: f64,
+    heat_share_heap: u64,
     cpu_budget: f64,
     /// (type, hot or cold) -> bytes, from each process's top types.
     types: BTreeMap<(String, Class), u64>,
@@ -156,6 +160,10 @@ impl Sums {
         let p = &last.placement;
         if p.off_reason.is_none() && p.mode == Mode::Enforce {
             self.budget_bytes += p.budget_bytes;
+        }
+        if let Some(share) = p.dram_heat_share {
+            self.heat_share_by_heap += share * last.heap_bytes as f64;
+            self.heat_share_heap += last.heap_bytes;
         }
         for (class, top) in [(Class::Hot, &last.top_types_by_hot_bytes), (Class::Cold, &last.top_types_by_cold_bytes)] {
             for t in top {
@@ -228,6 +236,16 @@ impl Collector for AgentCollector {
             "The most Python heap the policy lets stay on DRAM (0 unless placement enforces)",
             Some(Unit::Bytes),
             &containers.iter().map(|(at, s)| (at.clone(), s.budget_bytes as f64)).collect::<Vec<_>>(),
+        )?;
+        gauges(
+            e,
+            "pytier_dram_heat_share",
+            "Share of the heap's page heat on its hottest pages up to the DRAM budget: of accesses DRAM serves",
+            None,
+            &(containers.iter())
+                .filter(|(_, s)| s.heat_share_heap > 0)
+                .map(|(at, s)| (at.clone(), s.heat_share_by_heap / s.heat_share_heap as f64))
+                .collect::<Vec<_>>(),
         )?;
         let by_class = |values: fn(&Sums) -> [u64; 3]| {
             let mut rows = Vec::new();
@@ -430,6 +448,8 @@ mod tests {
         let last = stats.last.as_mut().unwrap();
         last.placement.cxl_bytes = 8192;
         last.placement.budget_bytes = 1024;
+        last.placement.dram_heat_share = Some(0.75);
+        last.heap_bytes = 4096;
         last.top_types_by_cold_bytes = vec![TypeBytes { type_name: "dict".into(), objects: 2, bytes: 500 }];
         last.objects.hot = 3;
         last.histogram[4] = 3;
@@ -466,6 +486,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains(&format!("pytier_dram_budget_bytes{{{labels}}} 2048")), "{text}");
+        assert!(text.contains(&format!("pytier_dram_heat_share{{{labels}}} 0.75")), "{text}");
         assert!(text.contains(&format!("pytier_type_bytes{{{labels},type=\"dict\",class=\"cold\"}} 1000")), "{text}");
         assert!(text.contains(&format!("pytier_scan_cpu_budget{{{labels}}} 0.02")), "{text}");
         assert!(text.contains("# TYPE pytier_scan_cpu_seconds_total counter\n"), "{text}");
@@ -481,5 +502,29 @@ mod tests {
         let text = encode(&registry);
         assert!(!text.contains("pod=\"web-1\""), "{text}");
         assert!(text.contains("pod=\"web-0\""));
+    }
+
+    #[test]
+    fn dram_heat_share_is_weighted_by_heap_and_absent_before_any_heat() {
+        let snapshot = snapshot_with(&[("web-0", PodState::Managed, 3)]);
+        {
+            let mut s = snapshot.lock().unwrap();
+            let processes = &mut s.pods[0].interposers;
+            for ((_, stats), (share, heap)) in
+                processes.iter_mut().zip([(Some(1.0), 3000), (Some(0.0), 1000), (None, 9000)])
+            {
+                let last = stats.last.as_mut().unwrap();
+                (last.placement.dram_heat_share, last.heap_bytes) = (share, heap);
+            }
+        }
+        let text = encode(&registry("n1", snapshot.clone()));
+        assert!(
+            text.contains(r#"pytier_dram_heat_share{node="n1",namespace="ns",pod="web-0",container="app"} 0.75"#),
+            "{text}"
+        );
+        for (_, stats) in &mut snapshot.lock().unwrap().pods[0].interposers {
+            stats.last.as_mut().unwrap().placement.dram_heat_share = None;
+        }
+        assert!(!encode(&registry("n1", snapshot)).contains("pytier_dram_heat_share{"), "no share, no series");
     }
 }

@@ -4,6 +4,7 @@
 //! stay on DRAM and the rest go to CXL, which serves the share of accesses
 //! their heat carries, each about `cxl_extra_ns` slower.
 
+use pytier_contract::settings::{STARTUP_BOOST, STARTUP_CYCLES};
 use pytier_contract::stats::{ByClass, HISTOGRAM_UPPER_BOUNDS, Stats};
 use serde::Serialize;
 
@@ -184,7 +185,7 @@ pub fn legend(has_cxl: bool) -> String {
     format!(
         "HEAT: objects per temperature, cold (< {coldest} uses) to hot (>= {hottest}), log scale\n\
          DRAM, CXL: heap MiB per tier {tiers}; SERVED: share of heap accesses on DRAM\n\
-         SCAN: scanner CPU since start (its first two cycles may use 5x its budget)"
+         SCAN: scanner CPU since start (its first {STARTUP_CYCLES} cycles may use {STARTUP_BOOST}x its budget)"
     )
 }
 

@@ -289,6 +289,7 @@ async fn prometheus_scrapes_the_documented_series() {
     let documented = [
         ("pytier_memory_bytes", &["node", "namespace", "pod", "container", "tier"][..]),
         ("pytier_dram_budget_bytes", &["node", "namespace", "pod", "container"]),
+        ("pytier_dram_heat_share", &["node", "namespace", "pod", "container"]),
         ("pytier_type_bytes", &["node", "namespace", "pod", "container", "type", "class"]),
         ("pytier_objects", &["node", "namespace", "pod", "container", "class"]),
         ("pytier_object_bytes", &["node", "namespace", "pod", "container", "class"]),
