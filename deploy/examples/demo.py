@@ -4,8 +4,8 @@
 
 It keeps 200k records; a working set of 1000 of them is re-read and held by
 request batches while the rest sits idle. pytier reports the rest cold and,
-at default settings, about five hundred of the working set hot after 4
-seconds, more with every cycle (about 850 at 10 s); without a CXL node it
+at default settings, about five hundred of the working set hot after 2
+seconds, more with every cycle (about 950 at 10 s); without a CXL node it
 shows what CXL would do with the heap. The records are checked at exit.
 """
 
