@@ -81,7 +81,10 @@ impl<const N: usize> AddrSet<N> {
 pub static ARENAS: AddrSet<16384> = AddrSet::new();
 /// First pools of arenas that existed before start (see `early`).
 pub static EARLY_ARENAS: AddrSet<4096> = AddrSet::new();
-/// Size of the arenas seen (the hook learns it; 1 MiB on 3.10+).
+/// Size of pymalloc's arenas (the layout's, set when the hook goes in).
+/// The arena allocator serves other callers too, with other sizes: the
+/// interpreter's frame stacks take 16 KiB chunks from it. Those are not
+/// arenas and pass through untouched.
 pub static ARENA_SIZE: AtomicUsize = AtomicUsize::new(0);
 /// Arenas freed so far: when it moves, an address may now be a new arena.
 pub static ARENA_FREES: AtomicU64 = AtomicU64::new(0);
@@ -169,8 +172,7 @@ unsafe extern "C" fn arena_alloc(_ctx: *mut c_void, size: usize) -> *mut c_void 
         Some(alloc) => unsafe { alloc(original.ctx, size) },
         None => std::ptr::null_mut(),
     };
-    if !ptr.is_null() {
-        ARENA_SIZE.store(size, Ordering::Relaxed);
+    if !ptr.is_null() && size == ARENA_SIZE.load(Ordering::Relaxed) {
         ARENAS.insert(ptr as usize);
         // Small pages only: page writes, page heat and moves are all per
         // 4 KiB page, and a transparent huge page would make each one 2 MiB
@@ -192,6 +194,11 @@ unsafe extern "C" fn arena_free(_ctx: *mut c_void, ptr: *mut c_void, size: usize
     // Forget the arena before it is unmapped; the scanner's reads are safe
     // either way, but would read garbage.
     let start = ptr as usize;
+    if size != ARENA_SIZE.load(Ordering::Relaxed) {
+        // Not an arena (a frame stack chunk): never registered, never read.
+        unsafe { original_free(ptr, size) };
+        return;
+    }
     ARENA_FREES.fetch_add(1, Ordering::Relaxed);
     ARENAS.remove_range(start, start + 1);
     EARLY_ARENAS.remove_range(start, start + size);
@@ -214,10 +221,11 @@ static HOOKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::ne
 ///
 /// # Safety
 /// The caller holds the GIL of a running CPython whose symbols are visible.
-pub unsafe fn install_hook() {
+pub unsafe fn install_hook(arena_size: usize) {
     if HOOKED.swap(true, Ordering::AcqRel) {
         return;
     }
+    ARENA_SIZE.store(arena_size, Ordering::Relaxed);
     unsafe {
         let original = &raw mut ORIGINAL;
         PyObject_GetArenaAllocator(original);

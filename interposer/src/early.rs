@@ -7,7 +7,7 @@
 //! arena has at least one pool in use (pymalloc frees empty arenas), and a
 //! pool in use has a header that can be recognised.
 
-use crate::arenas::{ARENA_SIZE, ARENAS, EARLY_ARENAS};
+use crate::arenas::{ARENAS, EARLY_ARENAS};
 use crate::layout::{Layout, PoolHeader, arena_index, u32_at};
 use crate::memory::read_each;
 
@@ -81,11 +81,7 @@ fn is_pool_in_use(layout: &Layout, bytes: &[u8]) -> bool {
 
 /// Arenas the hook has seen: [base, base + size).
 fn hooked_arenas(layout: &Layout) -> Vec<(usize, usize)> {
-    let size = match ARENA_SIZE.load(std::sync::atomic::Ordering::Relaxed) {
-        0 => layout.arena_size,
-        size => size,
-    };
-    ARENAS.snapshot().into_iter().map(|base| (base, size)).collect()
+    ARENAS.snapshot().into_iter().map(|base| (base, layout.arena_size)).collect()
 }
 
 /// Private anonymous read-write mappings, where pymalloc's arenas live.

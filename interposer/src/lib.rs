@@ -176,7 +176,7 @@ fn start_tracking(
     let tracker = Tracker::new(layout, type_type);
     // SAFETY: called with the GIL held, from inside CPython. Arenas made
     // before this are found just below.
-    unsafe { arenas::install_hook() };
+    unsafe { arenas::install_hook(layout.arena_size) };
     if config.tracking.allocator_view {
         // SAFETY: as above.
         unsafe { large::install_hook() };

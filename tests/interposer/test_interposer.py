@@ -146,6 +146,39 @@ def test_arenas_freed_while_read_in_place_are_kept_until_read_then_freed():
     assert float(grown) < 16, f"RSS grew {grown} MiB over {rounds} rounds: deferred arenas not freed"
 
 
+def test_frame_stacks_from_the_arena_allocator_are_not_taken_for_arenas():
+    # The interpreter takes its threads' frame stacks from the arena
+    # allocator too, in 16 KiB chunks. They are not arenas: reading one as an
+    # arena would run off its end, and taking its size for the arenas' would
+    # leave all but the first pool of every arena unread.
+    r = python("""
+        import sys, threading, pytier
+        data = [str(i) * 3 for i in range(300000)]  # about 15 arenas of strings
+        stop = threading.Event()
+        def deep(n):
+            return deep(n - 1) if n else None
+        def churn():
+            while not stop.is_set():
+                deep(900)  # pushes and pops frame stack chunks
+        threads = [threading.Thread(target=churn) for _ in range(4)]
+        for t in threads:
+            t.start()
+        wait_for_a_full_cycle()
+        wait_for_a_full_cycle()
+        untracked = pytier.classify(data[::1000]).count(None)
+        stop.set()
+        for t in threads:
+            t.join()
+        s = pytier.stats()
+        print(s["active"], untracked, len(data[::1000]))
+    """, env={"PYTIER_CONFIG": json.dumps(
+        {"tracking": {"scanIntervalMillis": 1, "maxCpuFraction": 1.0, "sliceMillis": 100}})}, timeout=120)
+    assert r.returncode == 0, r.stderr
+    active, untracked, sampled = r.stdout.split()
+    assert active == "True"
+    assert int(untracked) == 0, f"{untracked} of {sampled} objects untracked: arenas read short"
+
+
 def test_blocks_too_big_for_pymalloc_are_seen_through_the_allocator():
     code = """
         import pytier, time, json
