@@ -191,8 +191,8 @@ unsafe extern "C" fn arena_alloc(_ctx: *mut c_void, size: usize) -> *mut c_void 
 }
 
 unsafe extern "C" fn arena_free(_ctx: *mut c_void, ptr: *mut c_void, size: usize) {
-    // Forget the arena before it is unmapped; the scanner's reads are safe
-    // either way, but would read garbage.
+    // Forget the arena before it is unmapped: the scanner reads arenas in
+    // place, and one it is reading now must stay mapped (see `hold`).
     let start = ptr as usize;
     if size != ARENA_SIZE.load(Ordering::Relaxed) {
         // Not an arena (a frame stack chunk): never registered, never read.
