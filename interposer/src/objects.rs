@@ -206,6 +206,12 @@ impl TypeCache {
         self.discovering = on;
     }
 
+    /// Whether every unknown word looked at so far this pass was checked:
+    /// checking on, and its budget not spent.
+    pub fn checked_all(&self) -> bool {
+        self.discovering && self.validations_left > 0
+    }
+
     fn in_an_arena(&self, addr: usize) -> bool {
         let after = self.arenas.partition_point(|&(start, _)| start <= addr);
         after > 0 && addr < self.arenas[after - 1].1

@@ -80,6 +80,9 @@ struct ArenaPages {
     /// A collection after the baseline has run: until then registration has
     /// counted every page as written, and the pages have no class.
     measured: bool,
+    /// Pages written since the scanner last read them, a bit each: set by
+    /// collections (every page at a baseline), taken by `written_since_read`.
+    unread_writes: Vec<u64>,
 }
 
 /// The tracker's state before its first collection.
@@ -185,6 +188,7 @@ impl PageTracker {
                 write_heat: Vec::new(),
                 unwatchable: false,
                 measured: false,
+                unread_writes: Vec::new(),
             });
             if arena.unwatchable {
                 continue;
@@ -199,13 +203,22 @@ impl PageTracker {
                 arena.temps = vec![Temperature::default(); pages];
                 arena.first_seen = vec![0.0; pages];
                 arena.write_heat = vec![0.0; pages];
+                // New memory: whatever the scanner knew of this range is stale.
+                arena.unread_writes = vec![u64::MAX; pages.div_ceil(64)];
             }
             arena.measured = !baseline;
             written.clear();
             written.resize(pages, false);
-            let Ok(n) = writes.take_written(base, len, |page| written[(page - base) / PAGE] = true) else { continue };
+            let Ok(n) = writes.take_written(base, len, |page| written[(page - base) / PAGE] = true) else {
+                // Some pages may be protected again unreported: count all written.
+                arena.unread_writes.fill(u64::MAX);
+                continue;
+            };
             report.last_written_pages += n as u64;
             for (i, was_written) in written.iter().enumerate() {
+                if *was_written {
+                    arena.unread_writes[i / 64] |= 1 << (i % 64);
+                }
                 let class = arena.temps[i].record(*was_written, &rules);
                 if arena.measured {
                     report.pages.add(class, 1);
@@ -285,6 +298,24 @@ impl PageTracker {
         let interval = self.interval(spacing);
         let offset = next_peek_offset(self.last_peek).map_or(interval, |peek| peek.min(interval));
         Some(at + std::time::Duration::from_secs_f64(offset))
+    }
+
+    /// Which pages of the arena at `base` were written since the last call
+    /// for it (a bit per page), counting writes since the last collection
+    /// too; None when that is not known (page writes off, the range not or no
+    /// longer watched), and then anything may have been written.
+    pub fn written_since_read(&mut self, base: usize, len: usize) -> Option<Vec<u64>> {
+        let writes = self.writes.as_mut().ok()?;
+        let arena = self.arenas.get_mut(&base).filter(|a| !a.unwatchable && a.temps.len() * PAGE == len)?;
+        if !writes.is_watched(base, len) {
+            return None; // freed and mapped again since the last collection
+        }
+        let mut written = std::mem::replace(&mut arena.unread_writes, vec![0; arena.temps.len().div_ceil(64)]);
+        let peeked = writes.peek_written(base, len, |page| {
+            let i = (page - base) / PAGE;
+            written[i / 64] |= 1 << (i % 64);
+        });
+        peeked.is_ok().then_some(written)
     }
 
     pub fn report(&self) -> &PageReport {

@@ -52,6 +52,27 @@ const PAGE_WRITES_CPU_SHARE: f64 = 0.25;
 struct PoolState {
     szidx: u32,
     slots: Vec<Slot>,
+    /// Its last reading, if that found the pool settled.
+    settled: Option<Settled>,
+}
+
+/// What a pool's last read added to its pass, kept when every slot was
+/// settled (`Slot::is_settled`) or the pool free: while none of its pages is
+/// written, another read would find exactly the same, so this is counted
+/// again instead (most of a big heap, most of the time).
+#[derive(Default)]
+struct Settled {
+    /// Blocks in use, from the pool's header; None for a free pool.
+    used: Option<u32>,
+    /// Its objects (all cold) by type: (type index, objects).
+    types: Vec<(u32, u32)>,
+    /// The buffers they own (`Found::buffers`).
+    buffers: Vec<usize>,
+    /// Pages its objects start on.
+    pages: u64,
+    /// Read checking every word that was not a known type: a pass looking
+    /// for new types would find none here either.
+    discovered: bool,
 }
 
 /// Heap pages and their heat (see `Cycle::heat`).
@@ -146,13 +167,13 @@ struct TypeTallies(Vec<[(u64, u64); 3]>);
 
 impl TypeTallies {
     #[inline(always)]
-    fn add(&mut self, type_index: u32, class: Class, bytes: u64) {
+    fn add(&mut self, type_index: u32, class: Class, objects: u64, bytes: u64) {
         let i = type_index as usize;
         if i >= self.0.len() {
             self.0.resize(i + 1, Default::default());
         }
         let tally = &mut self.0[i][class as usize];
-        tally.0 += 1;
+        tally.0 += objects;
         tally.1 += bytes;
     }
 }
@@ -326,13 +347,16 @@ impl Tracker {
         arena.scanned_at = Some(now);
         let rules = Rules::new(config.tracking.hot_threshold, config.tracking.decay_half_life_seconds as f64, since);
         let order = cycle.next as u64; // this arena's place in the cycle
-        self.types.discover(self.pass <= DISCOVERY_PASSES || (order + self.pass).is_multiple_of(DISCOVER_EVERY));
+        let discovering = self.pass <= DISCOVERY_PASSES || (order + self.pass).is_multiple_of(DISCOVER_EVERY);
+        self.types.discover(discovering);
         let mut scan = PoolScan { layout: &self.layout, types: &mut self.types, rules: &rules, cycle };
         let pool_size = self.layout.pool_size;
         let pools = self.layout.pools_of_arena(region.base, region.len).enumerate();
         match region.kind {
             Kind::Hooked { slot } => {
                 let Some(_held) = arenas::hold(slot, region.base) else { return }; // freed since the cycle began
+                // Looked at once held: a write after this is seen next time.
+                let written = self.pages.written_since_read(region.base, region.len);
                 // SAFETY: a hooked arena is `len` bytes from `base`, page
                 // aligned, and stays mapped while held.
                 let memory = unsafe { InPlace::new(region.base, region.len) };
@@ -341,26 +365,42 @@ impl Tracker {
                 scan.cycle.heat.extend((region.base..region.base + region.len).step_by(PAGE).map(|page| (page, 0.0)));
                 for (number, pool) in pools {
                     let at = pool - region.base;
-                    scan.pool(arena.pool(number), &memory.part(at, pool_size), first_page + at / PAGE);
+                    let state = arena.pool(number);
+                    match replayable(state, written.as_deref(), at / PAGE, pool_size, discovering) {
+                        Some(settled) => scan.replay(settled, state.szidx),
+                        None => scan.pool(state, &memory.part(at, pool_size), first_page + at / PAGE),
+                    }
                 }
             }
             Kind::Early { index } => {
-                buf.resize(region.len, 0);
-                let Ok(n) = read_self(region.base, buf) else {
-                    scan.cycle.report.read_errors += 1;
-                    return;
-                };
-                scan.cycle.report.bytes_read += n as u64;
+                // Copied pool by pool: where the arena's mapping ends is not known.
+                let written = self.pages.written_since_read(region.base, region.len);
+                buf.resize(pool_size, 0);
                 for (number, pool) in pools {
                     let at = pool - region.base;
-                    let Some(bytes) = buf[..n].get(at..at + pool_size) else { break };
-                    if arena_index(bytes) != Some(index) {
-                        arena.pool(number).slots = Vec::new(); // not this arena's
+                    let state = arena.pool(number);
+                    let first_page = scan.cycle.heat.len();
+                    if let Some(settled) = replayable(state, written.as_deref(), at / PAGE, pool_size, discovering) {
+                        if settled.used.is_some() || settled.discovered {
+                            // This arena's (another's pools are kept as free and not discovered).
+                            scan.cycle.heat.extend((pool..pool + pool_size).step_by(PAGE).map(|page| (page, 0.0)));
+                        }
+                        scan.replay(settled, state.szidx);
                         continue;
                     }
-                    let first_page = scan.cycle.heat.len();
+                    if read_self(pool, buf).ok() != Some(pool_size) {
+                        scan.cycle.report.read_errors += (number == 0) as u64;
+                        break; // the end of its mapping
+                    }
+                    scan.cycle.report.bytes_read += pool_size as u64;
+                    if arena_index(&buf[..]) != Some(index) {
+                        // Another arena's: nothing of this one's, until written.
+                        state.slots = Vec::new();
+                        state.settled = Some(Settled { used: None, discovered: false, ..Settled::default() });
+                        continue;
+                    }
                     scan.cycle.heat.extend((pool..pool + pool_size).step_by(PAGE).map(|page| (page, 0.0)));
-                    scan.pool(arena.pool(number), bytes, first_page);
+                    scan.pool(state, &buf[..], first_page);
                 }
             }
         }
@@ -485,9 +525,13 @@ impl PoolScan<'_> {
     /// pages from `first_page` on.
     fn pool(&mut self, state: &mut PoolState, memory: &(impl Words + ?Sized), first_page: usize) {
         let layout = self.layout;
-        let Cycle { report, per_type, big_index, big_filter, owner_class, owner_heat, heat, .. } = &mut *self.cycle;
+        let cycle = &mut *self.cycle;
+        let mut settled = state.settled.take().unwrap_or_default();
+        settled.types.clear();
+        settled.buffers.clear();
         let Some(header) = PoolHeader::parse(layout, memory) else {
             state.slots = Vec::new(); // free: forget its blocks
+            state.settled = Some(Settled { used: None, discovered: true, ..settled });
             return;
         };
         let block_size = layout.block_size(header.szidx);
@@ -498,6 +542,7 @@ impl PoolScan<'_> {
             state.slots = vec![Slot::default(); capacity];
         }
         let end = (header.next_offset as usize).min(layout.pool_size).min(memory.size());
+        let report = &mut cycle.report;
         report.pools += 1;
         report.used_blocks += header.used as u64;
         report.used_bytes += header.used as u64 * block_size as u64;
@@ -509,6 +554,7 @@ impl PoolScan<'_> {
         // Pools are page aligned; a block counts on the page it starts on.
         let mut pages = [PageTally::default(); 16];
         let mut page_heat = [0u32; 16];
+        let mut settles = true;
         let starts = (layout.pool_header_size..end.saturating_sub(block_size - 1)).step_by(block_size);
         for (slot, start) in state.slots.iter_mut().zip(starts) {
             let Some(found) = self.types.find_in(layout, memory, start, block_size) else {
@@ -520,17 +566,21 @@ impl PoolScan<'_> {
                 continue;
             }
             let class = slot.observe(found.refcnt, self.rules);
+            settles = settles && slot.is_settled();
             objects[class as usize] += 1;
-            per_type.add(found.type_index, class, block_size as u64);
-            report.histogram[slot.bucket()] += 1;
-            if !big_index.is_empty() {
-                for buffer in found.buffers(memory, start + found.offset) {
-                    if big_filter.may_contain(buffer)
-                        && let Some(&i) = big_index.get(&buffer)
-                    {
-                        owner_class[i] = Some(owner_class[i].map_or(class, |c| c.hotter(class)));
-                        owner_heat[i] = owner_heat[i].max(slot.temperature() as f32);
-                    }
+            cycle.per_type.add(found.type_index, class, 1, block_size as u64);
+            cycle.report.histogram[slot.bucket()] += 1;
+            for buffer in found.buffers(memory, start + found.offset).into_iter().filter(|&b| b != 0) {
+                cycle.note_owner(buffer, class, slot.temperature() as f32);
+                if settles {
+                    settled.buffers.push(buffer);
+                }
+            }
+            if settles {
+                // A pool holds objects of a few types, often mixed.
+                match settled.types.iter_mut().rev().find(|(index, _)| *index == found.type_index) {
+                    Some((_, n)) => *n += 1,
+                    None => settled.types.push((found.type_index, 1)),
                 }
             }
             let page = (start / PAGE).min(15);
@@ -543,22 +593,85 @@ impl PoolScan<'_> {
                 Class::Warm => {}
             }
         }
+        let report = &mut cycle.report;
         for class in Class::ALL {
             report.objects.add(class, objects[class as usize]);
             report.bytes.add(class, objects[class as usize] * block_size as u64);
         }
         let pool_pages = layout.pool_size.div_ceil(PAGE);
-        for (page, &units) in heat[first_page..].iter_mut().zip(&page_heat[..pool_pages]) {
+        for (page, &units) in cycle.heat[first_page..].iter_mut().zip(&page_heat[..pool_pages]) {
             page.1 += Temperature::degrees_of(units) as f32;
         }
+        let mut object_pages = 0;
         for page in pages.iter().filter(|p| p.objects) {
-            report.pages += 1;
+            object_pages += 1;
             if page.hot {
                 report.hot_pages += 1;
                 report.cold_bytes_on_hot_pages += page.cold_bytes;
             }
         }
+        report.pages += object_pages;
+        let discovered = self.types.checked_all();
+        state.settled =
+            settles.then_some(Settled { used: Some(header.used), pages: object_pages, discovered, ..settled });
     }
+
+    /// Counts a settled pool's last reading again (see `Settled`), the pool
+    /// of size class `szidx` unread: its objects are cold, their heat zero.
+    fn replay(&mut self, settled: &Settled, szidx: u32) {
+        let cycle = &mut *self.cycle;
+        cycle.report.pools_unread += 1;
+        let Some(used) = settled.used else { return }; // free
+        let block_size = self.layout.block_size(szidx) as u64;
+        let report = &mut cycle.report;
+        report.pools += 1;
+        report.used_blocks += used as u64;
+        report.used_bytes += used as u64 * block_size;
+        report.pages += settled.pages;
+        let mut objects = 0;
+        for &(type_index, n) in &settled.types {
+            cycle.per_type.add(type_index, Class::Cold, n as u64, n as u64 * block_size);
+            objects += n as u64;
+        }
+        let report = &mut cycle.report;
+        report.objects.add(Class::Cold, objects);
+        report.bytes.add(Class::Cold, objects * block_size);
+        report.histogram[0] += objects;
+        for &buffer in &settled.buffers {
+            cycle.note_owner(buffer, Class::Cold, 0.0);
+        }
+    }
+}
+
+impl Cycle {
+    /// Notes that an object of `class` and temperature `heat` owns `buffer`,
+    /// if that is one of the cycle's big blocks.
+    #[inline]
+    fn note_owner(&mut self, buffer: usize, class: Class, heat: f32) {
+        if self.big_filter.may_contain(buffer)
+            && let Some(&i) = self.big_index.get(&buffer)
+        {
+            self.owner_class[i] = Some(self.owner_class[i].map_or(class, |c| c.hotter(class)));
+            self.owner_heat[i] = self.owner_heat[i].max(heat);
+        }
+    }
+}
+
+/// A pool's last reading, if it can stand for a read now: it was settled,
+/// and none of the pool's pages (from `first_page`, of `written`: pages
+/// written since its arena's last read) was written since. A pass that
+/// discovers types reads pools not read that way yet.
+fn replayable<'a>(
+    state: &'a PoolState,
+    written: Option<&[u64]>,
+    first_page: usize,
+    pool_size: usize,
+    discovering: bool,
+) -> Option<&'a Settled> {
+    let settled = state.settled.as_ref().filter(|s| s.discovered || !discovering)?;
+    let written = written?;
+    let page_written = |i: usize| written.get(i / 64).is_none_or(|word| word & (1 << (i % 64)) != 0);
+    (!(first_page..first_page + pool_size.div_ceil(PAGE)).any(page_written)).then_some(settled)
 }
 
 /// Page-write collections' spacing, from the settings.
@@ -585,7 +698,7 @@ fn add_heat(heat: &mut AddrMap<f32>, addr: usize, size: usize, degrees: f32) {
 #[inline]
 fn tally(report: &mut PassReport, per_type: &mut TypeTallies, found: &Found, slot: &Slot, class: Class, size: u64) {
     report.histogram[slot.bucket()] += 1;
-    per_type.add(found.type_index, class, size);
+    per_type.add(found.type_index, class, 1, size);
 }
 
 /// CPU time the calling thread has used. A slice's length in CPU time leaves
@@ -595,4 +708,41 @@ pub fn thread_cpu_seconds() -> f64 {
     // SAFETY: clock_gettime writes only the timespec it is given.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
     now.tv_sec as f64 + now.tv_nsec as f64 / 1e9
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POOL: usize = 4 * PAGE;
+
+    fn settled_pool(discovered: bool) -> PoolState {
+        PoolState { settled: Some(Settled { used: Some(1), discovered, ..Settled::default() }), ..PoolState::default() }
+    }
+
+    #[test]
+    fn a_settled_pool_is_replayed_only_while_none_of_its_pages_is_written() {
+        let state = settled_pool(true);
+        // The pool spans pages 4..8 of its arena.
+        let written = |pages: &[usize]| {
+            let mut bits = vec![0u64; 4];
+            pages.iter().for_each(|&p| bits[p / 64] |= 1 << (p % 64));
+            bits
+        };
+        assert!(replayable(&state, Some(&written(&[]) as &[u64]), 4, POOL, false).is_some());
+        assert!(replayable(&state, Some(&written(&[3, 8, 200]) as &[u64]), 4, POOL, false).is_some());
+        for page in 4..8 {
+            assert!(replayable(&state, Some(&written(&[page]) as &[u64]), 4, POOL, false).is_none(), "page {page}");
+        }
+        assert!(replayable(&state, None, 4, POOL, false).is_none(), "writes not known");
+        assert!(replayable(&PoolState::default(), Some(&written(&[]) as &[u64]), 4, POOL, false).is_none());
+    }
+
+    #[test]
+    fn a_pass_discovering_types_reads_pools_not_read_that_way() {
+        let none = vec![0u64; 4];
+        assert!(replayable(&settled_pool(false), Some(&none as &[u64]), 0, POOL, true).is_none());
+        assert!(replayable(&settled_pool(false), Some(&none as &[u64]), 0, POOL, false).is_some());
+        assert!(replayable(&settled_pool(true), Some(&none as &[u64]), 0, POOL, true).is_some());
+    }
 }

@@ -81,6 +81,11 @@ impl Temperature {
         }
     }
 
+    /// Present, at zero and not hot: recording "not used" leaves it as it is.
+    pub fn is_stone_cold(&self) -> bool {
+        self.0 == PRESENT
+    }
+
     /// Whether anything was recorded since the last clear.
     pub fn is_present(&self) -> bool {
         self.0 & PRESENT != 0
@@ -137,6 +142,12 @@ impl Slot {
     /// Whether the last pass found a live object here.
     pub fn is_present(&self) -> bool {
         self.temp.is_present()
+    }
+
+    /// Empty, or an object at zero that is not hot: another reading of an
+    /// unchanged count leaves the slot exactly as it is.
+    pub fn is_settled(&self) -> bool {
+        !self.temp.is_present() || self.temp.is_stone_cold()
     }
 
     /// Temperature in observed changes.
@@ -208,6 +219,26 @@ mod tests {
         assert!(classes[..first_not_hot].iter().all(|(t, _)| *t >= 1.0), "{classes:?}");
         assert!(first_not_hot > 3, "stayed hot while between the thresholds: {classes:?}");
         assert_eq!(classes.last().unwrap().1, Class::Cold);
+    }
+
+    #[test]
+    fn settled_slots_are_left_as_they_are_by_an_unchanged_count() {
+        let rules = Rules::new(1.0, 1.0, 0.5);
+        let mut slot = Slot::default();
+        assert!(slot.is_settled(), "empty");
+        slot.observe(7, &rules);
+        assert!(slot.is_settled(), "first reading: present at zero");
+        slot.observe(8, &rules);
+        assert!(!slot.is_settled(), "used");
+        let mut cycles = 0;
+        while !slot.is_settled() {
+            slot.observe(8, &rules);
+            cycles += 1;
+        }
+        assert!(cycles > 2, "cools over several readings, not at once: {cycles}");
+        let settled = slot;
+        slot.observe(8, &rules);
+        assert_eq!(slot, settled);
     }
 
     #[test]

@@ -103,7 +103,9 @@ def test_a_big_heap_is_scanned_in_slices_within_the_cpu_budget():
         last = s["last"]
         print(last["slices"], last["longestSliceSeconds"], last["arenas"], s["scannerCpuFraction"],
               pytier.classify(data[:1000]).count(None))
-    """, env={"PYTIER_CONFIG": json.dumps({"tracking": {"sliceMillis": 1, "maxCpuFraction": 0.2, "scanIntervalMillis": 20}})})
+    """, env={"PYTIER_CONFIG": json.dumps({"tracking": {"sliceMillis": 1, "maxCpuFraction": 0.2, "scanIntervalMillis": 20,
+                                                        # Every pool read: none left unread for want of writes.
+                                                        "maxFaultFraction": 0}})})
     assert r.returncode == 0, r.stderr
     slices, longest, arenas, cpu, untracked = r.stdout.split()
     assert int(arenas) > 40
@@ -225,6 +227,52 @@ def test_objects_whose_references_change_are_hot_and_untouched_ones_cold():
     touched_hot, untouched_cold = map(float, r.stdout.split())
     assert touched_hot >= 0.8, f"only {touched_hot:.0%} of touched objects are hot"
     assert untouched_cold >= 0.95, f"only {untouched_cold:.0%} of untouched objects are cold"
+
+
+def test_pools_left_unread_while_settled_are_read_again_once_written():
+    # Once every object in a pool is stone cold and none of its pages is
+    # written, the scanner counts its last reading again instead of reading
+    # it (poolsUnread). A use writes a count, a free writes the pool: either
+    # must bring the pool back to a read.
+    r = python("""
+        import pytier, random, time
+        objs = [float(i) + 0.5 for i in range(60000)]
+        ids = [id(x) for x in objs]
+        wait_for_a_full_cycle()
+        full = pytier.stats()["last"]
+        deadline = time.monotonic() + 30
+        while True:
+            last = pytier.stats()["last"]
+            if last["bytesRead"] < full["usedBytes"] / 4 and pytier.classify_ids(ids).count("cold") == len(ids):
+                break
+            assert time.monotonic() < deadline, ("never settled", full["bytesRead"], last)
+            time.sleep(0.05)
+        settled = last
+        # A tenth of them in use, spread over all their pools.
+        used = objs[::10]
+        end = time.monotonic() + 2.0
+        while time.monotonic() < end:
+            holders = [x for x in used if random.random() < 0.5]
+            time.sleep(0.025)
+        del holders
+        hot = pytier.classify(used).count("hot") / len(used)
+        # Half of them freed: their pools are written, and read again.
+        del used
+        del objs[:30000]
+        wait_for_a_full_cycle()
+        after_free = pytier.stats()["last"]
+        print(full["objects"]["cold"] + full["objects"]["warm"] + full["objects"]["hot"],
+              sum(settled["objects"].values()), settled["poolsUnread"], hot,
+              sum(after_free["objects"].values()))
+    """, env={"PYTIER_CONFIG": json.dumps({"tracking": {"scanIntervalMillis": 20, "maxCpuFraction": 0.5,
+                                                        "decayHalfLifeSeconds": 1}})})
+    assert r.returncode == 0, r.stderr
+    full, settled, unread, hot, after_free = r.stdout.split()
+    full, settled, unread, after_free = int(full), int(settled), int(unread), int(after_free)
+    assert unread > 60000 * 24 // 16384, r.stdout  # at least the floats' pools
+    assert abs(settled - full) < full * 0.02, f"unread pools counted as read would count: {r.stdout}"
+    assert float(hot) >= 0.8, f"objects in unread pools were not seen in use: {r.stdout}"
+    assert settled - after_free > 25000, f"freed objects still counted: {r.stdout}"
 
 
 def test_pages_of_objects_only_read_are_hot_and_untouched_pages_cold():

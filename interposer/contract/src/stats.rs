@@ -103,6 +103,10 @@ pub struct PassReport {
     /// Bytes of the heap read: arenas read in place (each pool up to its
     /// last block ever used), early arenas copied whole.
     pub bytes_read: u64,
+    /// Pools not read: none of their pages was written since their last
+    /// read, which found every object in them stone cold (or the pool free),
+    /// so a read would find the same; that reading is counted again.
+    pub pools_unread: u64,
     pub read_errors: u64,
     /// Memory the temperature table itself takes.
     pub table_bytes: u64,

@@ -5,11 +5,19 @@ cycles over it at the scanner budget PYTIER_CONFIG gives, and prints the
 scanner thread's CPU per cycle (from /proc, over all CYCLES) and the last
 cycle's figures as JSON. Run with the shim on PYTHONPATH.
 
-usage: heap.py HEAP_MIB [CYCLES]
+Meanwhile the program uses a share of its records over and over (`--in-use
+PERCENT`, none by default): picked at random across the heap (`--spread`),
+or the records built one after another from a random point on.
+
+Measuring begins --settle SECONDS after the heap is built (none by default).
+
+usage: heap.py HEAP_MIB [CYCLES] [--in-use PERCENT [--spread]] [--settle SECONDS]
 """
 
+import argparse
 import json
 import os
+import random
 import sys
 import time
 
@@ -59,7 +67,17 @@ def scanner_cpu_seconds():
     sys.exit("no pytier scanner thread")
 
 
-def wait_for_passes(n, deadline):
+def in_use(heap, percent, spread):
+    """The records the program keeps using (PERCENT of them)."""
+    records = [r for batch in heap for r in batch]
+    n = int(len(records) * percent / 100)
+    if spread:
+        return random.Random(1).sample(records, n)
+    first = random.Random(1).randrange(len(records) - n + 1)
+    return records[first:first + n]
+
+
+def wait_for_passes(n, deadline, using):
     while True:
         stats = pytier.stats()
         if not stats.get("active"):
@@ -68,29 +86,48 @@ def wait_for_passes(n, deadline):
             return stats
         if time.monotonic() > deadline:
             sys.exit(f"only {stats['passes']} of {n} cycles in time")
-        time.sleep(0.01)
+        if using:
+            until = time.monotonic() + 0.01
+            while time.monotonic() < until:
+                for record in using:  # each turn writes its reference count
+                    pass
+        else:
+            time.sleep(0.01)
 
 
 def main():
-    mib = int(sys.argv[1])
-    cycles = int(sys.argv[2]) if len(sys.argv) > 2 else 20
+    parser = argparse.ArgumentParser()
+    parser.add_argument("mib", type=int)
+    parser.add_argument("cycles", type=int, nargs="?", default=20)
+    parser.add_argument("--in-use", type=float, default=0.0, metavar="PERCENT")
+    parser.add_argument("--spread", action="store_true")
+    parser.add_argument("--settle", type=float, default=0.0, metavar="SECONDS")
+    args = parser.parse_args()
     t = time.monotonic()
-    heap = build(mib)
+    heap = build(args.mib)
     built = time.monotonic() - t
+    using = in_use(heap, args.in_use, args.spread)
     deadline = time.monotonic() + 600
-    # One whole cycle over the finished heap first (the types are known).
-    stats = wait_for_passes(pytier.stats()["passes"] + 2, deadline)
+    # Whole cycles over the finished heap first (the types are known), and
+    # time for the heat of building it to cool (a program's steady state).
+    settled = time.monotonic() + args.settle
+    stats = wait_for_passes(pytier.stats()["passes"] + 2, deadline, using)
+    while time.monotonic() < settled:
+        stats = wait_for_passes(stats["passes"] + 1, deadline, using)
     cpu, first = scanner_cpu_seconds(), stats["passes"]
-    stats = wait_for_passes(first + cycles, deadline)
+    stats = wait_for_passes(first + args.cycles, deadline, using)
     cpu = scanner_cpu_seconds() - cpu
     done = stats["passes"] - first
     last = stats["last"]
     print(json.dumps({
-        "heapMiB": mib,
+        "heapMiB": args.mib,
+        "inUse": args.in_use,
+        "spread": args.spread,
         "buildSeconds": built,
         "objects": sum(last["objects"].values()),
         "heapBytes": last["heapBytes"],
         "bytesRead": last["bytesRead"],
+        "poolsUnread": last["poolsUnread"],
         "cycleCpuSeconds": cpu / done,
         "cycles": done,
         "records": sum(map(len, heap)),
