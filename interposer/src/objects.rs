@@ -212,7 +212,8 @@ impl TypeCache {
         self.discovering && self.validations_left > 0
     }
 
-    fn in_an_arena(&self, addr: usize) -> bool {
+    /// Whether `addr` is in one of this pass's pymalloc arenas.
+    pub fn in_an_arena(&self, addr: usize) -> bool {
         let after = self.arenas.partition_point(|&(start, _)| start <= addr);
         after > 0 && addr < self.arenas[after - 1].1
     }

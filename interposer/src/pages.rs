@@ -322,10 +322,18 @@ impl PageTracker {
         &self.report
     }
 
-    /// The write heat of the page holding `addr` (0 when not watched).
-    pub fn write_heat_at(&self, addr: usize) -> f32 {
-        let Some((base, arena)) = self.arenas.range(..=addr).next_back() else { return 0.0 };
-        arena.write_heat.get((addr - base) / PAGE).copied().unwrap_or(0.0)
+    /// Adds to each page's heat its write heat (0 when not watched) times
+    /// `weight`. Pages come an arena at a time: one lookup per arena.
+    pub fn add_write_heat(&self, pages: &mut [(usize, f32)], weight: f32) {
+        let mut arena: Option<(usize, &[f32])> = None;
+        for (page, heat) in pages {
+            if arena.is_none_or(|(base, heats)| *page < base || *page >= base + heats.len() * PAGE) {
+                arena = self.arenas.range(..=*page).next_back().map(|(&base, a)| (base, &a.write_heat[..]));
+            }
+            if let Some((base, heats)) = arena {
+                *heat += weight * heats.get((*page - base) / PAGE).copied().unwrap_or(0.0);
+            }
+        }
     }
 
     /// The class of the page holding `addr`, if it is watched and has been
@@ -384,7 +392,9 @@ mod tests {
         write(6);
         collect(&mut tracker);
 
-        let heat: Vec<f32> = (0..8).map(|p| tracker.write_heat_at(start + p * PAGE)).collect();
+        let mut pages: Vec<(usize, f32)> = (0..8).map(|p| (start + p * PAGE, 0.0)).collect();
+        tracker.add_write_heat(&mut pages, 1.0);
+        let heat: Vec<f32> = pages.iter().map(|&(_, heat)| heat).collect();
         // Only the collections saw these (1 s apart, as `collect` pretends): the base.
         let base = WRITE_HEAT_SECONDS as f32;
         let want = [base, base, base + 1.0, base, base, base + 0.25, 2.0 * base, base];

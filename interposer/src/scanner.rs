@@ -66,7 +66,7 @@ struct Settled {
     used: Option<u32>,
     /// Its objects (all cold) by type: (type index, objects).
     types: Vec<(u32, u32)>,
-    /// The buffers they own (`Found::buffers`).
+    /// The buffers they own outside pymalloc (`Found::buffers`).
     buffers: Vec<usize>,
     /// Pages its objects start on.
     pages: u64,
@@ -460,9 +460,7 @@ impl Tracker {
     fn finish_cycle(&mut self, cycle: Cycle) -> PassReport {
         let Cycle { started, mut report, per_type, mut heat, big_heat, .. } = cycle;
         heat.extend(big_heat);
-        for (page, h) in heat.iter_mut() {
-            *h += WRITE_HEAT_WEIGHT * self.pages.write_heat_at(*page);
-        }
+        self.pages.add_write_heat(&mut heat, WRITE_HEAT_WEIGHT);
         self.heat = heat;
         // Forget big objects that are gone (arenas were forgotten at the
         // cycle's start, free pools when read).
@@ -572,7 +570,9 @@ impl PoolScan<'_> {
             cycle.report.histogram[slot.bucket()] += 1;
             for buffer in found.buffers(memory, start + found.offset).into_iter().filter(|&b| b != 0) {
                 cycle.note_owner(buffer, class, slot.temperature() as f32);
-                if settles {
+                // One in an arena is a small block, never a big one while the
+                // owner (which points to it) is unwritten.
+                if settles && !self.types.in_an_arena(buffer) {
                     settled.buffers.push(buffer);
                 }
             }

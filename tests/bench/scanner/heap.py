@@ -77,6 +77,12 @@ def in_use(heap, percent, spread):
     return records[first:first + n]
 
 
+def all_watched(last):
+    """Whether every arena is watched for page writes, or none is (off)."""
+    writes = last["pageWrites"]
+    return writes["offReason"] is not None or writes["watchedPages"] * 4096 >= last["usedBytes"]
+
+
 def wait_for_passes(n, deadline, using):
     while True:
         stats = pytier.stats()
@@ -108,11 +114,14 @@ def main():
     built = time.monotonic() - t
     using = in_use(heap, args.in_use, args.spread)
     deadline = time.monotonic() + 600
-    # Whole cycles over the finished heap first (the types are known), and
-    # time for the heat of building it to cool (a program's steady state).
+    # Whole cycles over the finished heap first (the types are known), time
+    # for the heat of building it to cool, and the whole heap's pages watched
+    # for writes: a program's steady state. (Writing the whole heap, the build
+    # costs page faults that space page-write collections out, up to tens of
+    # seconds at 1 GiB.)
     settled = time.monotonic() + args.settle
     stats = wait_for_passes(pytier.stats()["passes"] + 2, deadline, using)
-    while time.monotonic() < settled:
+    while time.monotonic() < settled or not all_watched(stats["last"]):
         stats = wait_for_passes(stats["passes"] + 1, deadline, using)
     cpu, first = scanner_cpu_seconds(), stats["passes"]
     stats = wait_for_passes(first + args.cycles, deadline, using)
