@@ -56,14 +56,23 @@ struct PoolState {
     settled: Option<Settled>,
 }
 
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+enum Contents {
+    /// This many blocks in use (the pool header's count).
+    InUse(u32),
+    #[default]
+    Free,
+    /// The pool of an arena next to an early one (`Kind::Early`).
+    OtherArenas,
+}
+
 /// What a pool's last read added to its pass, kept when every slot was
 /// settled (`Slot::is_settled`) or the pool free: while none of its pages is
 /// written, another read would find exactly the same, so this is counted
 /// again instead (most of a big heap, most of the time).
 #[derive(Default)]
 struct Settled {
-    /// Blocks in use, from the pool's header; None for a free pool.
-    used: Option<u32>,
+    contents: Contents,
     /// Its objects (all cold) by type: (type index, objects).
     types: Vec<(u32, u32)>,
     /// The buffers they own outside pymalloc (`Found::buffers`).
@@ -349,7 +358,7 @@ impl Tracker {
         let order = cycle.next as u64; // this arena's place in the cycle
         let discovering = self.pass <= DISCOVERY_PASSES || (order + self.pass).is_multiple_of(DISCOVER_EVERY);
         self.types.discover(discovering);
-        let mut scan = PoolScan { layout: &self.layout, types: &mut self.types, rules: &rules, cycle };
+        let mut scan = PoolScan { layout: &self.layout, types: &mut self.types, rules: &rules, cycle, settling: false };
         let pool_size = self.layout.pool_size;
         let pools = self.layout.pools_of_arena(region.base, region.len).enumerate();
         match region.kind {
@@ -357,6 +366,7 @@ impl Tracker {
                 let Some(_held) = arenas::hold(slot, region.base) else { return }; // freed since the cycle began
                 // Looked at once held: a write after this is seen next time.
                 let written = self.pages.written_since_read(region.base, region.len);
+                scan.settling = written.is_some();
                 // SAFETY: a hooked arena is `len` bytes from `base`, page
                 // aligned, and stays mapped while held.
                 let memory = unsafe { InPlace::new(region.base, region.len) };
@@ -375,14 +385,14 @@ impl Tracker {
             Kind::Early { index } => {
                 // Copied pool by pool: where the arena's mapping ends is not known.
                 let written = self.pages.written_since_read(region.base, region.len);
+                scan.settling = written.is_some();
                 buf.resize(pool_size, 0);
                 for (number, pool) in pools {
                     let at = pool - region.base;
                     let state = arena.pool(number);
                     let first_page = scan.cycle.heat.len();
                     if let Some(settled) = replayable(state, written.as_deref(), at / PAGE, pool_size, discovering) {
-                        if settled.used.is_some() || settled.discovered {
-                            // This arena's (another's pools are kept as free and not discovered).
+                        if settled.contents != Contents::OtherArenas {
                             scan.cycle.heat.extend((pool..pool + pool_size).step_by(PAGE).map(|page| (page, 0.0)));
                         }
                         scan.replay(settled, state.szidx);
@@ -396,7 +406,7 @@ impl Tracker {
                     if arena_index(&buf[..]) != Some(index) {
                         // Another arena's: nothing of this one's, until written.
                         state.slots = Vec::new();
-                        state.settled = Some(Settled { used: None, discovered: false, ..Settled::default() });
+                        state.settled = Some(Settled { contents: Contents::OtherArenas, ..Settled::default() });
                         continue;
                     }
                     scan.cycle.heat.extend((pool..pool + pool_size).step_by(PAGE).map(|page| (page, 0.0)));
@@ -515,6 +525,9 @@ struct PoolScan<'a> {
     types: &'a mut TypeCache,
     rules: &'a Rules,
     cycle: &'a mut Cycle,
+    /// Whether a pool's reading may be counted again (see `Settled`): page
+    /// writes are known for the arena. Else nothing is kept for it.
+    settling: bool,
 }
 
 impl PoolScan<'_> {
@@ -529,7 +542,7 @@ impl PoolScan<'_> {
         settled.buffers.clear();
         let Some(header) = PoolHeader::parse(layout, memory) else {
             state.slots = Vec::new(); // free: forget its blocks
-            state.settled = Some(Settled { used: None, discovered: true, ..settled });
+            state.settled = Some(Settled { contents: Contents::Free, discovered: true, ..settled });
             return;
         };
         let block_size = layout.block_size(header.szidx);
@@ -552,7 +565,7 @@ impl PoolScan<'_> {
         // Pools are page aligned; a block counts on the page it starts on.
         let mut pages = [PageTally::default(); 16];
         let mut page_heat = [0u32; 16];
-        let mut settles = true;
+        let mut settles = self.settling;
         let starts = (layout.pool_header_size..end.saturating_sub(block_size - 1)).step_by(block_size);
         for (slot, start) in state.slots.iter_mut().zip(starts) {
             let Some(found) = self.types.find_in(layout, memory, start, block_size) else {
@@ -612,8 +625,12 @@ impl PoolScan<'_> {
         }
         report.pages += object_pages;
         let discovered = self.types.checked_all();
-        state.settled =
-            settles.then_some(Settled { used: Some(header.used), pages: object_pages, discovered, ..settled });
+        state.settled = settles.then_some(Settled {
+            contents: Contents::InUse(header.used),
+            pages: object_pages,
+            discovered,
+            ..settled
+        });
     }
 
     /// Counts a settled pool's last reading again (see `Settled`), the pool
@@ -621,7 +638,7 @@ impl PoolScan<'_> {
     fn replay(&mut self, settled: &Settled, szidx: u32) {
         let cycle = &mut *self.cycle;
         cycle.report.pools_unread += 1;
-        let Some(used) = settled.used else { return }; // free
+        let Contents::InUse(used) = settled.contents else { return };
         let block_size = self.layout.block_size(szidx) as u64;
         let report = &mut cycle.report;
         report.pools += 1;
@@ -717,7 +734,8 @@ mod tests {
     const POOL: usize = 4 * PAGE;
 
     fn settled_pool(discovered: bool) -> PoolState {
-        PoolState { settled: Some(Settled { used: Some(1), discovered, ..Settled::default() }), ..PoolState::default() }
+        let settled = Settled { contents: Contents::InUse(1), discovered, ..Settled::default() };
+        PoolState { settled: Some(settled), ..PoolState::default() }
     }
 
     #[test]

@@ -136,7 +136,7 @@ def main():
         "objects": sum(last["objects"].values()),
         "heapBytes": last["heapBytes"],
         "bytesRead": last["bytesRead"],
-        "poolsUnread": last["poolsUnread"],
+        "poolsUnread": last.get("poolsUnread", 0),  # not in shims before it
         "cycleCpuSeconds": cpu / done,
         "cycles": done,
         "records": sum(map(len, heap)),
