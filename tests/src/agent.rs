@@ -55,7 +55,7 @@ impl NodeAgent {
         args: &[&str],
     ) -> Result<NodeAgent> {
         static STARTS: AtomicU32 = AtomicU32::new(0);
-        let metrics_addr = format!("127.0.0.1:{}", crate::operator::free_port()?);
+        let metrics_addr = format!("127.0.0.1:{}", crate::controlplane::free_port()?);
         let n = STARTS.fetch_add(1, Ordering::Relaxed);
         let log = plane.data_dir().join(format!("agent-{node}-{n}.log"));
         let shim =

@@ -356,9 +356,31 @@ fn kubeconfig_yaml(port: u16, ca_file: &Path) -> String {
     )
 }
 
-/// A TCP port that was free a moment ago.
-pub(crate) fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// A TCP port that was free a moment ago, for a server started next. Taken
+/// below the kernel's ephemeral range: a port from that range (what binding
+/// port 0 gives) can be taken as the local port of some outgoing connection
+/// before the server binds it, which failed CI runs. Tests running at once
+/// start from different points and go on from there.
+pub fn free_port() -> Result<u16> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000; // above the kubelet's and the usual servers' ports
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let below = ephemeral.split_whitespace().next().and_then(|p| p.parse().ok()).unwrap_or(32_768u32);
+    let span = below.saturating_sub(FIRST).max(1);
+    let _ = NEXT.compare_exchange(
+        0,
+        std::process::id().wrapping_mul(7919) % span + 1,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..span {
+        let port = FIRST + NEXT.fetch_add(1, Ordering::Relaxed) % span;
+        if TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return Ok(port as u16);
+        }
+    }
+    bail!("no free TCP port between {FIRST} and {below}")
 }
 
 pub(crate) fn tail(path: &Path, lines: usize) -> String {

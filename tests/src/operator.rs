@@ -10,6 +10,7 @@ use anyhow::{Context, Result, bail};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use kube::api::{Api, PostParams};
 
+use crate::controlplane::free_port;
 use crate::daemon::Daemon;
 use crate::{ControlPlane, spawn_logged};
 
@@ -111,10 +112,6 @@ pub async fn install_webhook(plane: &ControlPlane, op: &Operator) -> Result<()> 
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-pub fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// Polls `check` until it returns Some, or fails after `timeout` saying what

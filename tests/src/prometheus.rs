@@ -33,7 +33,7 @@ impl Prometheus {
             );
         }
         std::fs::write(&config, text)?;
-        let addr = format!("127.0.0.1:{}", crate::operator::free_port()?);
+        let addr = format!("127.0.0.1:{}", crate::controlplane::free_port()?);
         let log = dir.join("prometheus.log");
         let mut cmd = Command::new(bin);
         cmd.arg(format!("--config.file={}", config.display()))
