@@ -68,13 +68,12 @@ pub struct Shared {
 impl Shared {
     /// Everything a stats request reports.
     pub fn stats(&self) -> Stats {
-        // try_lock: after a fork the child may find this held by a scanner
-        // thread that no longer exists; it must not wait for it.
-        let last = match self.latest.try_lock() {
-            Ok(guard) => guard.clone(),
-            Err(_) => None,
-        };
-        let forked = FORKED.load(Ordering::Relaxed);
+        // After a fork the child may find this held by a scanner thread that
+        // no longer exists, and must not wait for it; else the scanner holds
+        // it only to store a report, and a caller must not miss the report.
+        let forked = FORKED.load(Ordering::Acquire);
+        let latest = if forked { self.latest.try_lock().ok() } else { self.latest.lock().ok() };
+        let last = latest.and_then(|report| report.clone());
         let scan_seconds = self.scan_nanos.load(Ordering::Relaxed) as f64 / 1e9;
         let uptime = self.started.elapsed().as_secs_f64();
         Stats {
