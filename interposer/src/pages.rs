@@ -75,8 +75,6 @@ struct ArenaPages {
     /// until the page was first seen written: 8 for a page written before
     /// the first peek, every time.
     write_heat: Vec<f32>,
-    /// Each page's write rate (see `Rate`).
-    rates: Vec<Rate>,
     /// Registration failed (not anonymous memory): no temperatures.
     unwatchable: bool,
     /// A collection after the baseline has run: until then registration has
@@ -164,7 +162,6 @@ impl PageTracker {
         let started = Instant::now();
         let rules = rules_for(since.unwrap_or(1.0));
         let decay = 0.5f32.powf((since.unwrap_or(1.0) / half_life_s.max(1e-3)) as f32);
-        let last_peek = self.last_peek;
         self.last_collection = Some(started);
         self.last_peek = 0.0;
         self.written_since = 0;
@@ -189,7 +186,6 @@ impl PageTracker {
                 temps: Vec::new(),
                 first_seen: Vec::new(),
                 write_heat: Vec::new(),
-                rates: Vec::new(),
                 unwatchable: false,
                 measured: false,
                 unread_writes: Vec::new(),
@@ -207,7 +203,6 @@ impl PageTracker {
                 arena.temps = vec![Temperature::default(); pages];
                 arena.first_seen = vec![0.0; pages];
                 arena.write_heat = vec![0.0; pages];
-                arena.rates = vec![Rate::default(); pages];
                 // New memory: whatever the scanner knew of this range is stale.
                 arena.unread_writes = vec![u64::MAX; pages.div_ceil(64)];
             }
@@ -234,9 +229,6 @@ impl PageTracker {
                 if *was_written {
                     let first_seen_after = if seen == 0.0 { since.unwrap_or(1.0) } else { seen };
                     *heat += (WRITE_HEAT_SECONDS / first_seen_after.max(FIRST_PEEK_SECONDS)) as f32;
-                }
-                if let (true, Some(since)) = (arena.measured, since) {
-                    arena.rates[i].record(*was_written, seen, last_peek, since, decay);
                 }
             }
             report.watched_pages += pages as u64;
@@ -330,18 +322,17 @@ impl PageTracker {
         &self.report
     }
 
-    /// Each page's write rate, in writes per second (0 when not watched).
-    pub fn write_rates(&self, pages: &[(usize, f32)]) -> Vec<f32> {
-        let mut cursor = ArenaCursor::new(&self.arenas);
-        pages.iter().map(|&(page, _)| cursor.find(page).map_or(0.0, |(a, i)| a.rates[i].per_second())).collect()
-    }
-
     /// Adds to each page's heat its write heat (0 when not watched) times
-    /// `weight`.
+    /// `weight`. Pages come an arena at a time: one lookup per arena.
     pub fn add_write_heat(&self, pages: &mut [(usize, f32)], weight: f32) {
-        let mut cursor = ArenaCursor::new(&self.arenas);
+        let mut arena: Option<(usize, &[f32])> = None;
         for (page, heat) in pages {
-            *heat += cursor.find(*page).map_or(0.0, |(a, i)| weight * a.write_heat[i]);
+            if arena.is_none_or(|(base, heats)| *page < base || *page >= base + heats.len() * PAGE) {
+                arena = self.arenas.range(..=*page).next_back().map(|(&base, a)| (base, &a.write_heat[..]));
+            }
+            if let Some((base, heats)) = arena {
+                *heat += weight * heats.get((*page - base) / PAGE).copied().unwrap_or(0.0);
+            }
         }
     }
 
@@ -351,60 +342,6 @@ impl PageTracker {
         let (base, arena) = self.arenas.range(..=addr).next_back()?;
         let temp = arena.temps.get((addr - base) / PAGE)?;
         (arena.measured && temp.is_present()).then(|| temp.class(rules))
-    }
-}
-
-/// How often a page is written: the writes seen over the time it was
-/// watched until them. Each collection adds a write if the page was
-/// written, and the time from the collection before until that write (three
-/// quarters of the way from the peek before to the one that first saw it),
-/// or the whole time if it was not. Both decay as write heat does. Write
-/// heat, summed over the delay until each first write, grows with the
-/// logarithm of the rate too; this does not, so it counts accesses.
-#[derive(Debug, Default, Clone, Copy)]
-struct Rate {
-    writes: f32,
-    seconds: f32,
-}
-
-impl Rate {
-    /// One collection `since` seconds after the last: written or not, seen
-    /// first by the peek at `seen` seconds (0 when no peek saw it, the last
-    /// one at `last_peek`).
-    fn record(&mut self, written: bool, seen: f64, last_peek: f64, since: f64, decay: f32) {
-        let watched = match (written, seen > 0.0) {
-            (false, _) => since,
-            (true, true) => 0.75 * seen,
-            (true, false) => (last_peek + since) / 2.0,
-        };
-        self.writes = self.writes * decay + written as u8 as f32;
-        self.seconds = self.seconds * decay + watched as f32;
-    }
-
-    fn per_second(&self) -> f32 {
-        if self.seconds > 0.0 { self.writes / self.seconds } else { 0.0 }
-    }
-}
-
-/// Finds pages' arenas, for pages that come an arena at a time: one lookup
-/// per arena, not per page.
-struct ArenaCursor<'a> {
-    arenas: &'a BTreeMap<usize, ArenaPages>,
-    at: Option<(usize, &'a ArenaPages)>,
-}
-
-impl<'a> ArenaCursor<'a> {
-    fn new(arenas: &'a BTreeMap<usize, ArenaPages>) -> Self {
-        ArenaCursor { arenas, at: None }
-    }
-
-    /// The watched arena holding `page`, and the page's index in it.
-    fn find(&mut self, page: usize) -> Option<(&'a ArenaPages, usize)> {
-        let holds = |(base, arena): (usize, &ArenaPages)| page >= base && page < base + arena.rates.len() * PAGE;
-        if !self.at.is_some_and(holds) {
-            self.at = self.arenas.range(..=page).next_back().map(|(&base, arena)| (base, arena)).filter(|&a| holds(a));
-        }
-        self.at.map(|(base, arena)| (arena, (page - base) / PAGE))
     }
 }
 
@@ -431,25 +368,6 @@ mod tests {
         let memory = vec![1u8; 10 * PAGE];
         let offset = memory.as_ptr().align_offset(PAGE);
         Some((tracker, memory, offset))
-    }
-
-    #[test]
-    fn a_write_rate_is_writes_over_the_time_watched_until_them() {
-        let mut rate = Rate::default();
-        assert_eq!(rate.per_second(), 0.0, "never watched");
-        // Collections 1 s apart; written and first seen by the 8 ms peek
-        // (6 ms in, three quarters of the way from the 4 ms one), twice.
-        rate.record(true, 0.008, 0.5, 1.0, 1.0);
-        rate.record(true, 0.008, 0.5, 1.0, 1.0);
-        assert!((rate.per_second() - 1.0 / 0.006).abs() < 0.01, "{}", rate.per_second());
-        // Then not written for 2 collections: 2 writes in 2.012 s.
-        rate.record(false, 0.0, 0.5, 1.0, 1.0);
-        rate.record(false, 0.0, 0.5, 1.0, 1.0);
-        assert!((rate.per_second() - 2.0 / 2.012).abs() < 0.001, "{}", rate.per_second());
-        // Written after the last peek (at 0.5 s): 0.75 s watched.
-        let mut late = Rate::default();
-        late.record(true, 0.0, 0.5, 1.0, 1.0);
-        assert!((late.per_second() - 1.0 / 0.75).abs() < 0.001);
     }
 
     #[test]

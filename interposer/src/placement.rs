@@ -62,13 +62,7 @@ impl Placement {
     }
 
     /// One round over the heap pages and their heat from the last cycle.
-    pub fn round(
-        &mut self,
-        heat: &[(usize, f32)],
-        write_rates: &[f32],
-        heap_bytes: u64,
-        config: &Settings,
-    ) -> &PlacementReport {
+    pub fn round(&mut self, heat: &[(usize, f32)], heap_bytes: u64, config: &Settings) -> &PlacementReport {
         let started = Instant::now();
         let topology = Topology::discover(&config.tiers);
         let report = &mut self.report;
@@ -91,8 +85,8 @@ impl Placement {
         let report = &mut self.report;
         report.heap_pages = heat.len() as u64;
         report.budget_bytes = config.dram_budget.bytes_for(heap_bytes);
-        let heats = heat.iter().map(|&(_, h)| h).collect();
-        report.dram_heat_share = policy::dram_heat_share(heats, write_rates, (report.budget_bytes / PAGE) as usize);
+        report.dram_heat_share =
+            policy::dram_heat_share(heat.iter().map(|&(_, h)| h).collect(), (report.budget_bytes / PAGE) as usize);
 
         // Where the heap is, placing or not (with one tier it is all on it).
         // Off, that is only for the stats: at most every OFF_QUERY_EVERY.

@@ -166,28 +166,21 @@ impl Policy {
     }
 }
 
-/// The share of the program's heap accesses (as far as pytier sees them)
-/// that DRAM serves once the Policy has placed every page, CXL the rest:
-/// the hottest `budget_pages` pages by `heats` on DRAM, accesses counted by
-/// the pages' write rates (`rates`, one per page; a use writes a count), or
-/// by their heat where no page has a rate (page writes off). Heat ranks
-/// pages well but does not count accesses: an object's temperature counts
-/// the cycles in which it was used, once however often, and a page's write
-/// heat grows only with the logarithm of its rate. None when nothing has
-/// been used yet. Placing or not, so it also tells a machine without CXL
-/// what CXL would do.
-pub fn dram_heat_share(heats: Vec<f32>, rates: &[f32], budget_pages: usize) -> Option<f64> {
-    let weights: &[f32] = if rates.len() == heats.len() && rates.iter().any(|&r| r > 0.0) { rates } else { &heats };
-    let total: f64 = weights.iter().map(|&w| w as f64).sum();
+/// The share of the heap's page heat on its hottest `budget_pages` pages:
+/// the share of the program's heap accesses (as far as pytier sees them)
+/// that DRAM serves once the Policy has placed every page, CXL the rest.
+/// None when no page has any heat yet. Placing or not, so it also tells a
+/// machine without CXL what CXL would do.
+pub fn dram_heat_share(mut heats: Vec<f32>, budget_pages: usize) -> Option<f64> {
+    let total: f64 = heats.iter().map(|&h| h as f64).sum();
     if total <= 0.0 {
         return None;
     }
-    let mut order: Vec<usize> = (0..heats.len()).collect();
-    if budget_pages < order.len() {
-        order.select_nth_unstable_by(budget_pages, |&a, &b| heats[b].total_cmp(&heats[a]));
-        order.truncate(budget_pages);
+    if budget_pages < heats.len() {
+        heats.select_nth_unstable_by(budget_pages, |a, b| b.total_cmp(a));
+        heats.truncate(budget_pages);
     }
-    Some(order.iter().map(|&i| weights[i] as f64).sum::<f64>() / total)
+    Some(heats.iter().map(|&h| h as f64).sum::<f64>() / total)
 }
 
 #[cfg(test)]
@@ -210,24 +203,13 @@ mod tests {
     }
 
     #[test]
-    fn without_write_rates_dram_serves_the_heat_of_the_hottest_pages_up_to_the_budget() {
+    fn dram_serves_the_heat_of_the_hottest_pages_up_to_the_budget() {
         let heats = vec![1.0, 6.0, 0.0, 2.0, 1.0];
-        assert_eq!(dram_heat_share(heats.clone(), &[], 1), Some(0.6));
-        assert_eq!(dram_heat_share(heats.clone(), &[0.0; 5], 2), Some(0.8));
-        assert_eq!(dram_heat_share(heats.clone(), &[], 0), Some(0.0));
-        assert_eq!(dram_heat_share(heats, &[], 9), Some(1.0));
-        assert_eq!(dram_heat_share(vec![0.0; 3], &[], 1), None, "nothing used yet");
-    }
-
-    #[test]
-    fn dram_serves_the_writes_of_the_hottest_pages_up_to_the_budget() {
-        // Page 1 is the hottest and written most; page 3 is hotter than page
-        // 0 (more objects used) but written less often.
-        let heats = vec![1.0, 6.0, 0.0, 2.0, 0.5];
-        let rates = [40.0, 50.0, 0.0, 10.0, 0.0];
-        assert_eq!(dram_heat_share(heats.clone(), &rates, 1), Some(0.5));
-        assert_eq!(dram_heat_share(heats.clone(), &rates, 2), Some(0.6), "ranked by heat, counted by writes");
-        assert_eq!(dram_heat_share(heats, &rates, 3), Some(1.0));
+        assert_eq!(dram_heat_share(heats.clone(), 1), Some(0.6));
+        assert_eq!(dram_heat_share(heats.clone(), 2), Some(0.8));
+        assert_eq!(dram_heat_share(heats.clone(), 0), Some(0.0));
+        assert_eq!(dram_heat_share(heats, 9), Some(1.0));
+        assert_eq!(dram_heat_share(vec![0.0; 3], 1), None, "nothing used yet");
     }
 
     #[test]

@@ -100,10 +100,8 @@ pub struct Tracker {
     /// (`id()`); entries not seen in a cycle are dropped at its end.
     big: AddrMap<BigState>,
     cycle: Option<Cycle>,
-    /// Heat of every heap page as of the last complete cycle, and each
-    /// one's write rate (`PageTracker::write_rates`).
+    /// Heat of every heap page as of the last complete cycle.
     heat: PageHeat,
-    write_rates: Vec<f32>,
 }
 
 struct BigState {
@@ -209,7 +207,6 @@ impl Tracker {
             big: AddrMap::default(),
             cycle: None,
             heat: PageHeat::new(),
-            write_rates: Vec::new(),
         }
     }
 
@@ -269,11 +266,6 @@ impl Tracker {
     /// Heap pages and their heat, as of the last complete cycle.
     pub fn page_heat(&self) -> &[(usize, f32)] {
         &self.heat
-    }
-
-    /// The write rate of each page of `page_heat`, in writes per second.
-    pub fn page_write_rates(&self) -> &[f32] {
-        &self.write_rates
     }
 
     /// Whether a cycle is under way (the next slice continues it).
@@ -479,7 +471,6 @@ impl Tracker {
         let Cycle { started, mut report, per_type, mut heat, big_heat, .. } = cycle;
         heat.extend(big_heat);
         self.pages.add_write_heat(&mut heat, WRITE_HEAT_WEIGHT);
-        self.write_rates = self.pages.write_rates(&heat);
         self.heat = heat;
         // Forget big objects that are gone (arenas were forgotten at the
         // cycle's start, free pools when read).
