@@ -406,7 +406,8 @@ impl Tracker {
                     if arena_index(&buf[..]) != Some(index) {
                         // Another arena's: nothing of this one's, until written.
                         state.slots = Vec::new();
-                        state.settled = Some(Settled { contents: Contents::OtherArenas, ..Settled::default() });
+                        state.settled =
+                            scan.settling.then(|| Settled { contents: Contents::OtherArenas, ..Settled::default() });
                         continue;
                     }
                     scan.cycle.heat.extend((pool..pool + pool_size).step_by(PAGE).map(|page| (page, 0.0)));
@@ -542,7 +543,7 @@ impl PoolScan<'_> {
         settled.buffers.clear();
         let Some(header) = PoolHeader::parse(layout, memory) else {
             state.slots = Vec::new(); // free: forget its blocks
-            state.settled = Some(Settled { contents: Contents::Free, discovered: true, ..settled });
+            state.settled = self.settling.then_some(Settled { contents: Contents::Free, discovered: true, ..settled });
             return;
         };
         let block_size = layout.block_size(header.szidx);
