@@ -273,6 +273,8 @@ def main():
                   f"{time.monotonic() - started:.0f} s)", file=sys.stderr, flush=True)
             if report.get("pytier"):
                 print(f"  (pytier placement: {json.dumps(report['pytier'])})", file=sys.stderr)
+                print(f"  (the oracle's pages as pytier sees them: {json.dumps(report['oraclePagesSeen'])})",
+                      file=sys.stderr)
     if ("zipf-read", "pytier") in summary and ("zipf-read", "kernel") in summary:
         pytier, oracle = summary["zipf-read", "pytier"]
         kernel, _ = summary["zipf-read", "kernel"]

@@ -72,9 +72,12 @@ class Truth:
     def __init__(self, objects, weights):
         total = sum(weights)
         mass = {}
+        self.heaviest = {}  # page -> id of its most accessed object
         for obj, w in zip(objects, weights):
             page = id(obj) & ~(PAGE - 1)
             mass[page] = mass.get(page, 0.0) + w / total
+            if w > self.heaviest.get(page, (None, -1.0))[1]:
+                self.heaviest[page] = (id(obj), w)
         self.pages = list(mass)
         self.mass = [mass[p] for p in self.pages]
 
@@ -87,6 +90,32 @@ class Truth:
 
     def oracle_share(self, budget_pages):
         return sum(sorted(self.mass, reverse=True)[:budget_pages])
+
+    def how_pytier_sees(self, pytier, budget_pages):
+        """For the hottest pages that take 90% of the accesses (at most the
+        budget's worth): how many are on DRAM, and pytier's class of each
+        one's most accessed object and of the page itself (None: not
+        tracked), to tell a page pytier never saw from one it saw but did
+        not place."""
+        top, mass = [], 0.0
+        for i in sorted(range(len(self.pages)), key=lambda i: -self.mass[i])[:budget_pages]:
+            if mass >= 0.9:
+                break
+            top.append(i)
+            mass += self.mass[i]
+        pages = [self.pages[i] for i in top]
+        ids = [self.heaviest[p][0] for p in pages]
+        by_object = pytier.classify_ids(ids)
+        by_page = pytier.classify_ids(ids, by="page")
+        count = lambda classes: {str(c): classes.count(c) for c in set(classes)}
+        on_dram = [node == DRAM_NODE for node in nodes_of_pages(pages)]
+        return {
+            "pages": len(pages),
+            "onDram": sum(on_dram),
+            "byObject": count(by_object),
+            "byPage": count(by_page),
+            "notOnDramByObject": count([c for c, d in zip(by_object, on_dram) if not d]),
+        }
 
 
 class Sampler:
@@ -330,6 +359,7 @@ def main():
         import pytier  # present when the shim is loaded
         last = pytier.stats()["last"]
         report["pytier"] = last and last.get("placement")
+        report["oraclePagesSeen"] = truth.how_pytier_sees(pytier, budget_pages)
     except ImportError:
         pass
     print(json.dumps(report))
