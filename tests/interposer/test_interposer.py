@@ -233,10 +233,11 @@ def test_pools_left_unread_while_settled_are_read_again_once_written():
     # Once every object in a pool is stone cold and none of its pages is
     # written, the scanner counts its last reading again instead of reading
     # it (poolsUnread). A use writes a count, a free writes the pool: either
-    # must bring the pool back to a read.
+    # must bring the pool back to a read. The floats (19 MB) are most of the
+    # heap, whatever the interpreter's own objects (3.14 has more) do.
     r = python("""
         import pytier, random, time
-        objs = [float(i) + 0.5 for i in range(60000)]
+        objs = [float(i) + 0.5 for i in range(600000)]
         ids = [id(x) for x in objs]
         wait_for_a_full_cycle()
         full = pytier.stats()["last"]
@@ -258,7 +259,7 @@ def test_pools_left_unread_while_settled_are_read_again_once_written():
         hot = pytier.classify(used).count("hot") / len(used)
         # Half of them freed: their pools are written, and read again.
         del used
-        del objs[:30000]
+        del objs[:300000]
         wait_for_a_full_cycle()
         after_free = pytier.stats()["last"]
         print(full["objects"]["cold"] + full["objects"]["warm"] + full["objects"]["hot"],
@@ -269,10 +270,10 @@ def test_pools_left_unread_while_settled_are_read_again_once_written():
     assert r.returncode == 0, r.stderr
     full, settled, unread, hot, after_free = r.stdout.split()
     full, settled, unread, after_free = int(full), int(settled), int(unread), int(after_free)
-    assert unread > 60000 * 24 // 16384, r.stdout  # at least the floats' pools
+    assert unread > 600000 * 24 // 16384, r.stdout  # at least the floats' pools
     assert abs(settled - full) < full * 0.02, f"unread pools counted as read would count: {r.stdout}"
     assert float(hot) >= 0.8, f"objects in unread pools were not seen in use: {r.stdout}"
-    assert settled - after_free > 25000, f"freed objects still counted: {r.stdout}"
+    assert settled - after_free > 250000, f"freed objects still counted: {r.stdout}"
 
 
 def test_pages_of_objects_only_read_are_hot_and_untouched_pages_cold():
