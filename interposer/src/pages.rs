@@ -177,6 +177,7 @@ impl PageTracker {
             collections: self.report.collections + 1,
             fault_seconds_per_page: self.fault_seconds,
             fault_seconds_total: self.report.fault_seconds_total,
+            registrations: self.report.registrations,
             ..Default::default()
         };
         let mut written = Vec::new();
@@ -191,13 +192,16 @@ impl PageTracker {
                 unread_writes: Vec::new(),
             });
             if arena.unwatchable {
+                report.unwatchable_arenas += 1;
                 continue;
             }
             let baseline = arena.temps.is_empty() || (recheck && !writes.is_watched(base, len));
             if baseline {
                 // New (or recycled) arena: watch it; its first collection is a baseline.
+                report.registrations += 1;
                 if writes.watch(base, len).is_err() {
                     arena.unwatchable = true;
+                    report.unwatchable_arenas += 1;
                     continue;
                 }
                 arena.temps = vec![Temperature::default(); pages];

@@ -144,6 +144,22 @@ struct ArenaState {
     pools: Vec<PoolState>,
 }
 
+impl Region {
+    /// How much of it page writes are watched in: all of a hooked arena; of
+    /// an early one, the pools it surely has. Its first pool is the first
+    /// pool-aligned address in it, so it has 63 pools after that one, or 64
+    /// if it began on a pool boundary; the span of 64 can reach into the
+    /// next mapping, and a file mapping or a hole there made registering it
+    /// fail, leaving the whole arena unwatched (the hot set of a run of the
+    /// placement benchmark, seen only by its pages' writes, stayed cold).
+    fn watched_len(&self, pool_size: usize) -> usize {
+        match self.kind {
+            Kind::Hooked { .. } => self.len,
+            Kind::Early { .. } => self.len - pool_size,
+        }
+    }
+}
+
 /// A cycle in progress.
 struct Cycle {
     queue: Vec<Region>,
@@ -244,7 +260,8 @@ impl Tracker {
     /// Collects page writes if the fault budget allows (see `pages`). Cheap
     /// next to an object pass, so it runs on its own, more frequent, cadence.
     pub fn collect_page_writes(&mut self, config: &Settings) -> &PageReport {
-        let spans: Vec<(usize, usize)> = self.regions().into_iter().map(|r| (r.base, r.len)).collect();
+        let spans: Vec<(usize, usize)> =
+            self.regions().into_iter().map(|r| (r.base, r.watched_len(self.layout.pool_size))).collect();
         let rules_for = |interval: f64| {
             Rules::new(config.tracking.hot_threshold, config.tracking.decay_half_life_seconds as f64, interval)
         };
@@ -384,7 +401,7 @@ impl Tracker {
             }
             Kind::Early { index } => {
                 // Copied pool by pool: where the arena's mapping ends is not known.
-                let written = self.pages.written_since_read(region.base, region.len);
+                let written = self.pages.written_since_read(region.base, region.watched_len(pool_size));
                 scan.settling = written.is_some();
                 buf.resize(pool_size, 0);
                 for (number, pool) in pools {

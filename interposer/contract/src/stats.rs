@@ -197,6 +197,11 @@ pub struct PageReport {
     pub fault_seconds_per_page: f64,
     pub fault_seconds_total: f64,
     pub collect_seconds: f64,
+    /// Arenas registered for write tracking so far (a registration's first
+    /// collection is a baseline, so an arena registered again loses its
+    /// pages' classes for a collection), and arenas that could not be.
+    pub registrations: u64,
+    pub unwatchable_arenas: u64,
 }
 
 /// Placement as of the last round. Page counts are 4 KiB pages.

@@ -357,9 +357,15 @@ def main():
     report["intact"] = check(state)
     try:
         import pytier  # present when the shim is loaded
-        last = pytier.stats()["last"]
+        stats = pytier.stats()
+        last = stats["last"]
         report["pytier"] = last and last.get("placement")
         report["oraclePagesSeen"] = truth.how_pytier_sees(pytier, budget_pages)
+        report["oraclePagesSeen"]["arenas"] = {"all": last and last["arenas"], "early": stats["earlyArenas"],
+                                               "watchedPages": last and last["pageWrites"]["watchedPages"],
+                                               "registrations": last and last["pageWrites"]["registrations"],
+                                               "unwatchable": last and last["pageWrites"]["unwatchableArenas"],
+                                               "collections": last and last["pageWrites"]["collections"]}
     except ImportError:
         pass
     print(json.dumps(report))
