@@ -149,9 +149,8 @@ impl Region {
     /// an early one, the pools it surely has. Its first pool is the first
     /// pool-aligned address in it, so it has 63 pools after that one, or 64
     /// if it began on a pool boundary; the span of 64 can reach into the
-    /// next mapping, and a file mapping or a hole there made registering it
-    /// fail, leaving the whole arena unwatched (the hot set of a run of the
-    /// placement benchmark, seen only by its pages' writes, stayed cold).
+    /// next mapping, and a file mapping or a hole there would make
+    /// registering it fail, leaving the whole arena unwatched.
     fn watched_len(&self, pool_size: usize) -> usize {
         match self.kind {
             Kind::Hooked { .. } => self.len,
