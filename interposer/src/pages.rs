@@ -30,8 +30,8 @@ use crate::temperature::{Class, Rules, Temperature};
 /// twice as long, up to `MAX_PEEKS` (about a minute) or the next collection.
 const FIRST_PEEK_SECONDS: f64 = 0.000_25;
 const MAX_PEEKS: u8 = 19;
-/// A page first seen written after `t` seconds gains this much write heat
-/// divided by `t`: 1 for 2 ms, 8 for the first peek.
+/// A page first seen written `t` seconds after its arena's collection gains
+/// this much write heat divided by `t`: 1 for 2 ms, 8 for the first peek.
 const WRITE_HEAT_SECONDS: f64 = 0.002;
 
 /// How long after their registration new arenas are measured (see
@@ -72,13 +72,15 @@ pub struct PageTracker {
 
 struct ArenaPages {
     temps: Vec<Temperature>,
-    /// Seconds after the last collection at which a peek first saw each
-    /// page written since; 0 while none has.
+    /// Seconds after the start of the last collection of the whole heap at
+    /// which a peek first saw each page written since; 0 while none has.
     first_seen: Vec<f32>,
-    /// Decayed sum, per collection, of `WRITE_HEAT_SECONDS` over the delay
-    /// until the page was first seen written: 8 for a page written before
-    /// the first peek, every time.
-    write_heat: Vec<f32>,
+    /// Each page's write heat.
+    write_heat: Vec<WriteHeat>,
+    /// Seconds after the start of the last collection of the whole heap at
+    /// which this arena was last collected (write-protected again): a page's
+    /// first write is timed from then. Later when it was measured alone.
+    collected_after: f64,
     /// Registration failed (not anonymous memory): no temperatures.
     unwatchable: bool,
     /// A collection after the baseline has run: until then registration has
@@ -93,20 +95,52 @@ struct ArenaPages {
 const NOT_OPENED: &str = "not started yet";
 
 impl ArenaPages {
+    fn new() -> ArenaPages {
+        ArenaPages {
+            temps: Vec::new(),
+            first_seen: Vec::new(),
+            write_heat: Vec::new(),
+            collected_after: 0.0,
+            unwatchable: false,
+            measured: false,
+            unread_writes: Vec::new(),
+        }
+    }
+
+    /// Starts watching the arena (at `base`, `len` bytes long) afresh, or
+    /// marks it unwatchable.
+    fn watch(&mut self, writes: &mut PageWrites, base: usize, len: usize) {
+        if writes.watch(base, len).is_err() {
+            self.unwatchable = true;
+            return;
+        }
+        let pages = len / PAGE;
+        self.temps = vec![Temperature::default(); pages];
+        self.first_seen = vec![0.0; pages];
+        self.write_heat = vec![WriteHeat::default(); pages];
+        self.measured = false;
+        // New memory: whatever the scanner knew of this range is stale.
+        self.unread_writes = vec![u64::MAX; pages.div_ceil(64)];
+    }
+
     /// Takes the arena's written pages (it is at `base`) and records them
-    /// `since` seconds after the last collection: page classes (counted in
-    /// `classes` once measured), write heat, and the writes the scanner has
-    /// not read. The pages written, or None if that failed.
+    /// `since` seconds after the last collection of the whole heap: page
+    /// classes (counted in `classes` once measured), write heat, and the
+    /// writes the scanner has not read. The pages written, or None if that
+    /// failed.
     fn collect(
         &mut self,
         writes: &mut PageWrites,
         base: usize,
         since: f64,
         rules: &Rules,
-        decay: f32,
+        half_life_s: f64,
         classes: &mut ByClass,
     ) -> Option<usize> {
+        let (offset, since) = (self.collected_after, since - self.collected_after);
+        let decay = 0.5f32.powf((since / half_life_s.max(1e-3)) as f32);
         let mut written = vec![false; self.temps.len()];
+        let measuring = self.measured; // a baseline says nothing of writes
         let Ok(n) = writes.take_written(base, written.len() * PAGE, |page| written[(page - base) / PAGE] = true) else {
             // Some pages may be protected again unreported: count all written.
             self.unread_writes.fill(u64::MAX);
@@ -121,14 +155,33 @@ impl ArenaPages {
                 classes.add(class, 1);
             }
             let seen = std::mem::take(&mut self.first_seen[i]) as f64;
-            let heat = &mut self.write_heat[i];
-            *heat *= decay;
-            if was_written {
-                let first_seen_after = if seen == 0.0 { since } else { seen };
-                *heat += (WRITE_HEAT_SECONDS / first_seen_after.max(FIRST_PEEK_SECONDS)) as f32;
+            if measuring {
+                // When a peek first saw it written, else by the collection.
+                let first_seen = was_written.then(|| if seen > 0.0 { (seen - offset).max(1e-6) } else { since });
+                self.write_heat[i].add(first_seen, decay);
             }
         }
         Some(n)
+    }
+}
+
+/// What a page's writes say of its use: `WRITE_HEAT_SECONDS` over the
+/// delay until it was first seen written after each collection (a page
+/// written λ times a second is first written about 1/λ after being
+/// protected), decayed like temperatures. At most 8 a collection, so one
+/// burst of writes weighs no more than a page written that soon every time.
+#[derive(Debug, Clone, Copy, Default)]
+struct WriteHeat(f32);
+
+impl WriteHeat {
+    /// One collection; `first_seen` is how long after the arena's
+    /// protection a peek (or the collection) first saw the page written, if
+    /// it was.
+    fn add(&mut self, first_seen: Option<f64>, decay: f32) {
+        self.0 *= decay;
+        if let Some(seen) = first_seen {
+            self.0 += (WRITE_HEAT_SECONDS / seen.max(FIRST_PEEK_SECONDS)) as f32;
+        }
     }
 }
 
@@ -195,6 +248,7 @@ impl PageTracker {
                 self.peek(clock);
             }
             if since < self.interval(spacing) {
+                self.watch_new_arenas(regions, since, &rules_for(since));
                 self.measure_new_arenas(since, rules_for, half_life_s);
                 return;
             }
@@ -203,7 +257,6 @@ impl PageTracker {
         let Ok(writes) = &mut self.writes else { return };
         let started = Instant::now();
         let rules = rules_for(since.unwrap_or(1.0));
-        let decay = 0.5f32.powf((since.unwrap_or(1.0) / half_life_s.max(1e-3)) as f32);
         self.last_collection = Some(started);
         self.last_peek = 0.0;
         self.written_since = 0;
@@ -224,37 +277,21 @@ impl PageTracker {
         };
         for &(base, len) in regions {
             let pages = len / PAGE;
-            let arena = self.arenas.entry(base).or_insert(ArenaPages {
-                temps: Vec::new(),
-                first_seen: Vec::new(),
-                write_heat: Vec::new(),
-                unwatchable: false,
-                measured: false,
-                unread_writes: Vec::new(),
-            });
+            let arena = self.arenas.entry(base).or_insert_with(ArenaPages::new);
+            let baseline = arena.temps.is_empty() || (recheck && !writes.is_watched(base, len));
+            if baseline && !arena.unwatchable {
+                // New (or recycled) arena: its first collection is a baseline.
+                report.registrations += 1;
+                arena.watch(writes, base, len);
+            }
             if arena.unwatchable {
                 report.unwatchable_arenas += 1;
                 continue;
             }
-            let baseline = arena.temps.is_empty() || (recheck && !writes.is_watched(base, len));
-            if baseline {
-                // New (or recycled) arena: watch it; its first collection is a baseline.
-                report.registrations += 1;
-                if writes.watch(base, len).is_err() {
-                    arena.unwatchable = true;
-                    report.unwatchable_arenas += 1;
-                    continue;
-                }
-                arena.temps = vec![Temperature::default(); pages];
-                arena.first_seen = vec![0.0; pages];
-                arena.write_heat = vec![0.0; pages];
-                // New memory: whatever the scanner knew of this range is stale.
-                arena.unread_writes = vec![u64::MAX; pages.div_ceil(64)];
-            }
             arena.measured = !baseline;
-            let Some(n) = arena.collect(writes, base, since.unwrap_or(1.0), &rules, decay, &mut report.pages) else {
-                continue;
-            };
+            let collected = arena.collect(writes, base, since.unwrap_or(1.0), &rules, half_life_s, &mut report.pages);
+            arena.collected_after = started.elapsed().as_secs_f64();
+            let Some(n) = collected else { continue };
             report.last_written_pages += n as u64;
             report.watched_pages += pages as u64;
         }
@@ -264,25 +301,50 @@ impl PageTracker {
         self.report = report;
     }
 
-    /// Collects, alone, the arenas registered at the last collection, once
-    /// `MEASURE_NEW_AFTER` has passed: their first collection was a baseline,
-    /// and until the next they have no page class and no write heat. On a
-    /// heap written much, the fault budget spaces collections so far apart
-    /// that this was a whole run (the hot index of the placement benchmark's
-    /// `records` sat in such arenas and stayed on CXL). Only their own
-    /// written pages fault again.
+    /// Watches arenas made since the last collection at once, with a
+    /// baseline collection of their own, rather than at the next collection
+    /// of the whole heap: on a heap written much, the fault budget spaces
+    /// those so far apart that this was a whole run. (The placement
+    /// benchmark's `records` builds its hot index last: in one run of six,
+    /// its arenas came after the only collection, and it sat on CXL.)
+    fn watch_new_arenas(&mut self, regions: &[(usize, usize)], since: f64, rules: &Rules) {
+        let Ok(writes) = &mut self.writes else { return };
+        let started = Instant::now();
+        for &(base, len) in regions {
+            if self.arenas.contains_key(&base) {
+                continue;
+            }
+            let arena = self.arenas.entry(base).or_insert_with(ArenaPages::new);
+            self.report.registrations += 1;
+            arena.watch(writes, base, len);
+            if arena.unwatchable {
+                self.report.unwatchable_arenas += 1;
+                continue;
+            }
+            let _ = arena.collect(writes, base, since, rules, 1.0, &mut ByClass::default());
+            arena.collected_after = since + started.elapsed().as_secs_f64();
+        }
+        self.round_seconds += started.elapsed().as_secs_f64();
+    }
+
+    /// Collects, alone, arenas whose first collection (a baseline) was
+    /// `MEASURE_NEW_AFTER` ago: until their next they have no page class
+    /// and no write heat, and the next collection of the whole heap may be
+    /// far off (see `watch_new_arenas`). Only their own written pages fault
+    /// again.
     fn measure_new_arenas(&mut self, since: f64, rules_for: impl Fn(f64) -> Rules, half_life_s: f64) {
-        if since < MEASURE_NEW_AFTER || !self.arenas.values().any(|a| !a.measured && !a.temps.is_empty()) {
+        let due = |a: &ArenaPages| !a.measured && !a.temps.is_empty() && since - a.collected_after >= MEASURE_NEW_AFTER;
+        if !self.arenas.values().any(due) {
             return;
         }
         let Ok(writes) = &mut self.writes else { return };
         let started = Instant::now();
         let rules = rules_for(since);
-        let decay = 0.5f32.powf((since / half_life_s.max(1e-3)) as f32);
         let mut written = 0;
-        for (&base, arena) in self.arenas.iter_mut().filter(|(_, a)| !a.measured && !a.temps.is_empty()) {
+        for (&base, arena) in self.arenas.iter_mut().filter(|(_, a)| due(a)) {
             arena.measured = true;
-            written += arena.collect(writes, base, since, &rules, decay, &mut ByClass::default()).unwrap_or(0);
+            written += arena.collect(writes, base, since, &rules, half_life_s, &mut ByClass::default()).unwrap_or(0);
+            arena.collected_after = since + started.elapsed().as_secs_f64();
         }
         self.report.fault_seconds_total += written as f64 * self.fault_seconds;
         self.round_seconds += started.elapsed().as_secs_f64();
@@ -374,13 +436,13 @@ impl PageTracker {
     /// Adds to each page's heat its write heat (0 when not watched) times
     /// `weight`. Pages come an arena at a time: one lookup per arena.
     pub fn add_write_heat(&self, pages: &mut [(usize, f32)], weight: f32) {
-        let mut arena: Option<(usize, &[f32])> = None;
+        let mut arena: Option<(usize, &[WriteHeat])> = None;
         for (page, heat) in pages {
             if arena.is_none_or(|(base, heats)| *page < base || *page >= base + heats.len() * PAGE) {
                 arena = self.arenas.range(..=*page).next_back().map(|(&base, a)| (base, &a.write_heat[..]));
             }
             if let Some((base, heats)) = arena {
-                *heat += weight * heats.get((*page - base) / PAGE).copied().unwrap_or(0.0);
+                *heat += weight * heats.get((*page - base) / PAGE).map_or(0.0, |h| h.0);
             }
         }
     }
@@ -443,19 +505,49 @@ mod tests {
     }
 
     #[test]
+    fn arenas_made_between_collections_are_watched_at_once_and_measured_a_second_later() {
+        let Some((mut tracker, mut memory, offset)) = tracker_and_memory() else { return };
+        let (a, b) = (memory.as_ptr() as usize + offset, memory.as_ptr() as usize + offset + 4 * PAGE);
+        let rules = |interval| Rules::new(1.0, 10.0, interval);
+        let tight = Spacing { max_fault_fraction: 1e-9, min_seconds: 0.0, max_cpu_fraction: 1.0 };
+        tracker.maybe_collect(&[(a, 4 * PAGE)], rules, 10.0, tight);
+        memory[offset + 7] = 2; // spends the fault budget for a long time
+        tracker.maybe_collect(&[(a, 4 * PAGE)], rules, 10.0, tight);
+        assert!(tracker.interval(tight) > 60.0, "the next collection is far off");
+        // Arena b appears: watched now, with a baseline of its own.
+        tracker.maybe_collect(&[(a, 4 * PAGE), (b, 4 * PAGE)], rules, 10.0, tight);
+        assert_eq!((tracker.report.collections, tracker.report.registrations), (1, 2));
+        memory[offset + 5 * PAGE + 7] = 2;
+        std::thread::sleep(std::time::Duration::from_secs_f64(MEASURE_NEW_AFTER + 0.1));
+        tracker.maybe_collect(&[(a, 4 * PAGE), (b, 4 * PAGE)], rules, 10.0, tight);
+        assert_eq!(tracker.report.collections, 1, "no collection of the whole heap");
+        assert_eq!(tracker.class_of(b + PAGE, &rules(1.0)), Some(Class::Hot));
+        assert_eq!(tracker.class_of(b, &rules(1.0)), Some(Class::Cold));
+    }
+
+    #[test]
     fn the_sooner_a_page_is_written_after_a_collection_the_more_write_heat_it_gains() {
         let Some((mut tracker, mut memory, offset)) = tracker_and_memory() else { return };
         let start = memory.as_ptr() as usize + offset;
         let regions = [(start, 8 * PAGE)];
         let rules = |_| Rules::new(1.0, 10.0, 1.0);
-        // A collection now, whatever the fault budget says; no decay to speak of.
+        // A collection now, whatever the fault budget says, 1 s after the
+        // last as far as the tracker knows; no decay to speak of. The arena
+        // counts as protected at the collection's start.
         let collect = |t: &mut PageTracker| {
             t.last_collection = None;
             t.maybe_collect(&regions, rules, 1e9, NO_SPACING);
+            t.arenas.values_mut().for_each(|a| a.collected_after = 0.0);
+        };
+        let heat = |t: &PageTracker| {
+            let mut pages: Vec<(usize, f32)> = (0..8).map(|p| (start + p * PAGE, 0.0)).collect();
+            t.add_write_heat(&mut pages, 1.0);
+            pages.into_iter().map(|(_, heat)| heat).collect::<Vec<f32>>()
         };
         let mut write = |page: usize| memory[offset + page * PAGE + 7] = 2;
 
-        collect(&mut tracker); // registers: every page counts as written once
+        collect(&mut tracker); // registers: a baseline, which says nothing
+        assert_eq!(heat(&tracker), [0.0; 8]);
         write(2);
         tracker.peek(|| 0.002);
         write(5);
@@ -463,16 +555,34 @@ mod tests {
         tracker.peek(|| 0.008);
         write(6);
         collect(&mut tracker);
-
-        let mut pages: Vec<(usize, f32)> = (0..8).map(|p| (start + p * PAGE, 0.0)).collect();
-        tracker.add_write_heat(&mut pages, 1.0);
-        let heat: Vec<f32> = pages.iter().map(|&(_, heat)| heat).collect();
-        // Only the collections saw these (1 s apart, as `collect` pretends): the base.
-        let base = WRITE_HEAT_SECONDS as f32;
-        let want = [base, base, base + 1.0, base, base, base + 0.25, 2.0 * base, base];
-        for (page, (got, want)) in heat.iter().zip(want).enumerate() {
-            assert!((got - want).abs() < 1e-6, "page {page}: heat {got}, want {want} (all: {heat:?})");
+        // 2 ms over the delay until first seen; page 6 only by the collection, 1 s.
+        let want = [0.0, 0.0, 1.0, 0.0, 0.0, 0.25, 0.002, 0.0];
+        for (page, (got, want)) in heat(&tracker).iter().zip(want).enumerate() {
+            assert!((got - want).abs() < 1e-6, "page {page}: heat {got}, want {want}");
         }
+    }
+
+    #[test]
+    fn a_page_is_timed_from_its_own_arenas_protection() {
+        let Some((mut tracker, mut memory, offset)) = tracker_and_memory() else { return };
+        let start = memory.as_ptr() as usize + offset;
+        let regions = [(start, 8 * PAGE)];
+        let rules = |_| Rules::new(1.0, 10.0, 1.0);
+        let collect = |t: &mut PageTracker| {
+            t.last_collection = None;
+            t.maybe_collect(&regions, rules, 1e9, NO_SPACING);
+        };
+        collect(&mut tracker);
+        collect(&mut tracker);
+        // As if the arena were protected 10 ms into a collection of a big
+        // heap: a write seen at 12 ms came 2 ms after.
+        tracker.arenas.values_mut().for_each(|a| a.collected_after = 0.010);
+        memory[offset + 7] = 2;
+        tracker.peek(|| 0.012);
+        collect(&mut tracker);
+        let mut pages = vec![(start, 0.0)];
+        tracker.add_write_heat(&mut pages, 1.0);
+        assert!((pages[0].1 - 1.0).abs() < 1e-3, "heat {} for a write 2 ms after protection", pages[0].1);
     }
 
     #[test]

@@ -139,7 +139,7 @@ impl Placement {
                 0
             },
         };
-        let Decisions { promote, demote, pending_promote, pending_demote, wanted } =
+        let Decisions { promote, demote, pending_promote, pending_demote, waiting_promote, wanted } =
             self.policy.decide(&pages, &settings, now);
         // Demote first: it makes the room promotions fill.
         let demoted = mover::move_to(&demote, topology.cxl[0]);
@@ -151,6 +151,7 @@ impl Placement {
         report.wanted_pages = wanted as u64;
         report.pending_promote_pages = pending_promote as u64;
         report.pending_demote_pages = pending_demote as u64;
+        report.waiting_promote_pages = waiting_promote as u64;
         add(&mut report.demoted, &demoted);
         add(&mut report.promoted, &promoted);
         report.rounds += 1;

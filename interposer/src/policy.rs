@@ -11,8 +11,9 @@
 //!   with DRAM pages cold long enough.
 //! - Demotion is lazy: a DRAM page that is not wanted stays while the budget
 //!   has room, and makes room for a promotion only once it has been unwanted
-//!   for the hysteresis time. A page that moved stays put for that time too,
-//!   so nothing ping-pongs.
+//!   for the hysteresis time, or at once for a page `SWAP_MARGIN` times
+//!   hotter. A page that moved stays put for that time too, so nothing
+//!   ping-pongs.
 //! - At most `max_pages` move per round (the migration rate limit); what is
 //!   left is reported as pending.
 //!
@@ -20,6 +21,13 @@
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
+
+/// A CXL page this many times hotter than an unwanted DRAM page swaps with
+/// it without waiting for the hysteresis. Waiting alone let pages near the
+/// budget's edge, wanted one round and not the next, hold DRAM while far
+/// hotter pages waited (a thousand pages at a time in the placement
+/// benchmark's zipf-write); twice as hot is no ping-pong of equals.
+const SWAP_MARGIN: f32 = 2.0;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tier {
@@ -56,6 +64,8 @@ pub struct Decisions {
     pub demote: Vec<usize>,
     pub pending_promote: usize,
     pub pending_demote: usize,
+    /// Promotions left for want of room (see `waiting_promote_pages`).
+    pub waiting_promote: usize,
     /// Pages wanted on DRAM (at most the budget).
     pub wanted: usize,
 }
@@ -89,7 +99,8 @@ impl Policy {
         };
         let mut promote = Vec::new();
         // Demotion candidates, coldest first (`order` is hottest first), with
-        // whether they were unwanted long enough to make room for promotions.
+        // their heat and whether they were unwanted long enough to make room
+        // for any promotion.
         let mut demotable = Vec::new();
         for (rank, page) in order.iter().enumerate() {
             let state = self.pages.entry(page.addr).or_default();
@@ -103,12 +114,12 @@ impl Policy {
                 continue;
             }
             match page.tier {
-                Tier::Cxl if rank < wanted => promote.push(page.addr),
+                Tier::Cxl if rank < wanted => promote.push((page.addr, page.heat)),
                 Tier::Dram if rank >= wanted => {
                     let cold_enough = state
                         .and_then(|s| s.unwanted_since)
                         .is_some_and(|since| now.duration_since(since) >= settings.hysteresis);
-                    demotable.push((page.addr, cold_enough));
+                    demotable.push((page.addr, page.heat, cold_enough));
                 }
                 _ => {}
             }
@@ -128,21 +139,27 @@ impl Policy {
         let mut budget = settings.max_pages;
         // Over budget: the coldest go first, whatever their age.
         let mut demotable = demotable.into_iter();
-        let forced: Vec<usize> = demotable.by_ref().take(over).map(|(addr, _)| addr).collect();
+        let forced: Vec<usize> = demotable.by_ref().take(over).map(|(addr, _, _)| addr).collect();
         let forced_now = forced.len().min(budget);
         decisions.demote.extend(&forced[..forced_now]);
         decisions.pending_demote += forced.len() - forced_now;
         budget -= forced_now;
-        // Promotions fill free room first, then swap with pages cold long enough.
-        let mut swaps = demotable.filter(|(_, cold_enough)| *cold_enough).map(|(addr, _)| addr);
-        for addr in promote {
+        // Promotions (hottest first) fill free room first, then swap with
+        // the coldest pages that are cold long enough or far colder. One
+        // passed over is no match for the cooler promotions after either.
+        let waiting = promote.len();
+        for (done, (addr, heat)) in promote.into_iter().enumerate() {
             let freed = if room > 0 {
                 room -= 1;
                 None
             } else {
-                match swaps.next() {
-                    Some(cold) => Some(cold),
-                    None => break, // no room: it waits until a page cools
+                match demotable.find(|&(_, cold, cold_enough)| cold_enough || cold * SWAP_MARGIN <= heat) {
+                    Some((cold, _, _)) => Some(cold),
+                    None => {
+                        // No room: these wait until a page cools.
+                        decisions.waiting_promote = waiting - done;
+                        break;
+                    }
                 }
             };
             let cost = 1 + freed.is_some() as usize;
@@ -242,7 +259,7 @@ mod tests {
         let t0 = Instant::now();
         let mut policy = Policy::default();
         // Budget full of a page that just cooled; a CXL page heats up.
-        let pages = [page(1, 0.1, Tier::Dram), page(2, 4.0, Tier::Cxl)];
+        let pages = [page(1, 3.0, Tier::Dram), page(2, 4.0, Tier::Cxl)];
         let d = policy.decide(&pages, &settings(1), t0);
         assert!(d.promote.is_empty() && d.demote.is_empty(), "page 1 was unwanted only now: {d:?}");
         let d = policy.decide(&pages, &settings(1), t0 + Duration::from_secs(11));
@@ -254,15 +271,30 @@ mod tests {
         let t0 = Instant::now();
         let mut policy = Policy::default();
         // Under budget, but the node itself has room for one page only.
-        let pages = [page(1, 0.1, Tier::Dram), page(2, 4.0, Tier::Cxl), page(3, 3.0, Tier::Cxl)];
+        let pages = [page(1, 2.0, Tier::Dram), page(2, 4.0, Tier::Cxl), page(3, 3.0, Tier::Cxl)];
         let mut s = settings(3);
         s.dram_room_pages = 1;
         let d = policy.decide(&pages, &s, t0);
         assert_eq!((d.promote, d.demote), (vec![2], vec![]), "one page of room; page 1 only just unwanted");
-        let pages = [page(1, 0.1, Tier::Dram), page(2, 4.0, Tier::Dram), page(3, 3.0, Tier::Cxl)];
+        assert_eq!(d.waiting_promote, 1, "page 3 waits for room");
+        let pages = [page(1, 2.0, Tier::Dram), page(2, 4.0, Tier::Dram), page(3, 3.0, Tier::Cxl)];
         s.dram_room_pages = 0;
         let d = policy.decide(&pages, &s, t0 + Duration::from_secs(11));
         assert_eq!((d.promote, d.demote), (vec![3], vec![1]), "no room: page 3 swaps with the cold page 1");
+        assert_eq!(d.waiting_promote, 0);
+    }
+
+    #[test]
+    fn a_page_twice_as_hot_swaps_with_an_unwanted_dram_page_at_once() {
+        let t0 = Instant::now();
+        let swap = |hot: f32| {
+            let pages = [page(1, 1.0, Tier::Dram), page(2, hot, Tier::Cxl)];
+            Policy::default().decide(&pages, &settings(1), t0)
+        };
+        let d = swap(2.5);
+        assert_eq!((d.promote, d.demote, d.waiting_promote), (vec![2], vec![1], 0));
+        let d = swap(1.8);
+        assert_eq!((d.promote, d.demote, d.waiting_promote), (vec![], vec![], 1), "not twice as hot: it waits");
     }
 
     #[test]

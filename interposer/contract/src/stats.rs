@@ -233,6 +233,10 @@ pub struct PlacementReport {
     /// Decided but not moved: rate-limited, or everything in `observe` mode.
     pub pending_promote_pages: u64,
     pub pending_demote_pages: u64,
+    /// Wanted on DRAM but left on CXL this round for want of room: DRAM is
+    /// at the budget and no page there has been unwanted for the hysteresis
+    /// time to swap with.
+    pub waiting_promote_pages: u64,
     /// Since start.
     pub promoted: MoveTotals,
     pub demoted: MoveTotals,
