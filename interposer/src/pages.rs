@@ -321,6 +321,7 @@ impl PageTracker {
                 self.report.unwatchable_arenas += 1;
                 continue;
             }
+            // A baseline: it records no heat, so no half-life is needed.
             let _ = arena.collect(writes, base, since, rules, 1.0, &mut ByClass::default());
             arena.collected_after = since + started.elapsed().as_secs_f64();
         }
@@ -530,13 +531,9 @@ mod tests {
         let Some((mut tracker, mut memory, offset)) = tracker_and_memory() else { return };
         let start = memory.as_ptr() as usize + offset;
         let regions = [(start, 8 * PAGE)];
-        let rules = |_| Rules::new(1.0, 10.0, 1.0);
-        // A collection now, whatever the fault budget says, 1 s after the
-        // last as far as the tracker knows; no decay to speak of. The arena
-        // counts as protected at the collection's start.
+        // The arena counts as protected at the collection's start.
         let collect = |t: &mut PageTracker| {
-            t.last_collection = None;
-            t.maybe_collect(&regions, rules, 1e9, NO_SPACING);
+            collect_now(t, &regions);
             t.arenas.values_mut().for_each(|a| a.collected_after = 0.0);
         };
         let heat = |t: &PageTracker| {
@@ -567,19 +564,14 @@ mod tests {
         let Some((mut tracker, mut memory, offset)) = tracker_and_memory() else { return };
         let start = memory.as_ptr() as usize + offset;
         let regions = [(start, 8 * PAGE)];
-        let rules = |_| Rules::new(1.0, 10.0, 1.0);
-        let collect = |t: &mut PageTracker| {
-            t.last_collection = None;
-            t.maybe_collect(&regions, rules, 1e9, NO_SPACING);
-        };
-        collect(&mut tracker);
-        collect(&mut tracker);
+        collect_now(&mut tracker, &regions);
+        collect_now(&mut tracker, &regions);
         // As if the arena were protected 10 ms into a collection of a big
         // heap: a write seen at 12 ms came 2 ms after.
         tracker.arenas.values_mut().for_each(|a| a.collected_after = 0.010);
         memory[offset + 7] = 2;
         tracker.peek(|| 0.012);
-        collect(&mut tracker);
+        collect_now(&mut tracker, &regions);
         let mut pages = vec![(start, 0.0)];
         tracker.add_write_heat(&mut pages, 1.0);
         assert!((pages[0].1 - 1.0).abs() < 1e-3, "heat {} for a write 2 ms after protection", pages[0].1);
@@ -604,6 +596,13 @@ mod tests {
         assert_eq!(tracker.class_of(start, &rules), Some(Class::Cold));
         let pages = &tracker.report().pages;
         assert_eq!(pages.hot + pages.warm + pages.cold, 8);
+    }
+
+    /// A collection now, whatever the fault budget says, 1 s after the last
+    /// as far as the tracker knows; no decay to speak of.
+    fn collect_now(tracker: &mut PageTracker, regions: &[(usize, usize)]) {
+        tracker.last_collection = None;
+        tracker.maybe_collect(regions, |_| Rules::new(1.0, 10.0, 1.0), 1e9, NO_SPACING);
     }
 
     /// A collection whenever asked.
