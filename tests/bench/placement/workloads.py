@@ -301,6 +301,16 @@ WORKLOADS = {
 }
 
 
+def pytier_placement():
+    """pytier's placement report, if the shim is loaded."""
+    try:
+        import pytier
+    except ImportError:
+        return None
+    last = pytier.stats()["last"]
+    return last and last.get("placement")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("name", choices=sorted(WORKLOADS))
@@ -337,6 +347,9 @@ def main():
             run(min(deadline, time.monotonic() + 1.0))
             if target is not None and converged_after is None and truth.dram_share() >= target:
                 converged_after = time.monotonic() - start
+        # pytier's own estimate first: the truth's listing of every object
+        # writes every count, which page writes would take for use.
+        estimate = pytier_placement()
         # Again at the end: a workload may have replaced objects meanwhile.
         truth = Truth(objects(), weights)
         dram_pages = truth.dram_pages()
@@ -359,7 +372,7 @@ def main():
         import pytier  # present when the shim is loaded
         stats = pytier.stats()
         last = stats["last"]
-        report["pytier"] = last and last.get("placement")
+        report["pytier"] = estimate
         report["oraclePagesSeen"] = truth.how_pytier_sees(pytier, budget_pages)
         report["oraclePagesSeen"]["arenas"] = {"all": last and last["arenas"], "early": stats["earlyArenas"],
                                                "watchedPages": last and last["pageWrites"]["watchedPages"],
