@@ -269,8 +269,7 @@ fn scan_loop(shared: Arc<Shared>) {
             report = tracker.scan_slice(&config, Duration::from_millis(config.tracking.slice_millis as u64));
             if let Some(report) = report.as_mut() {
                 // The cycle is complete: place its pages (within the same budget).
-                report.placement =
-                    placement.round(tracker.page_heat(), tracker.page_accesses(), report.heap_bytes, &config).clone();
+                report.placement = placement.round(tracker.page_heat(), report.heap_bytes, &config).clone();
             }
         }
         // All of this turn's work (collection, peeks, slice, placement) adds

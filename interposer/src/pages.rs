@@ -5,7 +5,9 @@
 //! whether a page was written since the last one; with collections seconds
 //! apart, nearly every page of a busy heap was. Between two collections the
 //! tracker therefore *peeks* (reads the written bits without protecting, so
-//! at no cost to the program) 0.25, 0.5, 1, 2, ... ms after the collection. The
+//! at no cost to the program) 0.25, 0.5, 1, 2, ... ms after the collection,
+//! and each arena once more during it, right after the next arena's
+//! collection (see `peek_arena`). The
 //! sooner after protection a page is first written, the more often the
 //! program uses it: that delay ranks pages by access rate, as hint-fault
 //! latency does for the kernel's memory tiering. It feeds placement as the
@@ -431,20 +433,18 @@ impl PageTracker {
         &self.report
     }
 
-    /// Each page's write heat: None where it is not known (the page is not
-    /// watched, or its arena not measured yet). Pages come an arena at a
-    /// time: one lookup per arena.
-    pub fn write_heats(&self, pages: &[(usize, f32)]) -> Vec<Option<f32>> {
-        let mut arena: Option<(usize, &ArenaPages)> = None;
-        let mut heats = Vec::with_capacity(pages.len());
-        for &(page, _) in pages {
-            if arena.is_none_or(|(base, a)| page < base || page >= base + a.write_heat.len() * PAGE) {
-                arena = self.arenas.range(..=page).next_back().map(|(&base, a)| (base, a));
+    /// Adds to each page's heat its write heat (0 when not watched) times
+    /// `weight`. Pages come an arena at a time: one lookup per arena.
+    pub fn add_write_heat(&self, pages: &mut [(usize, f32)], weight: f32) {
+        let mut arena: Option<(usize, &[WriteHeat])> = None;
+        for (page, heat) in pages {
+            if arena.is_none_or(|(base, heats)| *page < base || *page >= base + heats.len() * PAGE) {
+                arena = self.arenas.range(..=*page).next_back().map(|(&base, a)| (base, &a.write_heat[..]));
             }
-            let known = arena.filter(|(_, a)| a.measured);
-            heats.push(known.and_then(|(base, a)| a.write_heat.get((page - base) / PAGE)).map(|h| h.0));
+            if let Some((base, heats)) = arena {
+                *heat += weight * heats.get((*page - base) / PAGE).map_or(0.0, |h| h.0);
+            }
         }
-        heats
     }
 
     /// The class of the page holding `addr`, if it is watched and has been
@@ -540,8 +540,9 @@ mod tests {
         assert_eq!(tracker.report.collections, 1, "no collection of the whole heap");
         assert_eq!(tracker.class_of(start + 3 * PAGE, &rules(1.0)), Some(Class::Hot));
         assert_eq!(tracker.class_of(start, &rules(1.0)), Some(Class::Cold));
-        let heats = tracker.write_heats(&[(start + 3 * PAGE, 0.0), (start, 0.0)]);
-        assert!(heats[0] > Some(1.0) && heats[1] < Some(0.01), "the written page gained write heat: {heats:?}");
+        let mut pages = vec![(start + 3 * PAGE, 0.0), (start, 0.0)];
+        tracker.add_write_heat(&mut pages, 1.0);
+        assert!(pages[0].1 > 1.0 && pages[1].1 < 0.01, "the written page gained write heat: {pages:?}");
     }
 
     #[test]
@@ -576,13 +577,14 @@ mod tests {
             t.arenas.values_mut().for_each(|a| a.collected_after = 0.0);
         };
         let heat = |t: &PageTracker| {
-            let pages: Vec<(usize, f32)> = (0..8).map(|p| (start + p * PAGE, 0.0)).collect();
-            t.write_heats(&pages)
+            let mut pages: Vec<(usize, f32)> = (0..8).map(|p| (start + p * PAGE, 0.0)).collect();
+            t.add_write_heat(&mut pages, 1.0);
+            pages.into_iter().map(|(_, heat)| heat).collect::<Vec<f32>>()
         };
         let mut write = |page: usize| memory[offset + page * PAGE + 7] = 2;
 
         collect(&mut tracker); // registers: a baseline, which says nothing
-        assert_eq!(heat(&tracker), [None; 8]);
+        assert_eq!(heat(&tracker), [0.0; 8]);
         write(2);
         tracker.peek(|| 0.002);
         write(5);
@@ -592,8 +594,7 @@ mod tests {
         collect(&mut tracker);
         // 2 ms over the delay until first seen; page 6 only by the collection, 1 s.
         let want = [0.0, 0.0, 1.0, 0.0, 0.0, 0.25, 0.002, 0.0];
-        for (page, (got, want)) in heat(&tracker).into_iter().zip(want).enumerate() {
-            let got = got.expect("measured");
+        for (page, (got, want)) in heat(&tracker).iter().zip(want).enumerate() {
             assert!((got - want).abs() < 1e-6, "page {page}: heat {got}, want {want}");
         }
     }
@@ -611,8 +612,31 @@ mod tests {
         memory[offset + 7] = 2;
         tracker.peek(|| 0.012);
         collect_now(&mut tracker, &regions);
-        let heat = tracker.write_heats(&[(start, 0.0)])[0].expect("measured");
-        assert!((heat - 1.0).abs() < 1e-3, "heat {heat} for a write 2 ms after protection");
+        let mut pages = vec![(start, 0.0)];
+        tracker.add_write_heat(&mut pages, 1.0);
+        assert!((pages[0].1 - 1.0).abs() < 1e-3, "heat {} for a write 2 ms after protection", pages[0].1);
+    }
+
+    #[test]
+    fn the_look_right_after_an_arenas_collection_times_its_writes_from_then() {
+        let Some((mut tracker, mut memory, offset)) = tracker_and_memory() else { return };
+        let start = memory.as_ptr() as usize + offset;
+        let regions = [(start, 8 * PAGE)];
+        collect_now(&mut tracker, &regions);
+        collect_now(&mut tracker, &regions);
+        // As if the next arena's collection had just ended: a write by then
+        // is seen at once, not at the ladder's first peek 10 ms later.
+        let collection = Instant::now();
+        tracker.arenas.values_mut().for_each(|a| a.collected_after = 0.0);
+        memory[offset + 7] = 2;
+        let Ok(writes) = &mut tracker.writes else { unreachable!() };
+        assert_eq!(peek_arena(writes, start, &mut tracker.arenas, &collection), 1, "one page written");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        tracker.peek(|| 0.010); // the ladder's first peek: already seen
+        collect_now(&mut tracker, &regions);
+        let mut pages = vec![(start, 0.0)];
+        tracker.add_write_heat(&mut pages, 1.0);
+        assert!(pages[0].1 > 1.0, "heat {} for a write seen within 2 ms of protection", pages[0].1);
     }
 
     #[test]

@@ -62,15 +62,7 @@ impl Placement {
     }
 
     /// One round over the heap pages and their heat from the last cycle.
-    /// `accesses` weighs each page of `heat` by how much the program uses
-    /// it (see `Tracker::page_accesses`).
-    pub fn round(
-        &mut self,
-        heat: &[(usize, f32)],
-        accesses: &[f32],
-        heap_bytes: u64,
-        config: &Settings,
-    ) -> &PlacementReport {
+    pub fn round(&mut self, heat: &[(usize, f32)], heap_bytes: u64, config: &Settings) -> &PlacementReport {
         let started = Instant::now();
         let topology = Topology::discover(&config.tiers);
         let report = &mut self.report;
@@ -93,8 +85,8 @@ impl Placement {
         let report = &mut self.report;
         report.heap_pages = heat.len() as u64;
         report.budget_bytes = config.dram_budget.bytes_for(heap_bytes);
-        let pages = heat.iter().zip(accesses).map(|(&(_, h), &a)| (h, a)).collect();
-        report.dram_heat_share = policy::dram_access_share(pages, (report.budget_bytes / PAGE) as usize);
+        report.dram_heat_share =
+            policy::dram_heat_share(heat.iter().map(|&(_, h)| h).collect(), (report.budget_bytes / PAGE) as usize);
 
         // Where the heap is, placing or not (with one tier it is all on it).
         // Off, that is only for the stats: at most every OFF_QUERY_EVERY.

@@ -183,21 +183,21 @@ impl Policy {
     }
 }
 
-/// The share of the program's heap accesses on the `budget_pages` pages
-/// the Policy wants on DRAM (the hottest): what DRAM serves once every page
-/// is placed, CXL the rest. Pages are (heat, accesses). None when no page
-/// has been used yet. Placing or not, so it also tells a machine without CXL
-/// what CXL would do.
-pub fn dram_access_share(mut pages: Vec<(f32, f32)>, budget_pages: usize) -> Option<f64> {
-    let total: f64 = pages.iter().map(|&(_, a)| a as f64).sum();
+/// The share of the heap's page heat on its hottest `budget_pages` pages:
+/// the share of the program's heap accesses (as far as pytier sees them)
+/// that DRAM serves once the Policy has placed every page, CXL the rest.
+/// None when no page has any heat yet. Placing or not, so it also tells a
+/// machine without CXL what CXL would do.
+pub fn dram_heat_share(mut heats: Vec<f32>, budget_pages: usize) -> Option<f64> {
+    let total: f64 = heats.iter().map(|&h| h as f64).sum();
     if total <= 0.0 {
         return None;
     }
-    if budget_pages < pages.len() {
-        pages.select_nth_unstable_by(budget_pages, |a, b| b.0.total_cmp(&a.0));
-        pages.truncate(budget_pages);
+    if budget_pages < heats.len() {
+        heats.select_nth_unstable_by(budget_pages, |a, b| b.total_cmp(a));
+        heats.truncate(budget_pages);
     }
-    Some(pages.iter().map(|&(_, a)| a as f64).sum::<f64>() / total)
+    Some(heats.iter().map(|&h| h as f64).sum::<f64>() / total)
 }
 
 #[cfg(test)]
@@ -220,14 +220,13 @@ mod tests {
     }
 
     #[test]
-    fn dram_serves_the_accesses_of_the_hottest_pages_up_to_the_budget() {
-        // Heat ranks, accesses weigh: the hottest page (6.0) takes 7 of 10.
-        let pages = vec![(1.0, 1.0), (6.0, 7.0), (0.0, 0.0), (2.0, 1.0), (1.5, 1.0)];
-        assert_eq!(dram_access_share(pages.clone(), 1), Some(0.7));
-        assert_eq!(dram_access_share(pages.clone(), 2), Some(0.8));
-        assert_eq!(dram_access_share(pages.clone(), 0), Some(0.0));
-        assert_eq!(dram_access_share(pages, 9), Some(1.0));
-        assert_eq!(dram_access_share(vec![(1.0, 0.0); 3], 1), None, "nothing used yet");
+    fn dram_serves_the_heat_of_the_hottest_pages_up_to_the_budget() {
+        let heats = vec![1.0, 6.0, 0.0, 2.0, 1.0];
+        assert_eq!(dram_heat_share(heats.clone(), 1), Some(0.6));
+        assert_eq!(dram_heat_share(heats.clone(), 2), Some(0.8));
+        assert_eq!(dram_heat_share(heats.clone(), 0), Some(0.0));
+        assert_eq!(dram_heat_share(heats, 9), Some(1.0));
+        assert_eq!(dram_heat_share(vec![0.0; 3], 1), None, "nothing used yet");
     }
 
     #[test]

@@ -102,10 +102,6 @@ pub struct Tracker {
     cycle: Option<Cycle>,
     /// Heat of every heap page as of the last complete cycle.
     heat: PageHeat,
-    /// How much the program uses each page of `heat`, in write-heat units:
-    /// its write heat (see `pages`), which grows with how often the page is
-    /// written, where known. Heat ranks pages; this weighs them.
-    accesses: Vec<f32>,
 }
 
 struct BigState {
@@ -226,7 +222,6 @@ impl Tracker {
             big: AddrMap::default(),
             cycle: None,
             heat: PageHeat::new(),
-            accesses: Vec::new(),
         }
     }
 
@@ -287,11 +282,6 @@ impl Tracker {
     /// Heap pages and their heat, as of the last complete cycle.
     pub fn page_heat(&self) -> &[(usize, f32)] {
         &self.heat
-    }
-
-    /// How much the program uses each page of `page_heat` (see `accesses`).
-    pub fn page_accesses(&self) -> &[f32] {
-        &self.accesses
     }
 
     /// Whether a cycle is under way (the next slice continues it).
@@ -497,14 +487,7 @@ impl Tracker {
     fn finish_cycle(&mut self, cycle: Cycle) -> PassReport {
         let Cycle { started, mut report, per_type, mut heat, big_heat, .. } = cycle;
         heat.extend(big_heat);
-        let writes = self.pages.write_heats(&heat);
-        // Every use of an object writes its page; where writes are not
-        // known, its objects' temperatures stand for them.
-        self.accesses =
-            (heat.iter().zip(&writes)).map(|(&(_, objects), w)| w.unwrap_or(objects / WRITE_HEAT_WEIGHT)).collect();
-        for ((_, h), w) in heat.iter_mut().zip(&writes) {
-            *h += WRITE_HEAT_WEIGHT * w.unwrap_or(0.0);
-        }
+        self.pages.add_write_heat(&mut heat, WRITE_HEAT_WEIGHT);
         self.heat = heat;
         // Forget big objects that are gone (arenas were forgotten at the
         // cycle's start, free pools when read).

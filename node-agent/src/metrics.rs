@@ -9,7 +9,7 @@
 //! | --- | --- | --- |
 //! | `pytier_memory_bytes` | gauge | `tier` (dram, cxl, other): heap bytes resident there |
 //! | `pytier_dram_budget_bytes` | gauge | the most heap the policy lets stay on DRAM (0 unless placement enforces: off, or `observe` mode) |
-//! | `pytier_dram_heat_share` | gauge | the share of heap accesses on the hottest pages up to the DRAM budget (ranked by heat, weighed by page writes), placing or not: what DRAM serves (or would, with CXL); processes weighted by heap; absent until a page is used |
+//! | `pytier_dram_heat_share` | gauge | the share of the heap's page heat on its hottest pages up to the DRAM budget, placing or not: the share of accesses DRAM serves (or would, with CXL); processes weighted by heap; absent until a page has heat |
 //! | `pytier_objects` | gauge | `class` (hot, warm, cold) |
 //! | `pytier_object_bytes` | gauge | `class` |
 //! | `pytier_type_bytes` | gauge | `type`, `class` (hot, cold): the interposers' top types by hot and by cold bytes |
@@ -240,7 +240,7 @@ impl Collector for AgentCollector {
         gauges(
             e,
             "pytier_dram_heat_share",
-            "Share of heap accesses on the hottest pages up to the DRAM budget: what DRAM serves",
+            "Share of the heap's page heat on its hottest pages up to the DRAM budget: of accesses DRAM serves",
             None,
             &(containers.iter())
                 .filter(|(_, s)| s.heat_share_heap > 0)

@@ -225,12 +225,10 @@ pub struct PlacementReport {
     pub dram_room_bytes: Option<u64>,
     /// Pages the Policy wants on DRAM (the hottest, at most the budget).
     pub wanted_pages: u64,
-    /// Share of the program's heap accesses on the pages the Policy wants on
-    /// DRAM (the hottest, up to the budget), each page weighed by its write
-    /// heat (by its objects' temperatures where writes are not known): what
-    /// DRAM serves once every page is placed. Computed placing or not
-    /// (without a CXL node it says what CXL would do); null before any page
-    /// has been used.
+    /// Share of the heap's page heat on its hottest pages up to the budget:
+    /// the share of the program's heap accesses DRAM serves once every page
+    /// is placed. Computed placing or not (without a CXL node it says what
+    /// CXL would do); null before any page has heat.
     pub dram_heat_share: Option<f64>,
     /// Decided but not moved: rate-limited, or everything in `observe` mode.
     pub pending_promote_pages: u64,
