@@ -226,6 +226,9 @@ def main():
                              "page-write collections are spaced by it, and a phase lasts a minute")
     parser.add_argument("--scale", type=int, default=1)
     parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--check-prediction", type=float, metavar="POINTS",
+                        help="fail unless pytier's predicted DRAM share is within POINTS (0.05: five points)"
+                             " of the share it served, on every workload (the test of tests/run)")
     parser.add_argument("workloads", nargs="*", default=["zipf-read", "zipf-write", "zipf-shift", "records", "mixed"])
     args = parser.parse_args()
     if not os.path.exists("/sys/kernel/mm/numa/demotion_enabled"):
@@ -250,6 +253,7 @@ def main():
     print(f"{'workload':<11} {'config':<12} {'dram-hit':>8} {'oracle':>7} {'vs oracle':>9} {'oracle@held':>11} "
           f"{'predicted':>9} {'migrated':>10} {'reconverge':>14} {'intact':>6} {'on DRAM':>8}")
     summary = {}
+    predictions = {}
     for name in args.workloads:
         heap = heap_bytes(name, args)
         for config in args.configs.split(","):
@@ -263,6 +267,8 @@ def main():
             if len(report["phases"]) > 1:
                 reconverge = ("never" if after is None else f"{after:.1f}s") + f" from {last['shareAtShift']:.2f}"
             predicted = (report.get("pytier") or {}).get("dramHeatShare")
+            if config == "pytier":
+                predictions[name] = (predicted, hit)
             predicted = "-" if predicted is None else f"{predicted:.3f}"
             print(f"{name:<11} {config:<12} {hit:>8.3f} {oracle:>7.3f} {hit / oracle:>9.2f} "
                   f"{last['oracleShareAtHeld']:>11.3f} {predicted:>9} "
@@ -279,6 +285,14 @@ def main():
         pytier, oracle = summary["zipf-read", "pytier"]
         kernel, _ = summary["zipf-read", "kernel"]
         print(f"dram-hit pytier: {pytier:.3f}, kernel: {kernel:.3f}, oracle: {oracle:.3f}")
+    if args.check_prediction is not None:
+        off = {name: (p, hit) for name, (p, hit) in predictions.items()
+               if p is None or abs(p - hit) > args.check_prediction}
+        for name, (p, hit) in off.items():
+            print(f"{name}: pytier predicted {p} of the accesses on DRAM and served {hit:.3f}"
+                  f" (allowed: {args.check_prediction} either way)", file=sys.stderr)
+        if off or not predictions:
+            sys.exit(1)
 
 
 if __name__ == "__main__":
