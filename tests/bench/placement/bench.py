@@ -24,6 +24,7 @@ import ctypes
 import json
 import mmap
 import os
+import statistics
 import subprocess
 import sys
 import threading
@@ -84,6 +85,9 @@ def vmstat(*names):
             values[name] = int(value)
     return sum(values.get(n, 0) for n in names)
 
+
+# A run held equal DRAM if it held at most this much over its budget.
+HELD_TOLERANCE = 0.05
 
 MIGRATED_PAGES = ("pgpromote_success", "pgdemote_kswapd", "pgdemote_direct", "pgdemote_khugepaged",
                   "numa_pages_migrated")
@@ -226,6 +230,10 @@ def main():
                              "page-write collections are spaced by it, and a phase lasts a minute")
     parser.add_argument("--scale", type=int, default=1)
     parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--runs", type=int, default=3, help="runs of each workload and config; a cell is their median")
+    parser.add_argument("--dram-ns", type=float, default=100, help="a DRAM access, for the slowdown")
+    parser.add_argument("--cxl-extra-ns", type=float, default=80,
+                        help="what a CXL access costs more (Pond reports 70 to 90 ns), for the slowdown")
     parser.add_argument("--check-prediction", type=float, metavar="POINTS",
                         help="fail unless pytier's predicted DRAM share is within POINTS (0.05: five points)"
                              " of the share it served, on every workload (the test of tests/run)")
@@ -240,8 +248,7 @@ def main():
             with open(os.path.join(folder, name), "rb") as f:
                 f.read()
 
-    print("dram-hit: share of the accesses served from DRAM at the end (of the last phase);"
-          " on DRAM: the workload's anonymous memory on node 0 then")
+    print("dram-hit: share of the accesses served from DRAM at the end (of the last phase)")
     print(f"DRAM = {args.dram_fraction:.0%} of each workload's heap; phases of {args.seconds:.0f} s; "
           f"pytier hysteresis {args.hysteresis:.0f} s, maxCpuFraction {args.pytier_cpu}, "
           f"maxFaultFraction {args.pytier_faults}")
@@ -250,49 +257,71 @@ def main():
           " reconverge: seconds after the shift until the share is back to 90% of the pre-shift one,"
           " from the share right at the shift; predicted: pytier's own estimate of the share DRAM serves"
           " with its budget placed (placement.dramHeatShare, what `node-agent run` shows without CXL)")
-    print(f"{'workload':<11} {'config':<12} {'dram-hit':>8} {'oracle':>7} {'vs oracle':>9} {'oracle@held':>11} "
-          f"{'predicted':>9} {'migrated':>10} {'reconverge':>14} {'intact':>6} {'on DRAM':>8}")
+    print(f"each cell: the median of {args.runs} runs (interleaved across configs), dram-hit's range beside it;"
+          f" slowdown: memory accesses' time against all-DRAM at {args.dram_ns:.0f} ns a DRAM access and"
+          f" {args.cxl_extra_ns:.0f} ns more on CXL; held: the most DRAM (the workload's anonymous memory on node 0) a run held, over the budget")
+    print(f"{'workload':<11} {'config':<12} {'dram-hit':>8} {'range':>11} {'oracle':>7} {'vs oracle':>9} "
+          f"{'slowdown':>8} {'oracle@held':>11} {'predicted':>9} {'migrated':>10} {'reconverge':>14} "
+          f"{'intact':>6} {'held':>6}")
+    configs = args.configs.split(",")
     summary = {}
-    predictions = {}
+    predictions = []
     for name in args.workloads:
         heap = heap_bytes(name, args)
-        for config in args.configs.split(","):
-            started = time.monotonic()
-            report = run_workload(name, args, config, int(args.dram_fraction * heap))
-            last = report["phases"][-1]
-            hit, oracle = last["dramShare"], last["oracleShare"]
-            summary[name, config] = (hit, oracle)
-            after = last["convergedAfterSeconds"]
-            reconverge = "-"
-            if len(report["phases"]) > 1:
-                reconverge = ("never" if after is None else f"{after:.1f}s") + f" from {last['shareAtShift']:.2f}"
-            predicted = (report.get("pytier") or {}).get("dramHeatShare")
-            if config == "pytier":
-                predictions[name] = (predicted, hit)
-            predicted = "-" if predicted is None else f"{predicted:.3f}"
-            print(f"{name:<11} {config:<12} {hit:>8.3f} {oracle:>7.3f} {hit / oracle:>9.2f} "
-                  f"{last['oracleShareAtHeld']:>11.3f} {predicted:>9} "
-                  f"{report['migratedBytes'] / 2**20:>8.1f}Mi {reconverge:>14} "
-                  f"{'yes' if report['intact'] else 'NO':>6} "
-                  f"{report['anonBytesByNode'].get('0', 0) / 2**20:>6.1f}Mi", flush=True)
-            print(f"  ({config}: heap {heap / 2**20:.1f} MiB, {report['accesses']} accesses, "
-                  f"{time.monotonic() - started:.0f} s)", file=sys.stderr, flush=True)
-            if report.get("pytier"):
-                print(f"  (pytier placement: {json.dumps(report['pytier'])})", file=sys.stderr)
-                print(f"  (the oracle's pages as pytier sees them: {json.dumps(report['oraclePagesSeen'])})",
-                      file=sys.stderr)
+        budget = int(args.dram_fraction * heap)
+        runs = {config: [] for config in configs}
+        for number in range(args.runs):
+            for config in configs:
+                started = time.monotonic()
+                report = run_workload(name, args, config, budget)
+                runs[config].append(report)
+                hit = report["phases"][-1]["dramShare"]
+                if config == "pytier":
+                    predictions.append((name, (report.get("pytier") or {}).get("dramHeatShare"), hit))
+                print(f"  ({name} {config} run {number + 1}/{args.runs}: dram-hit {hit:.3f}, heap"
+                      f" {heap / 2**20:.1f} MiB, {report['accesses']} accesses, {time.monotonic() - started:.0f} s)",
+                      file=sys.stderr, flush=True)
+                if report.get("pytier"):
+                    print(f"  (pytier placement: {json.dumps(report['pytier'])})", file=sys.stderr)
+                    print(f"  (the oracle's pages as pytier sees them: {json.dumps(report['oraclePagesSeen'])})",
+                          file=sys.stderr)
+        for config in configs:
+            summary[name, config] = print_cell(name, config, runs[config], budget, args)
     if ("zipf-read", "pytier") in summary and ("zipf-read", "kernel") in summary:
-        pytier, oracle = summary["zipf-read", "pytier"]
-        kernel, _ = summary["zipf-read", "kernel"]
-        print(f"dram-hit pytier: {pytier:.3f}, kernel: {kernel:.3f}, oracle: {oracle:.3f}")
+        (pytier, oracle, pytier_held), (kernel, _, kernel_held) = summary["zipf-read", "pytier"], summary["zipf-read", "kernel"]
+        held = "equal" if max(pytier_held, kernel_held) <= 1 + HELD_TOLERANCE else "unequal"
+        print(f"dram-hit pytier: {pytier:.3f}, kernel: {kernel:.3f}, oracle: {oracle:.3f}, held: {held}")
     if args.check_prediction is not None:
-        off = {name: (p, hit) for name, (p, hit) in predictions.items()
-               if p is None or abs(p - hit) > args.check_prediction}
-        for name, (p, hit) in off.items():
+        off = [(name, p, hit) for name, p, hit in predictions if p is None or abs(p - hit) > args.check_prediction]
+        for name, p, hit in off:
             print(f"{name}: pytier predicted {p} of the accesses on DRAM and served {hit:.3f}"
                   f" (allowed: {args.check_prediction} either way)", file=sys.stderr)
         if off or not predictions:
             sys.exit(1)
+
+
+def print_cell(name, config, reports, budget, args):
+    """Prints the row of a workload and config: the median run (by dram-hit),
+    the range, and the most DRAM any run held. Returns (median dram-hit,
+    oracle, most held over the budget)."""
+    hits = [r["phases"][-1]["dramShare"] for r in reports]
+    hit = statistics.median(hits)
+    median_run = min(reports, key=lambda r: abs(r["phases"][-1]["dramShare"] - hit))
+    last = median_run["phases"][-1]
+    oracle = last["oracleShare"]
+    after = last["convergedAfterSeconds"]
+    reconverge = "-"
+    if len(median_run["phases"]) > 1:
+        reconverge = ("never" if after is None else f"{after:.1f}s") + f" from {last['shareAtShift']:.2f}"
+    predicted = (median_run.get("pytier") or {}).get("dramHeatShare")
+    predicted = "-" if predicted is None else f"{predicted:.3f}"
+    held = max(r["anonBytesByNode"].get("0", 0) for r in reports) / budget
+    slowdown = (1 - hit) * args.cxl_extra_ns / args.dram_ns
+    print(f"{name:<11} {config:<12} {hit:>8.3f} {min(hits):>5.3f}-{max(hits):.3f} {oracle:>7.3f} "
+          f"{hit / oracle:>9.2f} {slowdown:>+8.1%} {last['oracleShareAtHeld']:>11.3f} {predicted:>9} "
+          f"{median_run['migratedBytes'] / 2**20:>8.1f}Mi {reconverge:>14} "
+          f"{'yes' if all(r['intact'] for r in reports) else 'NO':>6} {held:>5.2f}x", flush=True)
+    return hit, oracle, held
 
 
 if __name__ == "__main__":
