@@ -236,7 +236,7 @@ def main():
                         help="what a CXL access costs more (Pond reports 70 to 90 ns), for the slowdown")
     parser.add_argument("--check-prediction", type=float, metavar="POINTS",
                         help="fail unless pytier's predicted DRAM share is within POINTS (0.05: five points)"
-                             " of the share it served, on every workload (the test of tests/run)")
+                             " of the share it served, in every run")
     parser.add_argument("workloads", nargs="*", default=["zipf-read", "zipf-write", "zipf-shift", "records", "mixed"])
     args = parser.parse_args()
     if not os.path.exists("/sys/kernel/mm/numa/demotion_enabled"):
