@@ -16,9 +16,10 @@
 //! The peeks also count what the next collection will cost: every page
 //! written since the last one faults once. A collection waits until that
 //! count, times the cost of a fault, is within `maxFaultFraction` of the
-//! time since the last one.
+//! time since the last one. That cost is timed again at every collection
+//! (see `FaultCost`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -35,6 +36,12 @@ const MAX_PEEKS: u8 = 19;
 /// A page first seen written `t` seconds after its arena's collection gains
 /// this much write heat divided by `t`: 1 for 2 ms, 8 for the first peek.
 const WRITE_HEAT_SECONDS: f64 = 0.002;
+
+/// Fault-cost trials at the first collection, and at each one after; and
+/// how many recent trials the cost is the median of.
+const FAULT_TRIALS_FIRST: usize = 5;
+const FAULT_TRIALS_EACH: usize = 1;
+const FAULT_TRIALS_KEPT: usize = 15;
 
 /// How long after their registration new arenas are measured (see
 /// `PageTracker::measure_new_arenas`).
@@ -59,7 +66,7 @@ pub struct PageTracker {
     writes: Result<PageWrites, String>,
     arenas: BTreeMap<usize, ArenaPages>,
     /// What one written page costs the program (a write-protect fault).
-    fault_seconds: f64,
+    fault_cost: FaultCost,
     last_collection: Option<Instant>,
     /// Seconds after the last collection of the latest peek (0 before any).
     last_peek: f64,
@@ -69,6 +76,8 @@ pub struct PageTracker {
     /// Seconds the last collection and the peeks since took.
     round_seconds: f64,
     frees_seen: u64,
+    /// Scratch for peeks: the pages one look found newly written.
+    fresh: Vec<usize>,
     report: PageReport,
 }
 
@@ -91,6 +100,31 @@ struct ArenaPages {
     /// Pages written since the scanner last read them, a bit each: set by
     /// collections (every page at a baseline), taken by `written_since_read`.
     unread_writes: Vec<u64>,
+}
+
+/// The cost of a write-protect fault to the program: the median of the
+/// recent trials. One trial stretched by preemption must not space a whole
+/// run's collections: in the TCG VM a fault costs about 26 µs, and one
+/// start-up measurement that kept the dearest of its trials read 96 µs, so
+/// that run had 5 collections where others had 15 to 17.
+#[derive(Default)]
+struct FaultCost {
+    recent: VecDeque<f64>,
+}
+
+impl FaultCost {
+    fn add(&mut self, trials: Vec<f64>) {
+        self.recent.extend(trials);
+        while self.recent.len() > FAULT_TRIALS_KEPT {
+            self.recent.pop_front();
+        }
+    }
+
+    fn seconds(&self) -> f64 {
+        let mut sorted: Vec<f64> = self.recent.iter().copied().collect();
+        sorted.sort_by(f64::total_cmp);
+        sorted.get(sorted.len() / 2).copied().unwrap_or(DEFAULT_FAULT_SECONDS)
+    }
 }
 
 /// The tracker's state before its first collection.
@@ -198,12 +232,13 @@ impl PageTracker {
         PageTracker {
             writes: Err(NOT_OPENED.into()),
             arenas: BTreeMap::new(),
-            fault_seconds: DEFAULT_FAULT_SECONDS,
+            fault_cost: FaultCost::default(),
             last_collection: None,
             last_peek: 0.0,
             written_since: 0,
             round_seconds: 0.0,
             frees_seen: 0,
+            fresh: Vec::new(),
             report: PageReport::default(),
         }
     }
@@ -232,12 +267,6 @@ impl PageTracker {
             return;
         }
         self.report.off_reason = None;
-        if self.last_collection.is_none()
-            && let Ok(writes) = &mut self.writes
-        {
-            self.fault_seconds = writes.measure_fault_seconds();
-            self.report.fault_seconds_per_page = self.fault_seconds;
-        }
         let since = self.last_collection.map(|at| at.elapsed().as_secs_f64());
         if let (Some(since), Some(at)) = (since, self.last_collection) {
             let clock = || at.elapsed().as_secs_f64();
@@ -258,6 +287,9 @@ impl PageTracker {
         self.stop_if_descriptors_lost();
         let Ok(writes) = &mut self.writes else { return };
         let started = Instant::now();
+        let trials = if since.is_none() { FAULT_TRIALS_FIRST } else { FAULT_TRIALS_EACH };
+        self.fault_cost.add(writes.time_faults(trials));
+        let fault_seconds = self.fault_cost.seconds();
         let rules = rules_for(since.unwrap_or(1.0));
         self.last_collection = Some(started);
         self.last_peek = 0.0;
@@ -272,7 +304,7 @@ impl PageTracker {
         self.arenas.retain(|base, _| present.contains(base));
         let mut report = PageReport {
             collections: self.report.collections + 1,
-            fault_seconds_per_page: self.fault_seconds,
+            fault_seconds_per_page: fault_seconds,
             fault_seconds_total: self.report.fault_seconds_total,
             registrations: self.report.registrations,
             ..Default::default()
@@ -297,16 +329,16 @@ impl PageTracker {
             // The arena before this one was protected one arena's collection
             // ago: look at it now (see `peek_arena`).
             if let Some(previous) = just_collected.replace(base) {
-                self.written_since += peek_arena(writes, previous, &mut self.arenas, &started);
+                self.written_since += peek_arena(writes, previous, &mut self.arenas, &mut self.fresh, &started);
             }
             let Some(n) = collected else { continue };
             report.last_written_pages += n as u64;
             report.watched_pages += pages as u64;
         }
         if let Some(last) = just_collected {
-            self.written_since += peek_arena(writes, last, &mut self.arenas, &started);
+            self.written_since += peek_arena(writes, last, &mut self.arenas, &mut self.fresh, &started);
         }
-        report.fault_seconds_total += report.last_written_pages as f64 * self.fault_seconds;
+        report.fault_seconds_total += report.last_written_pages as f64 * fault_seconds;
         report.collect_seconds = started.elapsed().as_secs_f64();
         self.round_seconds += report.collect_seconds;
         self.report = report;
@@ -358,7 +390,7 @@ impl PageTracker {
             written += arena.collect(writes, base, since, &rules, half_life_s, &mut ByClass::default()).unwrap_or(0);
             arena.collected_after = since + started.elapsed().as_secs_f64();
         }
-        self.report.fault_seconds_total += written as f64 * self.fault_seconds;
+        self.report.fault_seconds_total += written as f64 * self.fault_cost.seconds();
         self.round_seconds += started.elapsed().as_secs_f64();
     }
 
@@ -381,9 +413,8 @@ impl PageTracker {
         let started = Instant::now();
         self.stop_if_descriptors_lost();
         let Ok(writes) = &mut self.writes else { return };
-        let mut fresh = Vec::new();
         for (&base, arena) in self.arenas.iter_mut().filter(|(_, a)| !a.first_seen.is_empty()) {
-            self.written_since += peek_into(writes, base, arena, &mut fresh, &clock) as u64;
+            self.written_since += peek_into(writes, base, arena, &mut self.fresh, &clock) as u64;
         }
         self.last_peek = clock();
         self.round_seconds += started.elapsed().as_secs_f64();
@@ -394,7 +425,7 @@ impl PageTracker {
     /// within `max_fault_fraction` of that time, and the round's own work
     /// within `max_cpu_fraction` of it.
     fn interval(&self, spacing: Spacing) -> f64 {
-        let faults = self.written_since as f64 * self.fault_seconds / spacing.max_fault_fraction;
+        let faults = self.written_since as f64 * self.fault_cost.seconds() / spacing.max_fault_fraction;
         let cpu = self.round_seconds / spacing.max_cpu_fraction;
         faults.max(cpu).max(spacing.min_seconds)
     }
@@ -491,10 +522,11 @@ fn peek_arena(
     writes: &mut PageWrites,
     base: usize,
     arenas: &mut BTreeMap<usize, ArenaPages>,
+    fresh: &mut Vec<usize>,
     collection: &Instant,
 ) -> u64 {
     let Some(arena) = arenas.get_mut(&base).filter(|a| !a.first_seen.is_empty()) else { return 0 };
-    peek_into(writes, base, arena, &mut Vec::new(), || collection.elapsed().as_secs_f64()) as u64
+    peek_into(writes, base, arena, fresh, || collection.elapsed().as_secs_f64()) as u64
 }
 
 /// Seconds after a collection of the first peek on the ladder (0.25, 0.5,
@@ -630,7 +662,7 @@ mod tests {
         tracker.arenas.values_mut().for_each(|a| a.collected_after = 0.0);
         memory[offset + 7] = 2;
         let Ok(writes) = &mut tracker.writes else { unreachable!() };
-        assert_eq!(peek_arena(writes, start, &mut tracker.arenas, &collection), 1, "one page written");
+        assert_eq!(peek_arena(writes, start, &mut tracker.arenas, &mut Vec::new(), &collection), 1, "one page written");
         std::thread::sleep(std::time::Duration::from_millis(10));
         tracker.peek(|| 0.010); // the ladder's first peek: already seen
         collect_now(&mut tracker, &regions);
@@ -668,6 +700,21 @@ mod tests {
     }
 
     /// A collection whenever asked.
+    #[test]
+    fn the_fault_cost_is_the_median_of_the_recent_trials_so_one_interrupted_trial_does_not_count() {
+        let mut cost = FaultCost::default();
+        assert_eq!(cost.seconds(), DEFAULT_FAULT_SECONDS, "no trial yet");
+        cost.add(vec![26e-6, 25e-6, 96e-6, 27e-6, 26e-6]);
+        assert_eq!(cost.seconds(), 26e-6);
+        // The machine gets slower: once most kept trials have the new cost,
+        // so does the estimate.
+        cost.add(vec![60e-6; 2]);
+        assert_eq!(cost.seconds(), 27e-6);
+        cost.add(vec![60e-6; FAULT_TRIALS_KEPT]);
+        assert_eq!(cost.seconds(), 60e-6);
+        assert_eq!(cost.recent.len(), FAULT_TRIALS_KEPT);
+    }
+
     const NO_SPACING: Spacing = Spacing { max_fault_fraction: 1.0, min_seconds: 0.0, max_cpu_fraction: 1.0 };
 
     #[test]
@@ -689,7 +736,7 @@ mod tests {
         let regions = [(start, 8 * PAGE)];
         let spacing = Spacing { max_fault_fraction: 0.1, min_seconds: 0.5, max_cpu_fraction: 1.0 };
         tracker.maybe_collect(&regions, |_| Rules::new(1.0, 10.0, 1.0), 10.0, spacing);
-        tracker.fault_seconds = 0.1;
+        tracker.fault_cost = FaultCost { recent: VecDeque::from([0.1]) };
         tracker.round_seconds = 0.0;
         assert_eq!(tracker.interval(spacing), 0.5, "nothing written yet");
         for page in [1, 3, 4] {

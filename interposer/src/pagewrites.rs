@@ -222,14 +222,12 @@ impl PageWrites {
         }
     }
 
-    /// What the program pays for one written page: time writes to protected
-    /// pages of our own, minus the same writes unprotected. Several trials,
-    /// and the dearest one kept: a fault in the middle of the program's work
-    /// (cold caches, a TLB flush) costs more than one in this tight loop, so
-    /// the estimate errs high, never below `DEFAULT_FAULT_SECONDS`.
-    pub fn measure_fault_seconds(&mut self) -> f64 {
+    /// What the program pays for one written page, timed `trials` times:
+    /// writes to protected pages of our own, minus the same writes
+    /// unprotected, per page, each within `DEFAULT_FAULT_SECONDS` and
+    /// `MAX_FAULT_SECONDS`. Empty when no trial could run.
+    pub fn time_faults(&mut self, trials: usize) -> Vec<f64> {
         const PAGES: usize = 64;
-        const TRIALS: usize = 5;
         let len = PAGES * PAGE;
         // SAFETY: a private anonymous mapping we own and unmap below.
         let base = unsafe {
@@ -243,7 +241,7 @@ impl PageWrites {
             )
         };
         if base == libc::MAP_FAILED {
-            return DEFAULT_FAULT_SECONDS;
+            return Vec::new();
         }
         let start = base as usize;
         let touch = || {
@@ -254,26 +252,28 @@ impl PageWrites {
             }
             t.elapsed().as_secs_f64()
         };
-        let mut result = DEFAULT_FAULT_SECONDS;
+        let mut costs = Vec::with_capacity(trials);
         touch(); // populate
         if self.watch(start, len).is_ok() {
-            for _ in 0..TRIALS {
+            for _ in 0..trials {
                 if self.take_written(start, len, |_| {}).is_err() {
                     break;
                 }
                 let protected = touch();
                 let plain = touch();
-                result = result.max((protected - plain) / PAGES as f64);
+                costs.push(((protected - plain) / PAGES as f64).clamp(DEFAULT_FAULT_SECONDS, MAX_FAULT_SECONDS));
             }
         }
         // SAFETY: our mapping.
         unsafe { libc::munmap(base, len) };
-        result.min(1e-4)
+        costs
     }
 }
 
 /// A minor write-protect fault on a typical x86 server: the least we assume.
 pub const DEFAULT_FAULT_SECONDS: f64 = 1e-6;
+/// The most one trial counts: anything dearer was the trial interrupted.
+const MAX_FAULT_SECONDS: f64 = 1e-4;
 
 #[cfg(test)]
 mod tests {

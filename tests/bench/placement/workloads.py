@@ -301,12 +301,17 @@ WORKLOADS = {
 }
 
 
-def pytier_placement():
-    """pytier's placement report, if the shim is loaded."""
+def loaded_pytier():
+    """The pytier module when the shim is loaded, else None."""
     try:
         import pytier
     except ImportError:
         return None
+    return pytier
+
+
+def placement_estimate(pytier):
+    """pytier's placement report (its estimate of the share DRAM serves)."""
     last = pytier.stats()["last"]
     return last and last.get("placement")
 
@@ -330,6 +335,7 @@ def main():
         print(json.dumps(report))
         return
     budget_pages = int(args.dram_fraction * heap) // PAGE
+    pytier = loaded_pytier()
     report["phases"] = []
     for number in range(phases):
         objects, weights, run = phase(state, rng)
@@ -349,7 +355,7 @@ def main():
                 converged_after = time.monotonic() - start
         # pytier's own estimate first: the truth's listing of every object
         # writes every count, which page writes would take for use.
-        estimate = pytier_placement()
+        estimate = pytier and placement_estimate(pytier)
         # Again at the end: a workload may have replaced objects meanwhile.
         truth = Truth(objects(), weights)
         dram_pages = truth.dram_pages()
@@ -368,8 +374,7 @@ def main():
     report["anonBytesByNode"] = anon_bytes_by_node()
     report["accesses"] = state["done"]
     report["intact"] = check(state)
-    try:
-        import pytier  # present when the shim is loaded
+    if pytier:
         stats = pytier.stats()
         last = stats["last"]
         report["pytier"] = estimate
@@ -378,9 +383,8 @@ def main():
                                                "watchedPages": last and last["pageWrites"]["watchedPages"],
                                                "registrations": last and last["pageWrites"]["registrations"],
                                                "unwatchable": last and last["pageWrites"]["unwatchableArenas"],
-                                               "collections": last and last["pageWrites"]["collections"]}
-    except ImportError:
-        pass
+                                               "collections": last and last["pageWrites"]["collections"],
+                                               "faultSecondsPerPage": last and last["pageWrites"]["faultSecondsPerPage"]}
     print(json.dumps(report))
 
 
