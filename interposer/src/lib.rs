@@ -253,6 +253,9 @@ fn scan_loop(shared: Arc<Shared>) {
     let mut next_slice = Instant::now();
     let mut next_cycle = Instant::now();
     let mut placement = Placement::default();
+    if let Ok(config) = shared.config.lock() {
+        placement.place_own_memory(&config);
+    }
     while !shared.stop.load(Ordering::Acquire) {
         let config = shared.config.lock().map(|c| c.clone()).unwrap_or_default();
         let interval = Duration::from_millis(config.tracking.scan_interval_millis as u64);

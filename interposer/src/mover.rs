@@ -9,6 +9,7 @@ use std::io;
 /// Pages per system call: bounds the arrays, not the kernel's work.
 const BATCH: usize = 4096;
 const MPOL_MF_MOVE: libc::c_int = 1 << 1;
+const MPOL_DEFAULT: libc::c_int = 0;
 const MPOL_PREFERRED: libc::c_int = 1;
 
 /// The NUMA node of each page (or `-errno`: `-ENOENT` for a page never
@@ -89,6 +90,22 @@ pub fn prefer_node(addr: usize, len: usize, node: i32) -> io::Result<()> {
     if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
+/// Has the calling thread's future allocations prefer `node` (falling back
+/// to other nodes when it is full), or follow the default policy again.
+pub fn prefer_node_for_this_thread(node: Option<i32>) -> io::Result<()> {
+    let r = match node {
+        Some(node) if (0..64).contains(&node) => {
+            let mask: u64 = 1 << node;
+            // SAFETY: the mask is one word of 64 node bits.
+            unsafe { libc::syscall(libc::SYS_set_mempolicy, MPOL_PREFERRED, &mask as *const u64, 64) }
+        }
+        Some(_) => return Err(io::Error::from_raw_os_error(libc::EINVAL)),
+        // SAFETY: no mask with the default policy.
+        None => unsafe { libc::syscall(libc::SYS_set_mempolicy, MPOL_DEFAULT, std::ptr::null::<u64>(), 0) },
+    };
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
 fn errno_name(errno: i32) -> String {
     match errno {
         libc::ENOMEM => "ENOMEM".into(),
@@ -122,6 +139,31 @@ mod tests {
         assert!(status[0] >= 0, "a touched page is on a node: {status:?}");
         assert_eq!(status[1], -libc::ENOENT, "an untouched page is nowhere");
         unsafe { libc::munmap(untouched, 4096) };
+    }
+
+    /// The calling thread's memory policy and its node mask.
+    fn this_threads_policy() -> (libc::c_int, u64) {
+        let (mut mode, mut mask) = (0 as libc::c_int, 0u64);
+        // SAFETY: both outputs are ours; a mask of one 64-bit word.
+        let r = unsafe {
+            libc::syscall(libc::SYS_get_mempolicy, &mut mode as *mut libc::c_int, &mut mask as *mut u64, 64, 0, 0)
+        };
+        assert_eq!(r, 0, "{}", io::Error::last_os_error());
+        (mode, mask)
+    }
+
+    #[test]
+    fn a_thread_can_prefer_a_node_for_its_own_allocations_and_go_back_to_the_default() {
+        std::thread::spawn(|| {
+            prefer_node_for_this_thread(Some(0)).unwrap();
+            assert_eq!(this_threads_policy(), (MPOL_PREFERRED, 1));
+            prefer_node_for_this_thread(None).unwrap();
+            assert_eq!(this_threads_policy().0, MPOL_DEFAULT);
+            assert!(prefer_node_for_this_thread(Some(64)).is_err(), "no such node bit");
+        })
+        .join()
+        .unwrap();
+        assert_eq!(this_threads_policy().0, MPOL_DEFAULT, "other threads keep theirs");
     }
 
     #[test]
