@@ -274,11 +274,15 @@ impl PageTracker {
             if next_peek_offset(self.last_peek).is_some_and(|offset| since >= offset) {
                 self.peek(clock);
             }
-            // Due by the count so far: count again now, before the program pays.
+            // Due by the count so far: count again now, before the program
+            // pays. That look's own time does not put the collection off:
+            // each recount would push it a little further, for ever (one
+            // collection in a minute at the default settings, seen).
+            let round_before_recount = self.round_seconds;
             if since >= self.interval(spacing) && self.last_peek < since {
                 self.peek(clock);
             }
-            if since < self.interval(spacing) {
+            if since < self.interval_with(spacing, round_before_recount) {
                 self.watch_new_arenas(regions, since, &rules_for(since));
                 self.measure_new_arenas(since, rules_for, half_life_s);
                 return;
@@ -425,8 +429,13 @@ impl PageTracker {
     /// within `max_fault_fraction` of that time, and the round's own work
     /// within `max_cpu_fraction` of it.
     fn interval(&self, spacing: Spacing) -> f64 {
+        self.interval_with(spacing, self.round_seconds)
+    }
+
+    /// `interval`, as if the round's work so far had taken `round_seconds`.
+    fn interval_with(&self, spacing: Spacing, round_seconds: f64) -> f64 {
         let faults = self.written_since as f64 * self.fault_cost.seconds() / spacing.max_fault_fraction;
-        let cpu = self.round_seconds / spacing.max_cpu_fraction;
+        let cpu = round_seconds / spacing.max_cpu_fraction;
         faults.max(cpu).max(spacing.min_seconds)
     }
 
@@ -727,6 +736,23 @@ mod tests {
         tracker.round_seconds = 0.002;
         // 2 ms of collection and peeks within 0.5% of a CPU: 0.4 s apart.
         assert!((tracker.interval(spacing) - 0.4).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_recount_that_finds_a_collection_due_does_not_put_it_off_by_its_own_time() {
+        let Some((mut tracker, memory, offset)) = tracker_and_memory() else { return };
+        let regions = [(memory.as_ptr() as usize + offset, 8 * PAGE)];
+        // A share so small that any look's time puts the next collection off by far.
+        let spacing = Spacing { max_fault_fraction: 1.0, min_seconds: 0.0, max_cpu_fraction: 1e-6 };
+        let rules = |_| Rules::new(1.0, 10.0, 1.0);
+        tracker.maybe_collect(&regions, rules, 10.0, spacing);
+        // 10 s on, the round's 9.99 µs made it due at 9.99 s: the recount's
+        // own microsecond or more would put it past now. The last rung of
+        // the ladder was at 9 s, the next is at 16 s.
+        tracker.last_collection = Some(Instant::now() - std::time::Duration::from_secs(10));
+        (tracker.round_seconds, tracker.last_peek) = (9.99e-6, 9.0);
+        tracker.maybe_collect(&regions, rules, 10.0, spacing);
+        assert_eq!(tracker.report.collections, 2, "collected after its recount");
     }
 
     #[test]
