@@ -104,9 +104,9 @@ struct ArenaPages {
 
 /// The cost of a write-protect fault to the program: the median of the
 /// recent trials. One trial stretched by preemption must not space a whole
-/// run's collections: in the TCG VM a fault costs about 26 µs, and one
-/// start-up measurement that kept the dearest of its trials read 96 µs, so
-/// that run had 5 collections where others had 15 to 17.
+/// run's collections: in the TCG VM the median is about 3.6 µs, and the
+/// dearest of five trials at start-up, the estimate before, read 26 to
+/// 96 µs (5 to 17 collections in a run that now has 50 to 100).
 #[derive(Default)]
 struct FaultCost {
     recent: VecDeque<f64>,
@@ -277,7 +277,7 @@ impl PageTracker {
             // Due by the count so far: count again now, before the program
             // pays. That look's own time does not put the collection off:
             // each recount would push it a little further, for ever (one
-            // collection in a minute at the default settings, seen).
+            // collection in 30 s at the default settings, seen).
             let round_before_recount = self.round_seconds;
             if since >= self.interval(spacing) && self.last_peek < since {
                 self.peek(clock);
