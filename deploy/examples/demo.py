@@ -4,8 +4,8 @@
 
 It keeps 200k records; a working set of 1000 of them is re-read and held by
 request batches while the rest sits idle. pytier reports the rest cold and,
-at default settings, the working set hot from about 2 seconds on (some 900
-of the 1000 then, all of them by 4 s); without a CXL node it shows
+at default settings, the working set hot from about 2 seconds on (900 to
+980 of the 1000 then, all of them by 4 s); without a CXL node it shows
 what CXL would do with the heap. The records are checked at exit.
 """
 
