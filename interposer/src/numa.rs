@@ -48,35 +48,44 @@ impl Topology {
 }
 
 /// Pages a node can still take before the kernel starts reclaiming on it:
-/// its free memory above its zones' high watermarks. None if unknown.
+/// each zone's free memory above its high watermark and the protection that
+/// keeps user pages out of lower zones (the DMA zone's free pages are
+/// counted free but mostly protected). None if unknown.
 pub fn room_pages(node: i32) -> Option<u64> {
-    let meminfo = crate::fds::read_to_string(format!("/sys/devices/system/node/node{node}/meminfo")).ok()?;
     let zoneinfo = crate::fds::read_to_string("/proc/zoneinfo").ok()?;
-    let free_kib = meminfo_value(&meminfo, "MemFree:")?;
-    Some((free_kib / 4).saturating_sub(high_watermark_pages(&zoneinfo, node)))
+    room_in_zoneinfo(&zoneinfo, node)
 }
 
-/// A value (in kB) from a node's `meminfo` ("Node 0 MemFree:  123 kB").
-fn meminfo_value(meminfo: &str, key: &str) -> Option<u64> {
-    meminfo.lines().find_map(|line| {
-        let mut words = line.split_whitespace().skip_while(|w| *w != key).skip(1);
-        words.next()?.parse().ok()
-    })
-}
+/// Where a user page may come from: any zone up to ZONE_MOVABLE, the index
+/// of its entry in each zone's `protection: (...)` list.
+const MOVABLE_ZONE_INDEX: usize = 3;
 
-/// The sum of the high watermarks of a node's zones, from `/proc/zoneinfo`.
-fn high_watermark_pages(zoneinfo: &str, node: i32) -> u64 {
-    let mut in_node = false;
-    let mut pages = 0;
+/// `room_pages` from the text of `/proc/zoneinfo`.
+fn room_in_zoneinfo(zoneinfo: &str, node: i32) -> Option<u64> {
+    let mut zones = Vec::new(); // (free, high, protection) of the node's zones
     for line in zoneinfo.lines() {
-        let words: Vec<&str> = line.split_whitespace().collect();
+        let words: Vec<&str> =
+            line.split(|c: char| c.is_whitespace() || "(),".contains(c)).filter(|w| !w.is_empty()).collect();
+        let number = |i: usize| words.get(i).and_then(|w| w.parse::<u64>().ok());
         match words.as_slice() {
-            ["Node", n, "zone", ..] => in_node = n.trim_end_matches(',') == node.to_string(),
-            ["high", value] if in_node => pages += value.parse::<u64>().unwrap_or(0),
+            ["Node", n, "zone", ..] => {
+                if *n == node.to_string() {
+                    zones.push((0, 0, 0));
+                } else if !zones.is_empty() {
+                    break; // past the node's zones
+                }
+            }
+            _ if zones.is_empty() => {}
+            ["pages", "free", ..] => zones.last_mut()?.0 = number(2)?,
+            ["high", ..] => zones.last_mut()?.1 = number(1)?,
+            ["protection:", ..] => zones.last_mut()?.2 = number(1 + MOVABLE_ZONE_INDEX).unwrap_or(0),
             _ => {}
         }
     }
-    pages
+    if zones.is_empty() {
+        return None;
+    }
+    Some(zones.iter().map(|&(free, high, protection)| free.saturating_sub(high + protection)).sum())
 }
 
 /// Parses a kernel list such as `0-3,8,10-11`.
@@ -111,14 +120,17 @@ mod tests {
     }
 
     #[test]
-    fn room_is_free_memory_above_the_high_watermarks() {
-        let meminfo = "Node 1 MemTotal:  1048576 kB\nNode 1 MemFree:   40000 kB\n";
-        assert_eq!(meminfo_value(meminfo, "MemFree:"), Some(40000));
-        let zoneinfo = "Node 0, zone   Normal\n  pages free     5\n        min      1\n        low      2\n        high     3\n\
-                        Node 1, zone    DMA32\n  pages free     9\n        high     100\n\
-                        Node 1, zone  Movable\n        high     20\n";
-        assert_eq!(high_watermark_pages(zoneinfo, 1), 120);
-        assert_eq!(high_watermark_pages(zoneinfo, 0), 3);
+    fn room_is_free_memory_above_each_zones_high_watermark_and_protection() {
+        let zoneinfo = "Node 0, zone      DMA\n  pages free     1100\n        min      187\n        high     279\n\
+                        \x20       protection: (0, 885, 885, 885, 885)\n\
+                        Node 0, zone    DMA32\n  pages free     20000\n        high     16614\n\
+                        \x20       protection: (0, 0, 0, 0, 0)\n\
+                        Node 1, zone  Movable\n  pages free     9\n        high     20\n\
+                        \x20       protection: (0, 0, 0, 0, 0)\n";
+        // DMA: 1100 free, but 279 + 885 kept from user pages: no room.
+        assert_eq!(room_in_zoneinfo(zoneinfo, 0), Some(20000 - 16614));
+        assert_eq!(room_in_zoneinfo(zoneinfo, 1), Some(0), "below its high watermark");
+        assert_eq!(room_in_zoneinfo(zoneinfo, 2), None, "no such node");
         assert!(room_pages(0).is_some(), "node 0 exists on every Linux machine");
     }
 

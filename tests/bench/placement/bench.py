@@ -12,11 +12,14 @@ DRAM is limited with a balloon (see Balloon) to a budget: DRAM_FRACTION of
 the workload's anonymous memory, measured by a build-only run first. pytier
 is given the same budget in bytes as its dramBudget.
 
-Node 0 holds only the kernel and the workload: this harness binds its own
-memory to node 1, and so the page cache it and the build-only runs read in
-(Python, its libraries, the shim). Page cache on node 0 would leak past the
-balloon: kswapd reclaims it whenever node 0 runs low, and the workload
-takes what it frees before the balloon can.
+Node 0 holds only the kernel and the workload (prepare_node0): this
+harness binds its own memory to node 1, and so the page cache it and the
+build-only runs read in (Python, its libraries, the shim), and it moves every
+other process's pages there. Memory on node 0 that the kernel can free would
+leak past the balloon: kswapd frees it whenever node 0 runs low, and the
+workload takes it before the balloon can. Every run holds its budget then,
+except for what a workload puts on node 0 by its first touches beyond it
+(pytier: its own and the interpreter's memory outside the heap it places).
 """
 
 import argparse
@@ -34,7 +37,7 @@ from workloads import anon_bytes_by_node, nodes_of_pages
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIGS = ("first-touch", "kernel", "pytier")
-SYS_mbind, SYS_set_mempolicy = 237, 238  # x86_64
+SYS_mbind, SYS_set_mempolicy, SYS_migrate_pages = 237, 238, 256  # x86_64
 MPOL_DEFAULT, MPOL_PREFERRED, MPOL_BIND = 0, 1, 2
 libc = ctypes.CDLL(None, use_errno=True)
 
@@ -44,6 +47,16 @@ def bind_memory_to_node1():
     node1 = ctypes.c_ulong(1 << 1)
     if libc.syscall(SYS_set_mempolicy, MPOL_BIND, ctypes.byref(node1), ctypes.c_ulong(64)):
         raise OSError(ctypes.get_errno(), "set_mempolicy")
+
+
+def move_every_process_to_node1():
+    """Every process's pages on node 0 (this one's, the shell's, the VM's
+    init, and the page cache they map) to node 1: else kswapd frees them for
+    the workload the moment node 0 runs low, past the balloon."""
+    node0, node1 = ctypes.c_ulong(1 << 0), ctypes.c_ulong(1 << 1)
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        # Kernel threads have no memory to move; the call fails for them.
+        libc.syscall(SYS_migrate_pages, int(pid), ctypes.c_ulong(64), ctypes.byref(node0), ctypes.byref(node1))
 
 
 def default_memory_policy():
@@ -57,24 +70,38 @@ def write(path, value):
         f.write(str(value))
 
 
-def node0_free_bytes():
-    with open("/sys/devices/system/node/node0/meminfo") as f:
-        for line in f:
-            if "MemFree:" in line:
-                return int(line.split()[-2]) * 1024
-    raise RuntimeError("no MemFree for node 0")
+MOVABLE_ZONE_INDEX = 3  # where a user page may come from: any zone up to ZONE_MOVABLE
 
 
-def node0_watermark_bytes(which):
-    pages, node = 0, None
+def node0_zones():
+    """Node 0's zones from /proc/zoneinfo: free pages, page cache, watermarks
+    and the protection that keeps user pages out of the lower zones."""
+    zones, zone = [], None
     with open("/proc/zoneinfo") as f:
         for line in f:
-            words = line.split()
+            words = line.replace("(", " ").replace(")", " ").replace(",", " ").split()
             if words[:1] == ["Node"]:
-                node = words[1].rstrip(",")
-            elif node == "0" and words[:1] == [which]:
-                pages += int(words[1])
-    return pages * 4096
+                zone = {} if words[1] == "0" else None
+                if zone is not None:
+                    zones.append(zone)
+            elif zone is None or not words:
+                continue
+            elif words[:2] == ["pages", "free"]:
+                zone["free"] = int(words[2])
+            elif words[0] in ("min", "low", "high"):
+                zone[words[0]] = int(words[1])
+            elif words[0] == "protection:":
+                zone["protection"] = int(words[1 + MOVABLE_ZONE_INDEX])
+    return zones
+
+
+def node0_room_bytes(watermark):
+    """What node 0 can give a user page before it falls back to node 1 (or,
+    for "high", before the kernel stops promoting to it): each zone's free
+    memory above the watermark and the zone's protection (the DMA zone keeps
+    most of its free memory from user pages)."""
+    return 4096 * sum(max(0, zone.get("free", 0) - zone.get(watermark, 0) - zone.get("protection", 0))
+                      for zone in node0_zones())
 
 
 def vmstat(*names):
@@ -98,20 +125,20 @@ class Balloon:
     the kernel frees meanwhile.
 
     Every 20 ms: the workload's usable DRAM is what it holds on node 0 plus
-    node 0's free memory above a watermark: the low one for a workload that
-    only allocates (below it, allocations fall back to node 1), the high one
-    for one that is placed by promotions (the kernel and pytier promote only
-    above it). The balloon binds and locks node-0 memory in 1 MiB chunks to
+    the room node 0 has left for it (see BALLOON_WATERMARK and
+    node0_room_bytes). The balloon locks node-0 memory in 1 MiB chunks to
     take any excess, and gives chunks back when the workload's own memory on
-    node 0 shrinks (a demotion), so room it frees stays its own. (The gap
-    between the two watermarks is 11 MiB here, more than some budgets.)"""
+    node 0 shrinks (a demotion), so room it frees stays its own. It can only
+    take free memory: what prepare_node0 does keeps anything else from
+    reaching the workload (page cache kswapd would free, huge pages, pages
+    cached per CPU), and a workload that holds more than its budget from its
+    first touches keeps it (the table's `held` says so)."""
 
     CHUNK = 1 << 20
 
     def __init__(self, budget, above):
         self.budget = budget
-        self.low_watermark = node0_watermark_bytes("low")
-        self.usable_above = node0_watermark_bytes(above)
+        self.above = above
         self.chunks = []
         self.pid = None
         self.stop = threading.Event()
@@ -123,10 +150,9 @@ class Balloon:
         # Chunks are taken down to the low watermark, never below: the
         # kernel's own allocations can only use node 0 (node 1 is movable
         # memory) and would OOM-kill someone.
-        free = node0_free_bytes()
         held = anon_bytes_by_node(self.pid).get(0, 0) if self.pid else 0
-        excess = held + free - self.usable_above - self.budget
-        room = free - self.low_watermark
+        excess = held + node0_room_bytes(self.above) - self.budget
+        room = node0_room_bytes("low")
         while excess >= self.CHUNK and room >= 2 * self.CHUNK and self.take():
             excess -= self.CHUNK
             room -= self.CHUNK
@@ -165,6 +191,68 @@ class Balloon:
             chunk.close()
 
 
+# Where a config's pages stop coming to node 0: a first touch falls back to
+# node 1 below the low watermark; the kernel promotes a page only while node 0
+# is above its high watermark. pytier's move_pages could allocate down to the
+# min watermark, into the kernel's own reserve, but only as far as its budget.
+BALLOON_WATERMARK = {"first-touch": "low", "kernel": "high", "pytier": "high"}
+
+# Free pages cached per CPU are not counted free: a workload could take
+# pages the balloon never saw (by default a CPU may cache a watermark's worth,
+# 10 MiB here). At this fraction each CPU caches at most about 1 MiB.
+PERCPU_PAGELIST_HIGH_FRACTION = 1 << 20
+
+
+def revive_kswapd():
+    """After many rounds in which kswapd found nothing it could reclaim on
+    node 0 (the balloon is locked, and a first-touch or pytier run turns
+    demotion off), the kernel stops waking it for node 0 until a reclaim there
+    succeeds; kernel tiering would then demote nothing and, with no room,
+    promote nothing. A successful reclaim: 4 MiB put on node 0 and demoted by
+    the root cgroup's memory.reclaim, before the next run's balloon."""
+    if not os.path.exists("/sys/fs/cgroup/memory.reclaim"):
+        subprocess.run(["mount", "-t", "cgroup2", "none", "/sys/fs/cgroup"], check=True)
+    size = 4 << 20
+    pages = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    addr = ctypes.addressof(ctypes.c_char.from_buffer(pages))
+    node0 = ctypes.c_ulong(1)
+    if libc.syscall(SYS_mbind, ctypes.c_void_p(addr), ctypes.c_ulong(size), MPOL_PREFERRED,
+                    ctypes.byref(node0), ctypes.c_ulong(64), 0):
+        raise OSError(ctypes.get_errno(), "mbind")
+    pages.write(b"x" * size)
+    write("/sys/kernel/mm/numa/demotion_enabled", 1)
+    try:
+        write("/sys/fs/cgroup/memory.reclaim", "1M")
+    except OSError:
+        pass  # less than asked for was reclaimed: any is enough
+    finally:
+        write("/sys/kernel/mm/numa/demotion_enabled", 0)
+        del addr
+        pages.close()
+
+
+def prepare_node0(shim):
+    """Leaves node 0 with the kernel's memory and free memory only, so that
+    all a workload can get there is free memory the balloon sees."""
+    bind_memory_to_node1()
+    move_every_process_to_node1()
+    write("/proc/sys/vm/drop_caches", 3)  # what was read in before, on node 0
+    for folder, _, files in os.walk(shim):  # the shim's files, cached on node 1
+        for name in files:
+            with open(os.path.join(folder, name), "rb") as f:
+                f.read()
+    write("/proc/sys/vm/percpu_pagelist_high_fraction", PERCPU_PAGELIST_HIGH_FRACTION)
+    # Huge pages come 2 MiB at a time, from faults and khugepaged's collapses,
+    # and are taken below the watermark that stops base pages: 3 of them put
+    # a first-touch run 6 MiB over a 7.7 MiB budget. Turning them off also
+    # lowers vm.min_free_kbytes (THP had raised it), and a 4 MiB kernel
+    # reserve on node 0 ends in the OOM killer here: it is put back.
+    with open("/proc/sys/vm/min_free_kbytes") as f:
+        min_free_kbytes = f.read()
+    write("/sys/kernel/mm/transparent_hugepage/enabled", "never")
+    write("/proc/sys/vm/min_free_kbytes", min_free_kbytes)
+
+
 def set_kernel_tiering(on):
     write("/proc/sys/kernel/numa_balancing", 2 if on else 0)
     write("/sys/kernel/mm/numa/demotion_enabled", 1 if on else 0)
@@ -182,8 +270,9 @@ def run_workload(name, args, config, budget):
             "migration": {"hysteresisSeconds": args.hysteresis},
             "tracking": {"maxCpuFraction": args.pytier_cpu, "maxFaultFraction": args.pytier_faults},
         })
+    revive_kswapd()
     set_kernel_tiering(config == "kernel")
-    balloon = Balloon(budget, above="low" if config == "first-touch" else "high")
+    balloon = Balloon(budget, above=BALLOON_WATERMARK[config])
     migrated_before = vmstat(*MIGRATED_PAGES)
     try:
         proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -241,19 +330,14 @@ def main():
     args = parser.parse_args()
     if not os.path.exists("/sys/kernel/mm/numa/demotion_enabled"):
         sys.exit("placement bench: no memory tiering in this kernel (run it through ./run)")
-    bind_memory_to_node1()
-    write("/proc/sys/vm/drop_caches", 3)  # what was read in before, on node 0
-    for folder, _, files in os.walk(args.shim):
-        for name in files:
-            with open(os.path.join(folder, name), "rb") as f:
-                f.read()
+    prepare_node0(args.shim)
 
     print("dram-hit: share of the accesses served from DRAM at the end (of the last phase)")
     print(f"DRAM = {args.dram_fraction:.0%} of each workload's heap; phases of {args.seconds:.0f} s; "
           f"pytier hysteresis {args.hysteresis:.0f} s, maxCpuFraction {args.pytier_cpu}, "
           f"maxFaultFraction {args.pytier_faults}")
     print("oracle: the hottest pages in the budget; oracle@held: as many hottest pages as the run really"
-          " held on DRAM (the balloon holds a run to its budget only within a few MiB);"
+          " held on DRAM;"
           " reconverge: seconds after the shift until the share is back to 90% of the pre-shift one,"
           " from the share right at the shift; predicted: pytier's own estimate of the share DRAM serves"
           " with its budget placed (placement.dramHeatShare, what `node-agent run` shows without CXL)")
