@@ -149,6 +149,11 @@ impl Placement {
         self.last_round = Some(now);
         let room = numa::room_pages(topology.dram[0]);
         report.dram_room_bytes = room.map(|pages| pages * PAGE);
+        // A DRAM node that fills before the budget does holds less of ours.
+        let capacity = room.map_or(u64::MAX, |room| dram + room);
+        if capacity < report.budget_bytes / PAGE {
+            report.dram_heat_share = policy::dram_heat_share(heat.iter().map(|&(_, h)| h).collect(), capacity as usize);
+        }
         let settings = policy::Settings {
             budget_pages: (report.budget_bytes / PAGE) as usize,
             promote: config.migration.promote,

@@ -220,15 +220,17 @@ pub struct PlacementReport {
     pub dram_bytes: u64,
     pub cxl_bytes: u64,
     pub other_bytes: u64,
-    /// Free memory on the DRAM node above its high watermarks: what
+    /// Free memory on the DRAM node above its zones' high watermarks (and
+    /// the protection that keeps user pages out of low zones): what
     /// promotions can fill without demoting first. Null when unknown.
     pub dram_room_bytes: Option<u64>,
     /// Pages the Policy wants on DRAM (the hottest, at most the budget).
     pub wanted_pages: u64,
-    /// Share of the heap's page heat on its hottest pages up to the budget:
-    /// the share of the program's heap accesses DRAM serves once every page
-    /// is placed. Computed placing or not (without a CXL node it says what
-    /// CXL would do); null before any page has heat.
+    /// Share of the heap's page heat on its hottest pages up to the budget
+    /// (placing, up to what the DRAM node can hold of ours when it fills
+    /// first): the share of the program's heap accesses DRAM serves once
+    /// every page is placed. Computed placing or not (without a CXL node it
+    /// says what CXL would do); null before any page has heat.
     pub dram_heat_share: Option<f64>,
     /// Decided but not moved: rate-limited, or everything in `observe` mode.
     pub pending_promote_pages: u64,
