@@ -126,7 +126,7 @@ class Balloon:
 
     Every 20 ms: the workload's usable DRAM is what it holds on node 0 plus
     the room node 0 has left for it (see BALLOON_WATERMARK and
-    node0_room_bytes). The balloon locks node-0 memory in 1 MiB chunks to
+    node0_room_bytes). The balloon locks node-0 memory in 256 KiB chunks to
     take any excess, and gives chunks back when the workload's own memory on
     node 0 shrinks (a demotion), so room it frees stays its own. It can only
     take free memory: what prepare_node0 does keeps anything else from
@@ -134,7 +134,8 @@ class Balloon:
     cached per CPU), and a workload that holds more than its budget from its
     first touches keeps it (the table's `held` says so)."""
 
-    CHUNK = 1 << 20
+    CHUNK = 256 << 10
+    FLOOR = 2 << 20
 
     def __init__(self, budget, above):
         self.budget = budget
@@ -147,16 +148,17 @@ class Balloon:
         self.thread.start()
 
     def adjust(self):
-        # Chunks are taken down to the low watermark, never below: the
-        # kernel's own allocations can only use node 0 (node 1 is movable
-        # memory) and would OOM-kill someone.
+        # Chunks are taken down to FLOOR above the low watermark, never
+        # further: the kernel's own allocations can only use node 0 (node 1
+        # is movable memory) and would OOM-kill someone. The room left for
+        # the workload ends within half a chunk of its budget.
         held = anon_bytes_by_node(self.pid).get(0, 0) if self.pid else 0
         excess = held + node0_room_bytes(self.above) - self.budget
         room = node0_room_bytes("low")
-        while excess >= self.CHUNK and room >= 2 * self.CHUNK and self.take():
+        while excess > self.CHUNK // 2 and room >= self.FLOOR + self.CHUNK and self.take():
             excess -= self.CHUNK
             room -= self.CHUNK
-        while excess < -self.CHUNK and self.chunks:
+        while excess < -self.CHUNK // 2 and self.chunks:
             self.chunks.pop().close()
             excess += self.CHUNK
 
@@ -326,6 +328,9 @@ def main():
     parser.add_argument("--check-prediction", type=float, metavar="POINTS",
                         help="fail unless pytier's predicted DRAM share is within POINTS (0.05: five points)"
                              " of the share it served, in every run")
+    parser.add_argument("--check-held", metavar="CONFIGS",
+                        help="fail unless every run of these configs (comma-separated) held at most"
+                             f" {HELD_TOLERANCE:.0%} over its DRAM budget")
     parser.add_argument("workloads", nargs="*", default=["zipf-read", "zipf-write", "zipf-shift", "records", "mixed"])
     args = parser.parse_args()
     if not os.path.exists("/sys/kernel/mm/numa/demotion_enabled"):
@@ -350,6 +355,7 @@ def main():
     configs = args.configs.split(",")
     summary = {}
     predictions = []
+    held = []  # (workload, config, DRAM held over the budget) of every run
     for name in args.workloads:
         heap = heap_bytes(name, args)
         budget = int(args.dram_fraction * heap)
@@ -359,6 +365,7 @@ def main():
                 started = time.monotonic()
                 report = run_workload(name, args, config, budget)
                 runs[config].append(report)
+                held.append((name, config, report["anonBytesByNode"].get("0", 0) / budget))
                 hit = report["phases"][-1]["dramShare"]
                 if config == "pytier":
                     predictions.append((name, (report.get("pytier") or {}).get("dramHeatShare"), hit))
@@ -373,15 +380,25 @@ def main():
             summary[name, config] = print_cell(name, config, runs[config], budget, args)
     if ("zipf-read", "pytier") in summary and ("zipf-read", "kernel") in summary:
         (pytier, oracle, pytier_held), (kernel, _, kernel_held) = summary["zipf-read", "pytier"], summary["zipf-read", "kernel"]
-        held = "equal" if max(pytier_held, kernel_held) <= 1 + HELD_TOLERANCE else "unequal"
-        print(f"dram-hit pytier: {pytier:.3f}, kernel: {kernel:.3f}, oracle: {oracle:.3f}, held: {held}")
+        equal = "equal" if max(pytier_held, kernel_held) <= 1 + HELD_TOLERANCE else "unequal"
+        print(f"dram-hit pytier: {pytier:.3f}, kernel: {kernel:.3f}, oracle: {oracle:.3f}, held: {equal}")
+    failed = False
+    if args.check_held:
+        checked = args.check_held.split(",")
+        over = [(name, config, ratio) for name, config, ratio in held
+                if config in checked and ratio > 1 + HELD_TOLERANCE]
+        for name, config, ratio in over:
+            print(f"{name} under {config} held {ratio:.2f} times its DRAM budget (allowed:"
+                  f" {1 + HELD_TOLERANCE:.2f})", file=sys.stderr)
+        failed |= bool(over) or not any(config in checked for _, config, _ in held)
     if args.check_prediction is not None:
         off = [(name, p, hit) for name, p, hit in predictions if p is None or abs(p - hit) > args.check_prediction]
         for name, p, hit in off:
             print(f"{name}: pytier predicted {p} of the accesses on DRAM and served {hit:.3f}"
                   f" (allowed: {args.check_prediction} either way)", file=sys.stderr)
-        if off or not predictions:
-            sys.exit(1)
+        failed |= bool(off) or not predictions
+    if failed:
+        sys.exit(1)
 
 
 def print_cell(name, config, reports, budget, args):
