@@ -4,6 +4,9 @@ For each workload (workloads.py), with DRAM limited to a fraction of the
 workload's heap, runs it under
   first-touch  no tiering: pages stay where they were first touched;
   kernel       kernel tiering: numa_balancing=2 with demotion enabled;
+  damos        DAMON-based tiering: DAMOS migrate_hot / migrate_cold schemes
+               on physical memory, set up as damos.py says, with demotion
+               enabled (NUMA balancing off);
   pytier       the interposer (and the kernel's own balancing off);
 and reports the share of accesses DRAM served, next to the oracle's (the
 hottest pages by true access probability, as many as the budget holds).
@@ -33,10 +36,11 @@ import sys
 import threading
 import time
 
+import damos
 from workloads import anon_bytes_by_node, nodes_of_pages
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-CONFIGS = ("first-touch", "kernel", "pytier")
+CONFIGS = ("first-touch", "kernel", "damos", "pytier")
 SYS_mbind, SYS_set_mempolicy, SYS_migrate_pages = 237, 238, 256  # x86_64
 MPOL_DEFAULT, MPOL_PREFERRED, MPOL_BIND = 0, 1, 2
 libc = ctypes.CDLL(None, use_errno=True)
@@ -74,8 +78,9 @@ MOVABLE_ZONE_INDEX = 3  # where a user page may come from: any zone up to ZONE_M
 
 
 def node0_zones():
-    """Node 0's zones from /proc/zoneinfo: free pages, page cache, watermarks
-    and the protection that keeps user pages out of the lower zones."""
+    """Node 0's zones from /proc/zoneinfo: free pages (with those cached per
+    CPU, which the kernel does not count free but hands out first),
+    watermarks and the protection that keeps user pages out of lower zones."""
     zones, zone = [], None
     with open("/proc/zoneinfo") as f:
         for line in f:
@@ -86,8 +91,8 @@ def node0_zones():
                     zones.append(zone)
             elif zone is None or not words:
                 continue
-            elif words[:2] == ["pages", "free"]:
-                zone["free"] = int(words[2])
+            elif words[:2] == ["pages", "free"] or words[0] == "count:":
+                zone["free"] = zone.get("free", 0) + int(words[-1])
             elif words[0] in ("min", "low", "high"):
                 zone[words[0]] = int(words[1])
             elif words[0] == "protection:":
@@ -197,41 +202,7 @@ class Balloon:
 # node 1 below the low watermark; the kernel promotes a page only while node 0
 # is above its high watermark. pytier's move_pages could allocate down to the
 # min watermark, into the kernel's own reserve, but only as far as its budget.
-BALLOON_WATERMARK = {"first-touch": "low", "kernel": "high", "pytier": "high"}
-
-# Free pages cached per CPU are not counted free: a workload could take
-# pages the balloon never saw (by default a CPU may cache a watermark's worth,
-# 10 MiB here). At this fraction each CPU caches at most about 1 MiB.
-PERCPU_PAGELIST_HIGH_FRACTION = 1 << 20
-
-
-def revive_kswapd():
-    """After many rounds in which kswapd found nothing it could reclaim on
-    node 0 (the balloon is locked, and a first-touch or pytier run turns
-    demotion off), the kernel stops waking it for node 0 until a reclaim there
-    succeeds; kernel tiering would then demote nothing and, with no room,
-    promote nothing. A successful reclaim: 4 MiB put on node 0 and demoted by
-    the root cgroup's memory.reclaim, before the next run's balloon."""
-    if not os.path.exists("/sys/fs/cgroup/memory.reclaim"):
-        subprocess.run(["mount", "-t", "cgroup2", "none", "/sys/fs/cgroup"], check=True)
-    size = 4 << 20
-    pages = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    addr = ctypes.addressof(ctypes.c_char.from_buffer(pages))
-    node0 = ctypes.c_ulong(1)
-    if libc.syscall(SYS_mbind, ctypes.c_void_p(addr), ctypes.c_ulong(size), MPOL_PREFERRED,
-                    ctypes.byref(node0), ctypes.c_ulong(64), 0):
-        raise OSError(ctypes.get_errno(), "mbind")
-    pages.write(b"x" * size)
-    write("/sys/kernel/mm/numa/demotion_enabled", 1)
-    try:
-        write("/sys/fs/cgroup/memory.reclaim", "1M")
-    except OSError:
-        pass  # less than asked for was reclaimed: any is enough
-    finally:
-        write("/sys/kernel/mm/numa/demotion_enabled", 0)
-        del addr
-        pages.close()
-
+BALLOON_WATERMARK = {"first-touch": "low", "kernel": "high", "damos": "high", "pytier": "high"}
 
 def prepare_node0(shim):
     """Leaves node 0 with the kernel's memory and free memory only, so that
@@ -243,7 +214,6 @@ def prepare_node0(shim):
         for name in files:
             with open(os.path.join(folder, name), "rb") as f:
                 f.read()
-    write("/proc/sys/vm/percpu_pagelist_high_fraction", PERCPU_PAGELIST_HIGH_FRACTION)
     # Huge pages come 2 MiB at a time, from faults and khugepaged's collapses,
     # and are taken below the watermark that stops base pages: 3 of them put
     # a first-touch run 6 MiB over a 7.7 MiB budget. Turning them off also
@@ -255,9 +225,13 @@ def prepare_node0(shim):
     write("/proc/sys/vm/min_free_kbytes", min_free_kbytes)
 
 
-def set_kernel_tiering(on):
-    write("/proc/sys/kernel/numa_balancing", 2 if on else 0)
-    write("/sys/kernel/mm/numa/demotion_enabled", 1 if on else 0)
+def set_kernel_tiering(config):
+    """NUMA balancing in its tiering mode for the kernel config; demotion in
+    reclaim for it and for DAMOS, whose migrate_hot fills node 0 down to its
+    min watermark, below which the kernel's own allocations (node 0 only)
+    would find nothing to reclaim and call the OOM killer."""
+    write("/proc/sys/kernel/numa_balancing", 2 if config == "kernel" else 0)
+    write("/sys/kernel/mm/numa/demotion_enabled", 1 if config in ("kernel", "damos") else 0)
 
 
 def run_workload(name, args, config, budget):
@@ -273,17 +247,31 @@ def run_workload(name, args, config, budget):
             "tracking": {"maxCpuFraction": args.pytier_cpu, "maxFaultFraction": args.pytier_faults},
         })
     revive_kswapd()
-    set_kernel_tiering(config == "kernel")
+    set_kernel_tiering(config)
+    cgroup = damos.workload_cgroup() if config == "damos" else None
+
+    def start_workload():
+        default_memory_policy()
+        if cgroup:
+            write(f"{cgroup}/cgroup.procs", os.getpid())
+
     balloon = Balloon(budget, above=BALLOON_WATERMARK[config])
     migrated_before = vmstat(*MIGRATED_PAGES)
+    feeder = None
     try:
         proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                preexec_fn=default_memory_policy)
+                                preexec_fn=start_workload)
         balloon.pid = proc.pid
+        if config == "damos":
+            def used_bp():  # of the DRAM the workload may use
+                held = anon_bytes_by_node(proc.pid).get(0, 0)
+                return int(10000 * held / max(1, held + node0_room_bytes("high")))
+            feeder = damos.Feeder(damos.Damos(args.damos_interval_ms), used_bp, args.damos_interval_ms)
         stdout, stderr = proc.communicate(timeout=30 * args.seconds + 300)
     finally:
+        damos_migrated = feeder.stop() if feeder else None
         balloon.close()
-        set_kernel_tiering(False)
+        set_kernel_tiering(None)
     if proc.returncode != 0:
         raise RuntimeError(f"{name} under {config} failed:\n{stderr}")
     report = json.loads(stdout)
@@ -294,6 +282,9 @@ def run_workload(name, args, config, budget):
         if placement.get("offReason"):
             raise RuntimeError(f"pytier placement is off: {placement['offReason']}")
         moved = placement.get("promoted", {}).get("bytes", 0) + placement.get("demoted", {}).get("bytes", 0)
+    elif config == "damos":
+        report["damosMigratedBytes"] = damos_migrated  # by DAMON's own count, per action
+        moved = sum(damos_migrated.values())
     else:
         moved = (vmstat(*MIGRATED_PAGES) - migrated_before) * 4096
     report["migratedBytes"] = moved
@@ -319,6 +310,9 @@ def main():
     parser.add_argument("--pytier-faults", type=float, default=0.04,
                         help="pytier's maxFaultFraction, scaled like --pytier-cpu (default 0.002): "
                              "page-write collections are spaced by it, and a phase lasts a minute")
+    parser.add_argument("--damos-interval-ms", type=int, default=100,
+                        help="DAMOS schemes' apply and quota reset interval: the kernel's sample"
+                             " uses 1000, scaled down like --pytier-cpu (see damos.py)")
     parser.add_argument("--scale", type=int, default=1)
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("--runs", type=int, default=3, help="runs of each workload and config; a cell is their median")
@@ -331,6 +325,8 @@ def main():
     parser.add_argument("--check-held", metavar="CONFIGS",
                         help="fail unless every run of these configs (comma-separated) held at most"
                              f" {HELD_TOLERANCE:.0%} over its DRAM budget")
+    parser.add_argument("--check-damos-migrates", action="store_true",
+                        help="fail unless DAMON counted pages migrated both ways in every DAMOS run")
     parser.add_argument("workloads", nargs="*", default=["zipf-read", "zipf-write", "zipf-shift", "records", "mixed"])
     args = parser.parse_args()
     if not os.path.exists("/sys/kernel/mm/numa/demotion_enabled"):
@@ -356,6 +352,7 @@ def main():
     summary = {}
     predictions = []
     held = []  # (workload, config, DRAM held over the budget) of every run
+    all_runs = {}  # (workload, config) -> reports
     for name in args.workloads:
         heap = heap_bytes(name, args)
         budget = int(args.dram_fraction * heap)
@@ -372,16 +369,22 @@ def main():
                 print(f"  ({name} {config} run {number + 1}/{args.runs}: dram-hit {hit:.3f}, heap"
                       f" {heap / 2**20:.1f} MiB, {report['accesses']} accesses, {time.monotonic() - started:.0f} s)",
                       file=sys.stderr, flush=True)
+                if report.get("damosMigratedBytes"):
+                    print(f"  (DAMOS migrated: {json.dumps(report['damosMigratedBytes'])})", file=sys.stderr)
                 if report.get("pytier"):
                     print(f"  (pytier placement: {json.dumps(report['pytier'])})", file=sys.stderr)
                     print(f"  (the oracle's pages as pytier sees them: {json.dumps(report['oraclePagesSeen'])})",
                           file=sys.stderr)
         for config in configs:
             summary[name, config] = print_cell(name, config, runs[config], budget, args)
-    if ("zipf-read", "pytier") in summary and ("zipf-read", "kernel") in summary:
-        (pytier, oracle, pytier_held), (kernel, _, kernel_held) = summary["zipf-read", "pytier"], summary["zipf-read", "kernel"]
-        equal = "equal" if max(pytier_held, kernel_held) <= 1 + HELD_TOLERANCE else "unequal"
-        print(f"dram-hit pytier: {pytier:.3f}, kernel: {kernel:.3f}, oracle: {oracle:.3f}, held: {equal}")
+            all_runs[name, config] = runs[config]
+    if ("zipf-read", "pytier") in summary:
+        def hit(config):
+            cell = summary.get(("zipf-read", config))
+            return "-" if cell is None else f"{cell[0]:.3f}"
+        equal = "equal" if all(ratio <= 1 + HELD_TOLERANCE for _, _, ratio in held) else "unequal"
+        print(f"dram-hit pytier: {hit('pytier')}, kernel: {hit('kernel')}, damos: {hit('damos')},"
+              f" oracle: {summary['zipf-read', 'pytier'][1]:.3f}, held: {equal}")
     failed = False
     if args.check_held:
         checked = args.check_held.split(",")
@@ -391,6 +394,14 @@ def main():
             print(f"{name} under {config} held {ratio:.2f} times its DRAM budget (allowed:"
                   f" {1 + HELD_TOLERANCE:.2f})", file=sys.stderr)
         failed |= bool(over) or not any(config in checked for _, config, _ in held)
+    if args.check_damos_migrates:
+        damos_runs = [(name, r["damosMigratedBytes"]) for name in args.workloads
+                      for r in all_runs.get((name, "damos"), [])]
+        idle = [(name, migrated) for name, migrated in damos_runs if not all(migrated.values())]
+        for name, migrated in idle:
+            print(f"{name}: DAMOS migrated {migrated} bytes (DAMON's count): an action never applied",
+                  file=sys.stderr)
+        failed |= bool(idle) or not damos_runs
     if args.check_prediction is not None:
         off = [(name, p, hit) for name, p, hit in predictions if p is None or abs(p - hit) > args.check_prediction]
         for name, p, hit in off:

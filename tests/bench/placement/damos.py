@@ -1,0 +1,162 @@
+"""DAMOS tiering for the placement benchmark: the kernel's DAMON-based
+memory tiering, set up through DAMON's sysfs interface as the kernel's own
+sample for it (samples/damon/mtier.c, Linux 6.16) recommends, within what
+the VM's 6.12 kernel has.
+
+Two kdamonds watch physical memory (`paddr`): one node 0, migrating regions
+DAMON saw no access to (`migrate_cold`) to node 1; one node 1, migrating
+regions with any access (`migrate_hot`) to node 0. As in the sample: 5 ms
+sampling, 100 ms aggregation, 10 to 1000 regions, at most 200 MiB a second
+each, prioritised by access rate and age (not size), a `young` page filter (promote only pages accessed since the
+last check, demote only pages that were not), and a quota goal each: node 0
+99.7% used for promotion, 0.5% free for demotion (both active in between,
+swapping cold pages for hot ones). Linux 6.12 has no node
+memory goals (6.16 does), so each goal is a `user_input` goal that this
+module feeds at every quota reset with the same ratio, computed over the DRAM the
+workload may use (what it holds on node 0 plus the room the balloon leaves
+it), not over the node, which the balloon keeps full. A `memcg` filter keeps
+the schemes to the workload's cgroup: physical memory also holds the
+balloon's locked pages, which `migrate_cold` would otherwise move.
+
+Two changes. The goals are 97% used and 5% free: the same band between
+them, ten times as wide, as 0.5% of a budget of some 8 MiB is 40 KiB, less
+than the balloon's precision. And one for TCG, as pytier's budgets are scaled: the sample applies its
+schemes and resets their quotas every second, and a goal-tuned quota starts
+at one byte and at most doubles at each reset, so it would need some 23 s to
+reach 8 MiB a second, most of a phase here (where the workload runs some 30
+times slower than on hardware). `interval_ms` sets both intervals (the
+benchmark's default: 100 ms); the quota stays 200 MiB a second.
+"""
+
+import os
+import threading
+
+DAMON = "/sys/kernel/mm/damon/admin/kdamonds"
+CGROUP = "/sys/fs/cgroup"
+WORKLOAD_CGROUP = "pytier-bench-damos"
+UNLIMITED = 2**32 - 1
+
+
+def write(path, value):
+    with open(path, "w") as f:
+        f.write(str(value))
+
+
+def read(path):
+    with open(path) as f:
+        return f.read().strip()
+
+
+def node_physical_range(node):
+    """[start, end) of a node's memory blocks."""
+    block = int(read("/sys/devices/system/memory/block_size_bytes"), 16)
+    folder = f"/sys/devices/system/node/node{node}"
+    ids = [int(name[len("memory"):]) for name in os.listdir(folder)
+           if name.startswith("memory") and name[len("memory"):].isdigit()]
+    return min(ids) * block, (max(ids) + 1) * block
+
+
+def workload_cgroup():
+    """The cgroup (v2) the workload runs in, for the schemes' memcg filter."""
+    if not os.path.exists(f"{CGROUP}/cgroup.controllers"):
+        raise RuntimeError(f"damos: no cgroup v2 at {CGROUP}")
+    write(f"{CGROUP}/cgroup.subtree_control", "+memory")
+    os.makedirs(f"{CGROUP}/{WORKLOAD_CGROUP}", exist_ok=True)
+    return f"{CGROUP}/{WORKLOAD_CGROUP}"
+
+
+class Damos:
+    """Starts the two kdamonds; `feed(used_bp)` at each quota reset; `stop()`
+    returns the bytes each scheme migrated, by DAMON's own count."""
+
+    # (kdamond, watched node, action, target node, nr_accesses range,
+    #  young filter matching: which pages it filters out, goal)
+    SCHEMES = (
+        (0, 1, "migrate_hot", 0, (1, UNLIMITED), "N", 9700),  # keep node 0 97% used
+        (1, 0, "migrate_cold", 1, (0, 0), "Y", 500),  # keep 5% of it free
+    )
+
+    def __init__(self, interval_ms):
+        if not os.path.exists(DAMON):
+            raise RuntimeError(f"damos: no DAMON sysfs interface at {DAMON}")
+        write(f"{DAMON}/nr_kdamonds", len(self.SCHEMES))
+        for kdamond, node, action, target, (least, most), young, goal in self.SCHEMES:
+            ctx = f"{DAMON}/{kdamond}/contexts/0"
+            write(f"{DAMON}/{kdamond}/contexts/nr_contexts", 1)
+            write(f"{ctx}/operations", "paddr")
+            intervals = f"{ctx}/monitoring_attrs/intervals"
+            write(f"{intervals}/sample_us", 5000)
+            write(f"{intervals}/aggr_us", 100_000)
+            write(f"{intervals}/update_us", 60_000_000)
+            write(f"{ctx}/monitoring_attrs/nr_regions/min", 10)
+            write(f"{ctx}/monitoring_attrs/nr_regions/max", 1000)
+            write(f"{ctx}/targets/nr_targets", 1)
+            write(f"{ctx}/targets/0/regions/nr_regions", 1)
+            start, end = node_physical_range(node)
+            write(f"{ctx}/targets/0/regions/0/start", start)
+            write(f"{ctx}/targets/0/regions/0/end", end)
+            write(f"{ctx}/schemes/nr_schemes", 1)
+            scheme = f"{ctx}/schemes/0"
+            write(f"{scheme}/action", action)
+            write(f"{scheme}/target_nid", target)
+            write(f"{scheme}/apply_interval_us", interval_ms * 1000)
+            pattern = f"{scheme}/access_pattern"
+            for name, (low, high) in (("sz", (4096, UNLIMITED)), ("nr_accesses", (least, most)),
+                                      ("age", (0, UNLIMITED))):
+                write(f"{pattern}/{name}/min", low)
+                write(f"{pattern}/{name}/max", high)
+            write(f"{scheme}/quotas/bytes", (200 << 20) * interval_ms // 1000)
+            write(f"{scheme}/quotas/reset_interval_ms", interval_ms)
+            write(f"{scheme}/quotas/weights/sz_permil", 0)
+            write(f"{scheme}/quotas/weights/nr_accesses_permil", 100)
+            write(f"{scheme}/quotas/weights/age_permil", 100)
+            write(f"{scheme}/quotas/goals/nr_goals", 1)
+            write(f"{scheme}/quotas/goals/0/target_metric", "user_input")
+            write(f"{scheme}/quotas/goals/0/target_value", goal)
+            write(f"{scheme}/quotas/goals/0/current_value", 0)
+            write(f"{scheme}/watermarks/metric", "none")
+            write(f"{scheme}/filters/nr_filters", 2)
+            write(f"{scheme}/filters/0/type", "memcg")
+            write(f"{scheme}/filters/0/memcg_path", "/" + WORKLOAD_CGROUP)
+            write(f"{scheme}/filters/0/matching", "N")  # out: pages of other cgroups
+            write(f"{scheme}/filters/1/type", "young")
+            write(f"{scheme}/filters/1/matching", young)
+        for kdamond, *_ in self.SCHEMES:
+            write(f"{DAMON}/{kdamond}/state", "on")
+
+    def feed(self, used_bp):
+        """Tells both goals how full the workload's DRAM is (basis points)."""
+        for kdamond, *_, goal in self.SCHEMES:
+            current = used_bp if goal > 5000 else 10000 - used_bp  # used for one, free for the other
+            write(f"{DAMON}/{kdamond}/contexts/0/schemes/0/quotas/goals/0/current_value", max(0, current))
+            write(f"{DAMON}/{kdamond}/state", "commit_schemes_quota_goals")
+
+    def stop(self):
+        migrated = {}
+        for kdamond, _, action, *_ in self.SCHEMES:
+            write(f"{DAMON}/{kdamond}/state", "update_schemes_stats")
+            migrated[action] = int(read(f"{DAMON}/{kdamond}/contexts/0/schemes/0/stats/sz_applied"))
+            write(f"{DAMON}/{kdamond}/state", "off")
+        return migrated
+
+
+class Feeder:
+    """Feeds a Damos the workload's DRAM use every `interval_ms`, on a thread."""
+
+    def __init__(self, damos, used_bp, interval_ms):
+        self.damos, self.used_bp, self.interval = damos, used_bp, interval_ms / 1000
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        while not self.stop_event.wait(self.interval):
+            try:
+                self.damos.feed(self.used_bp())
+            except (OSError, ProcessLookupError, FileNotFoundError):
+                pass  # the workload exited: the run is ending
+
+    def stop(self):
+        self.stop_event.set()
+        self.thread.join()
+        return self.damos.stop()
