@@ -204,6 +204,35 @@ class Balloon:
 # min watermark, into the kernel's own reserve, but only as far as its budget.
 BALLOON_WATERMARK = {"first-touch": "low", "kernel": "high", "damos": "high", "pytier": "high"}
 
+
+def revive_kswapd():
+    """After many rounds in which kswapd found nothing it could reclaim on
+    node 0 (the balloon is locked, and a first-touch or pytier run turns
+    demotion off), the kernel stops waking it for node 0 until a reclaim there
+    succeeds; kernel tiering would then demote nothing and, with no room,
+    promote nothing. A successful reclaim: 4 MiB put on node 0 and demoted by
+    the root cgroup's memory.reclaim, before the next run's balloon."""
+    if not os.path.exists("/sys/fs/cgroup/memory.reclaim"):
+        subprocess.run(["mount", "-t", "cgroup2", "none", "/sys/fs/cgroup"], check=True)
+    size = 4 << 20
+    pages = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    addr = ctypes.addressof(ctypes.c_char.from_buffer(pages))
+    node0 = ctypes.c_ulong(1)
+    if libc.syscall(SYS_mbind, ctypes.c_void_p(addr), ctypes.c_ulong(size), MPOL_PREFERRED,
+                    ctypes.byref(node0), ctypes.c_ulong(64), 0):
+        raise OSError(ctypes.get_errno(), "mbind")
+    pages.write(b"x" * size)
+    write("/sys/kernel/mm/numa/demotion_enabled", 1)
+    try:
+        write("/sys/fs/cgroup/memory.reclaim", "1M")
+    except OSError:
+        pass  # less than asked for was reclaimed: any is enough
+    finally:
+        write("/sys/kernel/mm/numa/demotion_enabled", 0)
+        del addr
+        pages.close()
+
+
 def prepare_node0(shim):
     """Leaves node 0 with the kernel's memory and free memory only, so that
     all a workload can get there is free memory the balloon sees."""
