@@ -353,6 +353,9 @@ def main():
             run(min(deadline, time.monotonic() + 1.0))
             if target is not None and converged_after is None and truth.dram_share() >= target:
                 converged_after = time.monotonic() - start
+        # What the run held at the end of its accesses, before the listing
+        # below allocates (first touches the balloon has not yet answered).
+        report["anonBytesByNode"] = anon_bytes_by_node()
         # pytier's own estimate first: the truth's listing of every object
         # writes every count, which page writes would take for use.
         estimate = pytier and placement_estimate(pytier)
@@ -371,7 +374,6 @@ def main():
             "budgetPages": budget_pages,
             "convergedAfterSeconds": converged_after,
         })
-    report["anonBytesByNode"] = anon_bytes_by_node()
     report["accesses"] = state["done"]
     report["intact"] = check(state)
     if pytier:
