@@ -388,7 +388,7 @@ def main():
     summary = {}
     predictions = []
     held = []  # (workload, config, DRAM held over the budget) of every run
-    all_runs = {}  # (workload, config) -> reports
+    damos_migrated = []  # (workload, bytes migrated by action) of every DAMOS run
     for name in args.workloads:
         heap = heap_bytes(name, args)
         budget = int(args.dram_fraction * heap)
@@ -405,7 +405,8 @@ def main():
                 print(f"  ({name} {config} run {number + 1}/{args.runs}: dram-hit {hit:.3f}, heap"
                       f" {heap / 2**20:.1f} MiB, {report['accesses']} accesses, {time.monotonic() - started:.0f} s)",
                       file=sys.stderr, flush=True)
-                if report.get("damosMigratedBytes"):
+                if config == "damos":
+                    damos_migrated.append((name, report["damosMigratedBytes"]))
                     print(f"  (DAMOS migrated: {json.dumps(report['damosMigratedBytes'])})", file=sys.stderr)
                 if report.get("pytier"):
                     print(f"  (pytier placement: {json.dumps(report['pytier'])})", file=sys.stderr)
@@ -413,7 +414,6 @@ def main():
                           file=sys.stderr)
         for config in configs:
             summary[name, config] = print_cell(name, config, runs[config], budget, args)
-            all_runs[name, config] = runs[config]
     if ("zipf-read", "pytier") in summary:
         def hit(config):
             cell = summary.get(("zipf-read", config))
@@ -431,13 +431,11 @@ def main():
                   f" {1 + HELD_TOLERANCE:.2f})", file=sys.stderr)
         failed |= bool(over) or not any(config in checked for _, config, _ in held)
     if args.check_damos_migrates:
-        damos_runs = [(name, r["damosMigratedBytes"]) for name in args.workloads
-                      for r in all_runs.get((name, "damos"), [])]
-        idle = [(name, migrated) for name, migrated in damos_runs if not all(migrated.values())]
+        idle = [(name, migrated) for name, migrated in damos_migrated if not all(migrated.values())]
         for name, migrated in idle:
             print(f"{name}: DAMOS migrated {migrated} bytes (DAMON's count): an action never applied",
                   file=sys.stderr)
-        failed |= bool(idle) or not damos_runs
+        failed |= bool(idle) or not damos_migrated
     if args.check_prediction is not None:
         off = [(name, p, hit) for name, p, hit in predictions if p is None or abs(p - hit) > args.check_prediction]
         for name, p, hit in off:
