@@ -7,25 +7,28 @@ Two kdamonds watch physical memory (`paddr`): one node 0, migrating regions
 DAMON saw no access to (`migrate_cold`) to node 1; one node 1, migrating
 regions with any access (`migrate_hot`) to node 0. As in the sample: 5 ms
 sampling, 100 ms aggregation, 10 to 1000 regions, at most 200 MiB a second
-each, prioritised by access rate and age (not size), a `young` page filter (promote only pages accessed since the
-last check, demote only pages that were not), and a quota goal each: node 0
-99.7% used for promotion, 0.5% free for demotion (both active in between,
-swapping cold pages for hot ones). Linux 6.12 has no node
-memory goals (6.16 does), so each goal is a `user_input` goal that this
-module feeds at every quota reset with the same ratio, computed over the DRAM the
-workload may use (what it holds on node 0 plus the room the balloon leaves
-it), not over the node, which the balloon keeps full. A `memcg` filter keeps
-the schemes to the workload's cgroup: physical memory also holds the
-balloon's locked pages, which `migrate_cold` would otherwise move.
+each, prioritised by access rate and age (not size), a `young` page filter
+(promote only pages accessed since the last check, demote only pages that
+were not), and a quota goal each, on node 0's use for promotion and its
+free memory for demotion, both active in the band between them (swapping
+cold pages for hot ones). Linux 6.12 has no node memory goals (6.16 does),
+so each is a `user_input` goal that this module feeds at every quota reset,
+computed over the DRAM the workload may use (what it holds on node 0 plus
+the room the balloon leaves it), not over the node, which the balloon keeps
+full. A `memcg` filter keeps the schemes to the workload's cgroup: physical
+memory also holds the balloon's locked pages, which `migrate_cold` would
+otherwise move.
 
-Two changes. The goals are 97% used and 5% free: the same band between
-them, ten times as wide, as 0.5% of a budget of some 8 MiB is 40 KiB, less
-than the balloon's precision. And one for TCG, as pytier's budgets are scaled: the sample applies its
-schemes and resets their quotas every second, and a goal-tuned quota starts
-at one byte and at most doubles at each reset, so it would need some 23 s to
-reach 8 MiB a second, most of a phase here (where the workload runs some 30
-times slower than on hardware). `interval_ms` sets both intervals (the
-benchmark's default: 100 ms); the quota stays 200 MiB a second.
+Two changes to the sample. The goals are 97% used and 5% free, the
+sample's 99.7% and 0.5% band made ten times wider: 0.5% of a budget of some
+8 MiB is 40 KiB, less than the balloon's precision. And one for TCG, as
+pytier's budgets are scaled: the sample applies its schemes and resets their
+quotas every second, and a goal-tuned quota starts at one byte and at most
+doubles at each reset, so it would need some 23 s to reach 8 MiB a second,
+most of a phase here (where the workload runs some 30 times slower than on
+hardware). `interval_ms` sets both intervals (the benchmark's default:
+100 ms); the quota stays 200 MiB a second. The harness runs it with
+demotion in reclaim on (see bench.set_kernel_tiering).
 """
 
 import os
