@@ -69,7 +69,7 @@ fn room_in_zoneinfo(zoneinfo: &str, node: i32) -> Option<u64> {
         let number = |i: usize| words.get(i).and_then(|w| w.parse::<u64>().ok());
         match words.as_slice() {
             ["Node", n, "zone", ..] => {
-                if *n == node.to_string() {
+                if n.parse::<i32>() == Ok(node) {
                     zones.push((0, 0, 0));
                 } else if !zones.is_empty() {
                     break; // past the node's zones

@@ -63,6 +63,19 @@ def move_every_process_to_node1():
         libc.syscall(SYS_migrate_pages, int(pid), ctypes.c_ulong(64), ctypes.byref(node0), ctypes.byref(node1))
 
 
+def map_preferring_node0(size, sharing):
+    """Anonymous memory (MAP_SHARED or MAP_PRIVATE) whose pages prefer node 0
+    when first touched (a bound one could get the caller OOM-killed when the
+    room went meanwhile). Returns the mapping and its address."""
+    mapping = mmap.mmap(-1, size, flags=sharing | mmap.MAP_ANONYMOUS)
+    addr = ctypes.addressof(ctypes.c_char.from_buffer(mapping))
+    node0 = ctypes.c_ulong(1)
+    if libc.syscall(SYS_mbind, ctypes.c_void_p(addr), ctypes.c_ulong(size), MPOL_PREFERRED,
+                    ctypes.byref(node0), ctypes.c_ulong(64), 0):
+        raise OSError(ctypes.get_errno(), "mbind")
+    return mapping, addr
+
+
 def default_memory_policy():
     """For a workload: its memory where it first touches it (node 0)."""
     if libc.syscall(SYS_set_mempolicy, MPOL_DEFAULT, None, ctypes.c_ulong(0)):
@@ -92,7 +105,7 @@ def node0_zones():
                 continue
             elif words[:2] == ["pages", "free"]:
                 zone["free"] = int(words[2])
-            elif words[0] in ("min", "low", "high"):
+            elif words[0] in ("low", "high"):
                 zone[words[0]] = int(words[1])
             elif words[0] == "protection:":
                 zone["protection"] = int(words[1 + MOVABLE_ZONE_INDEX])
@@ -167,16 +180,11 @@ class Balloon:
             excess += self.CHUNK
 
     def take(self):
-        """Locks a chunk that prefers node 0 (a bound one could get the
-        balloon OOM-killed when the room went meanwhile); keeps it only if
-        it all landed on node 0."""
-        chunk = mmap.mmap(-1, self.CHUNK)
-        addr = ctypes.addressof(ctypes.c_char.from_buffer(chunk))
-        node0 = ctypes.c_ulong(1)
-        if libc.syscall(SYS_mbind, ctypes.c_void_p(addr), ctypes.c_ulong(self.CHUNK), MPOL_PREFERRED,
-                        ctypes.byref(node0), ctypes.c_ulong(64), 0) \
-                or libc.mlock(ctypes.c_void_p(addr), ctypes.c_size_t(self.CHUNK)):
-            raise OSError(ctypes.get_errno(), "balloon: mbind/mlock")
+        """Locks a chunk that prefers node 0; keeps it only if it all landed
+        on node 0."""
+        chunk, addr = map_preferring_node0(self.CHUNK, mmap.MAP_SHARED)
+        if libc.mlock(ctypes.c_void_p(addr), ctypes.c_size_t(self.CHUNK)):
+            raise OSError(ctypes.get_errno(), "balloon: mlock")
         if any(node != 0 for node in nodes_of_pages(range(addr, addr + self.CHUNK, 4096))):
             chunk.close()
             return False
@@ -220,15 +228,8 @@ def revive_kswapd():
     succeeds; kernel tiering would then demote nothing and, with no room,
     promote nothing. A successful reclaim: 4 MiB put on node 0 and demoted by
     the root cgroup's memory.reclaim, before the next run's balloon."""
-    if not os.path.exists("/sys/fs/cgroup/memory.reclaim"):
-        subprocess.run(["mount", "-t", "cgroup2", "none", "/sys/fs/cgroup"], check=True)
     size = 4 << 20
-    pages = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    addr = ctypes.addressof(ctypes.c_char.from_buffer(pages))
-    node0 = ctypes.c_ulong(1)
-    if libc.syscall(SYS_mbind, ctypes.c_void_p(addr), ctypes.c_ulong(size), MPOL_PREFERRED,
-                    ctypes.byref(node0), ctypes.c_ulong(64), 0):
-        raise OSError(ctypes.get_errno(), "mbind")
+    pages, _ = map_preferring_node0(size, mmap.MAP_PRIVATE)
     pages.write(b"x" * size)
     write("/sys/kernel/mm/numa/demotion_enabled", 1)
     try:
@@ -237,7 +238,6 @@ def revive_kswapd():
         pass  # less than asked for was reclaimed: any is enough
     finally:
         write("/sys/kernel/mm/numa/demotion_enabled", 0)
-        del addr
         pages.close()
 
 
@@ -246,6 +246,8 @@ def prepare_node0(shim):
     all a workload can get there is free memory the balloon sees."""
     bind_memory_to_node1()
     move_every_process_to_node1()
+    if not os.path.exists("/sys/fs/cgroup/cgroup.controllers"):  # for memory.reclaim and DAMOS's memcg
+        subprocess.run(["mount", "-t", "cgroup2", "none", "/sys/fs/cgroup"], check=True)
     write("/proc/sys/vm/drop_caches", 3)  # what was read in before, on node 0
     write("/proc/sys/vm/percpu_pagelist_high_fraction", PERCPU_PAGELIST_HIGH_FRACTION)
     for folder, _, files in os.walk(shim):  # the shim's files, cached on node 1
