@@ -2,6 +2,9 @@
 
 Each workload builds its data, then runs one or two phases of accesses drawn
 from a distribution it knows exactly: every accessed object has a probability.
+Four are synthetic; lru-cache is a program as people write it (the Python
+documentation's LRU recipe memoising a handler), whose truth comes from the
+requests it really served (see lru_phase).
 At the end of each phase it asks the kernel (`move_pages`) where each object's
 page is and reports the share of accesses that DRAM served, next to the
 oracle's share: the hottest pages by true access probability, as many as the
@@ -123,8 +126,8 @@ class Sampler:
     Python per access would dominate the workload).
 
     The pool holds the items themselves, so the sampler adds no objects of
-    its own for the placement to keep hot: only the pool's 512 KiB, read in
-    order. What the workload really accesses is the pool, which differs from
+    its own for the placement to keep hot: only the pool (8 bytes a draw, 512
+    KiB by default), read in order. What the workload really accesses is the pool, which differs from
     the weights in the long tail (most tail items are never drawn), so the
     truth takes its weights from `counts`."""
 
@@ -148,9 +151,9 @@ class Slot:
         self.value = value
 
 
-# Each workload: build(rng, scale) -> state; phase(state, rng) -> (objects,
-# weights, run) where objects() lists the accessed objects as they are now
-# (weights[i] is the probability of objects()[i]) and run(deadline) does
+# Each workload: build(rng, scale) -> state; phase(state, rng) -> (listing,
+# run) where listing() gives the accessed objects as they are now and their
+# weights (weights[i] is the probability of objects[i]) and run(deadline) does
 # accesses until the deadline; check(state) -> bool.
 
 def zipf_dict(rng, scale, writes):
@@ -179,9 +182,9 @@ def zipf_phase(state, rng):
     draws = Sampler(ranked, zipf_weights(n), rng)
     counts = draws.counts(ranked)
 
-    def objects():
+    def listing():
         values = [d[k] for k in ranked]
-        return ranked + values + ([slot.value for slot in values] if writes else [])
+        return ranked + values + ([slot.value for slot in values] if writes else []), weights
 
     weights = counts + counts
     if writes:
@@ -200,7 +203,7 @@ def zipf_phase(state, rng):
             state["done"] += 4096
         return total
 
-    return objects, weights, run
+    return listing, run
 
 
 def zipf_check(state):
@@ -227,8 +230,8 @@ def records_phase(state, rng):
     cold = [r for table in tables for r in table]
     weights = [0.98 / len(hot)] * len(hot) + [0.02 / len(cold)] * len(cold)
 
-    def objects():
-        return hot + cold
+    def listing():
+        return hot + cold, weights
 
     def run(deadline):
         total = 0.0
@@ -241,7 +244,7 @@ def records_phase(state, rng):
                     total += rng.choice(tables[rng.randrange(4)])[2]
         return total
 
-    return objects, weights, run
+    return listing, run
 
 
 def records_check(state):
@@ -267,9 +270,9 @@ def mixed_phase(state, rng):
     draws = Sampler(ranked, zipf_weights(n), rng)
     weights = draws.counts(ranked) * 4
 
-    def objects():
+    def listing():
         docs = [d[k] for k in ranked]
-        return ranked + docs + [doc["name"] for doc in docs] + [doc["score"] for doc in docs]
+        return ranked + docs + [doc["name"] for doc in docs] + [doc["score"] for doc in docs], weights
 
     def run(deadline):
         keys = iter(draws)
@@ -284,11 +287,86 @@ def mixed_phase(state, rng):
             state["done"] += 1024
         return size
 
-    return objects, weights, run
+    return listing, run
 
 
 def mixed_check(state):
     return all(doc["id"] == k and doc["score"] == float(k) for k, doc in state["d"].items())
+
+
+def render_profile(user):
+    """The cached handler of lru-cache: a user's profile as JSON."""
+    return json.dumps({"id": user, "name": f"user{user}", "score": user * 0.5, "tags": ["a", "b"]})
+
+
+class LRU:
+    """The LRU cache recipe of the Python documentation (collections,
+    OrderedDict examples), as programs copy it."""
+
+    def __init__(self, func, maxsize):
+        self.cache = collections.OrderedDict()
+        self.func = func
+        self.maxsize = maxsize
+
+    def __call__(self, *args):
+        if args in self.cache:
+            self.cache.move_to_end(args)
+            return self.cache[args]
+        result = self.func(*args)
+        self.cache[args] = result
+        if len(self.cache) > self.maxsize:
+            self.cache.popitem(last=False)
+        return result
+
+
+def lru_cache(rng, scale):
+    """A real program rather than a synthetic access pattern: a profile
+    service memoised by the documentation's LRU recipe, filled by a first
+    pass over its users."""
+    users, maxsize = 250_000 * scale, 80_000 * scale
+    cache = LRU(render_profile, maxsize)
+    for user in range(maxsize):
+        cache(user)
+    return {"cache": cache, "users": users, "done": 0}
+
+
+def lru_phase(state, rng):
+    """Requests for Zipf(0.99) users in a fresh rank order: most hot users
+    miss at first, and every miss evicts the least recently used entry.
+
+    The truth is what the requests served really touched: each request's
+    user int, and for a user in the cache its stored key tuple (compared at
+    each lookup) and its response, weighted by the user's requests in the
+    request pool. It leaves out the OrderedDict's own links and tables,
+    which Python code cannot name."""
+    cache, users = state["cache"], state["users"]
+    ranked = list(range(users))
+    rng.shuffle(ranked)
+    draws = Sampler(ranked, zipf_weights(users), rng, size=1 << 20)
+    counts = draws.counts(ranked)
+    requests = dict(zip(ranked, counts))
+
+    def listing():
+        entries = list(cache.cache.items())
+        weights = [requests[key[0]] for key, _ in entries]
+        return ranked + [key for key, _ in entries] + [page for _, page in entries], counts + weights + weights
+
+    def run(deadline):
+        requests_in = iter(draws)
+        size = 0
+        while time.monotonic() < deadline:
+            for user in itertools.islice(requests_in, 1024):
+                size += len(cache(user))
+            state["done"] += 1024
+        return size
+
+    return listing, run
+
+
+def lru_check(state):
+    cache = state["cache"]
+    entries = cache.cache
+    return len(entries) == cache.maxsize and all(page == render_profile(key[0]) for key, page in entries.items())
 
 
 WORKLOADS = {
@@ -298,6 +376,7 @@ WORKLOADS = {
     "zipf-shift": (lambda rng, s: zipf_dict(rng, s, False), zipf_phase, zipf_check, 2),
     "records": (records, records_phase, records_check, 1),
     "mixed": (mixed, mixed_phase, mixed_check, 1),
+    "lru-cache": (lru_cache, lru_phase, lru_check, 1),
 }
 
 
@@ -338,8 +417,8 @@ def main():
     pytier = loaded_pytier()
     report["phases"] = []
     for number in range(phases):
-        objects, weights, run = phase(state, rng)
-        truth = Truth(objects(), weights)
+        listing, run = phase(state, rng)
+        truth = Truth(*listing())
         start = time.monotonic()
         deadline = start + args.seconds
         converged_after = None
@@ -360,7 +439,7 @@ def main():
         # writes every count, which page writes would take for use.
         estimate = pytier and placement_estimate(pytier)
         # Again at the end: a workload may have replaced objects meanwhile.
-        truth = Truth(objects(), weights)
+        truth = Truth(*listing())
         dram_pages = truth.dram_pages()
         report["phases"].append({
             "dramShare": truth.dram_share(),
