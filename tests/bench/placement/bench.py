@@ -20,9 +20,10 @@ harness binds its own memory to node 1, and so the page cache it and the
 build-only runs read in (Python, its libraries, the shim), and it moves every
 other process's pages there. Memory on node 0 that the kernel can free would
 leak past the balloon: kswapd frees it whenever node 0 runs low, and the
-workload takes it before the balloon can. Every run holds its budget then,
-except for what a workload puts on node 0 by its first touches beyond it
-(pytier: its own and the interpreter's memory outside the heap it places).
+workload takes it before the balloon can. What a workload still takes
+beyond its budget (first touches faster than the balloon, DAMOS's
+migrations below the watermark, the interpreter's and pytier's own memory
+outside the heap pytier places) the kernel's reclaim demotes (Balloon).
 """
 
 import argparse
@@ -148,15 +149,19 @@ class Balloon:
     node 0 shrinks (a demotion), so room it frees stays its own. It can only
     take free memory: what prepare_node0 does keeps anything else from
     reaching the workload (page cache kswapd would free, huge pages, pages
-    cached per CPU), and a workload that holds more than its budget from its
-    first touches keeps it (the table's `held` says so)."""
+    cached per CPU). What the workload takes before the balloon can (a burst
+    of first touches, a migration that allocates below the low watermark,
+    memory pytier does not place) the kernel's own reclaim on the workload's
+    cgroup demotes, choosing the pages as kswapd would on a node of the
+    budget's size."""
 
     CHUNK = 256 << 10
-    FLOOR = 2 << 20
 
-    def __init__(self, budget, above):
+    def __init__(self, budget, above, cgroup):
         self.budget = budget
         self.above = above
+        self.cgroup = cgroup
+        self.reclaimed = {"asks": 0, "askedBytes": 0, "demotedBytes": 0}  # the excess the kernel demoted
         self.chunks = []
         self.pid = None
         self.stop = threading.Event()
@@ -165,19 +170,25 @@ class Balloon:
         self.thread.start()
 
     def adjust(self):
-        # Chunks are taken down to FLOOR above the low watermark, never
-        # further: the kernel's own allocations can only use node 0 (node 1
-        # is movable memory) and would OOM-kill someone. The room left for
-        # the workload ends within half a chunk of its budget.
+        # Chunks are taken down to the low watermark, where a chunk's pages
+        # would fall back to node 1: the kernel's own allocations keep the
+        # reserve below it (MIN_FREE_KBYTES). The room left for the workload
+        # ends within half a chunk of its budget.
         held = anon_bytes_by_node(self.pid).get(0, 0) if self.pid else 0
         excess = held + node0_room_bytes(self.above) - self.budget
         room = node0_room_bytes("low")
-        while excess > self.CHUNK // 2 and room >= self.FLOOR + self.CHUNK and self.take():
+        while excess > self.CHUNK // 2 and room >= self.CHUNK and self.take():
             excess -= self.CHUNK
             room -= self.CHUNK
         while excess < -self.CHUNK // 2 and self.chunks:
             self.chunks.pop().close()
             excess += self.CHUNK
+        if held > self.budget + self.CHUNK // 2:
+            # Short of it: the next round asks again.
+            demoted = demote_by_reclaim(self.cgroup, held - self.budget)
+            self.reclaimed["asks"] += 1
+            self.reclaimed["askedBytes"] += held - self.budget
+            self.reclaimed["demotedBytes"] += demoted
 
     def take(self):
         """Locks a chunk that prefers node 0; keeps it only if it all landed
@@ -221,6 +232,27 @@ PERCPU_PAGELIST_HIGH_FRACTION = 1 << 20
 MIN_FREE_KBYTES = 16384
 
 
+DEMOTION = "/sys/kernel/mm/numa/demotion_enabled"
+
+
+def demote_by_reclaim(cgroup, amount):
+    """The kernel's reclaim on a cgroup, with demotion on for the call
+    whatever the config: moves about `amount` bytes of the cgroup's least
+    recently used node-0 pages to node 1 (there is no swap), or less (the
+    kernel then says EAGAIN). Returns the bytes it demoted."""
+    with open(DEMOTION) as f:
+        enabled = f.read().strip()
+    before = vmstat("pgdemote_direct", "pgdemote_proactive")
+    write(DEMOTION, 1)
+    try:
+        write(f"{cgroup}/memory.reclaim", amount)
+    except OSError:
+        pass
+    finally:
+        write(DEMOTION, enabled)
+    return (vmstat("pgdemote_direct", "pgdemote_proactive") - before) * 4096
+
+
 def revive_kswapd():
     """After many rounds in which kswapd found nothing it could reclaim on
     node 0 (the balloon is locked, and a first-touch or pytier run turns
@@ -231,14 +263,8 @@ def revive_kswapd():
     size = 4 << 20
     pages, _ = map_preferring_node0(size, mmap.MAP_PRIVATE)
     pages.write(b"x" * size)
-    write("/sys/kernel/mm/numa/demotion_enabled", 1)
-    try:
-        write("/sys/fs/cgroup/memory.reclaim", "1M")
-    except OSError:
-        pass  # less than asked for was reclaimed: any is enough
-    finally:
-        write("/sys/kernel/mm/numa/demotion_enabled", 0)
-        pages.close()
+    demote_by_reclaim("/sys/fs/cgroup", 1 << 20)  # less than asked for is enough
+    pages.close()
 
 
 def prepare_node0(shim):
@@ -258,12 +284,11 @@ def prepare_node0(shim):
     # and are taken below the watermark that stops base pages: 3 of them put
     # a first-touch run 6 MiB over a 7.7 MiB budget.
     write("/sys/kernel/mm/transparent_hugepage/enabled", "never")
-    # The watermarks: a first touch can take node 0 down to the low one and
-    # DAMOS's migrate_hot to the min one, where the balloon, which leaves the
-    # kernel FLOOR above low, cannot follow. THP had raised min_free_kbytes
-    # to put 11 MiB between them; turning THP off lowers it to a 4 MiB
-    # reserve on node 0, which ended in the OOM killer here. At this value
-    # the gaps are 4 MiB and the reserve 16 MiB.
+    # The watermarks: the balloon takes node 0 down to the low one, and the
+    # kernel's own allocations need the reserve below it. Turning THP off
+    # lowers min_free_kbytes to a 4 MiB reserve on node 0, which ended in the
+    # OOM killer here (order-2 kmallocs). At this value the reserve is 16 MiB
+    # and the gaps between the watermarks 4 MiB.
     write("/proc/sys/vm/min_free_kbytes", MIN_FREE_KBYTES)
 
 
@@ -273,7 +298,7 @@ def set_kernel_tiering(config):
     min watermark, below which the kernel's own allocations (node 0 only)
     would find nothing to reclaim and call the OOM killer."""
     write("/proc/sys/kernel/numa_balancing", 2 if config == "kernel" else 0)
-    write("/sys/kernel/mm/numa/demotion_enabled", 1 if config in ("kernel", "damos") else 0)
+    write(DEMOTION, 1 if config in ("kernel", "damos") else 0)
 
 
 def run_workload(name, args, config, budget):
@@ -290,14 +315,13 @@ def run_workload(name, args, config, budget):
         })
     revive_kswapd()
     set_kernel_tiering(config)
-    cgroup = damos.workload_cgroup() if config == "damos" else None
+    cgroup = damos.workload_cgroup()
 
     def start_workload():
         default_memory_policy()
-        if cgroup:
-            write(f"{cgroup}/cgroup.procs", os.getpid())
+        write(f"{cgroup}/cgroup.procs", os.getpid())
 
-    balloon = Balloon(budget, above=BALLOON_WATERMARK[config])
+    balloon = Balloon(budget, above=BALLOON_WATERMARK[config], cgroup=cgroup)
     migrated_before = vmstat(*MIGRATED_PAGES)
     feeder = None
     try:
@@ -317,6 +341,7 @@ def run_workload(name, args, config, budget):
     if proc.returncode != 0:
         raise RuntimeError(f"{name} under {config} failed:\n{stderr}")
     report = json.loads(stdout)
+    report["reclaimed"] = balloon.reclaimed
     if config == "pytier":
         placement = report.get("pytier")
         if placement is None:
@@ -371,9 +396,9 @@ def main():
                         help="for --check-held (default %(default)s: 5%%)")
     parser.add_argument("--check-damos-migrates", action="store_true",
                         help="fail unless DAMON counted pages migrated both ways in every DAMOS run")
-    parser.add_argument("workloads", nargs="*", default=["zipf-read", "zipf-write", "zipf-shift", "records", "mixed"])
+    parser.add_argument("workloads", nargs="*", default=["zipf-read", "zipf-write", "zipf-shift", "records", "mixed", "lru-cache"])
     args = parser.parse_args()
-    if not os.path.exists("/sys/kernel/mm/numa/demotion_enabled"):
+    if not os.path.exists(DEMOTION):
         sys.exit("placement bench: no memory tiering in this kernel (run it through ./run)")
     prepare_node0(args.shim)
 
@@ -411,7 +436,8 @@ def main():
                 if config == "pytier":
                     predictions.append((name, (report.get("pytier") or {}).get("dramHeatShare"), hit))
                 print(f"  ({name} {config} run {number + 1}/{args.runs}: dram-hit {hit:.3f}, heap"
-                      f" {heap / 2**20:.1f} MiB, {report['accesses']} accesses, {time.monotonic() - started:.0f} s)",
+                      f" {heap / 2**20:.1f} MiB, held {held[-1][2]:.2f}x, {report['accesses']} accesses,"
+                      f" excess demoted {json.dumps(report['reclaimed'])}, {time.monotonic() - started:.0f} s)",
                       file=sys.stderr, flush=True)
                 if config == "damos":
                     damos_migrated.append((name, report["damosMigratedBytes"]))

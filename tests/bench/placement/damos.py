@@ -36,7 +36,7 @@ import threading
 
 DAMON = "/sys/kernel/mm/damon/admin/kdamonds"
 CGROUP = "/sys/fs/cgroup"
-WORKLOAD_CGROUP = "pytier-bench-damos"
+WORKLOAD_CGROUP = "pytier-bench-workload"
 UNLIMITED = 2**32 - 1
 
 
@@ -60,7 +60,8 @@ def node_physical_range(node):
 
 
 def workload_cgroup():
-    """The cgroup (v2) the workload runs in, for the schemes' memcg filter."""
+    """The cgroup (v2) a workload runs in, under every config: for the
+    schemes' memcg filter, and for the balloon's reclaim."""
     if not os.path.exists(f"{CGROUP}/cgroup.controllers"):
         raise RuntimeError(f"damos: no cgroup v2 at {CGROUP}")
     write(f"{CGROUP}/cgroup.subtree_control", "+memory")
