@@ -24,9 +24,15 @@
 //! the last line is `scale: edit p99 Xs, webhook p99 Yms, rss ZMiB` (medians;
 //! the webhook's the worse of phases 1 and 4).
 //!
+//! With `--baseline-webhook`, a webhook that allows every pod unchanged, on
+//! the operator's own HTTP stack, is registered beside the operator's (see
+//! `baseline.rs`): the API server's calls to it are the floor of a webhook
+//! call on this machine under the same load.
+//!
 //! Run with `tests/bench/scale/run`.
 
 mod agents;
+mod baseline;
 mod probe;
 mod profile;
 
@@ -65,10 +71,11 @@ struct Args {
     rate: f64,
     runs: usize,
     agent_every: f64,
+    baseline_webhook: bool,
 }
 
 const USAGE: &str = "usage: scale-bench [--nodes N] [--pods N] [--churn PODS] [--policies N] [--edits N] \
-                     [--rate PODS_PER_S] [--runs N] [--agent-every SECONDS]";
+                     [--rate PODS_PER_S] [--runs N] [--agent-every SECONDS] [--baseline-webhook]";
 
 impl Args {
     fn parse() -> Result<Args> {
@@ -81,6 +88,7 @@ impl Args {
             rate: 50.0,
             runs: 3,
             agent_every: 60.0,
+            baseline_webhook: false,
         };
         let mut it = std::env::args().skip(1);
         while let Some(flag) = it.next() {
@@ -94,6 +102,7 @@ impl Args {
                 "--rate" => args.rate = value()?.parse()?,
                 "--runs" => args.runs = value()?.parse()?,
                 "--agent-every" => args.agent_every = value()?.parse()?,
+                "--baseline-webhook" => args.baseline_webhook = true,
                 "-h" | "--help" => {
                     println!("{USAGE}");
                     std::process::exit(0);
@@ -292,15 +301,33 @@ async fn arrived(
     }
 }
 
+/// The API server's calls to one webhook in a phase, from its histogram:
+/// p50 and p99 bucket bounds and the share within 5 ms.
+#[derive(Clone, Copy)]
+struct WebhookCalls {
+    p50: f64,
+    p99: f64,
+    within_5ms: f64,
+}
+
+impl WebhookCalls {
+    fn of(histogram: &Histogram) -> WebhookCalls {
+        WebhookCalls {
+            p50: histogram.quantile_bound(0.5),
+            p99: histogram.quantile_bound(0.99),
+            within_5ms: histogram.share_within(0.005),
+        }
+    }
+}
+
 /// One run's figures.
 struct Run {
     create_rate: f64,
     create: (f64, f64),
-    /// The API server's webhook p50 and p99 bucket bounds, in pod creation
-    /// and in churn.
-    webhook: [(f64, f64); 2],
-    /// The share of those calls within 5 ms, in each phase.
-    webhook_within_5ms: [f64; 2],
+    /// The API server's calls to the webhook, in pod creation and in churn.
+    webhook: [WebhookCalls; 2],
+    /// The same for the baseline webhook, with --baseline-webhook.
+    baseline: Option<[WebhookCalls; 2]>,
     /// The probe's calls straight to the webhook, p50 and p99, in each phase.
     direct: [(f64, f64); 2],
     webhook_calls: f64,
@@ -348,6 +375,9 @@ async fn run(cluster: &Cluster) -> Result<Run> {
     op.wait_ready()?;
     install_webhook(&plane, &op).await?;
     let webhook = (op.webhook_addr.clone(), webhook_ca(&client).await?);
+    if a.baseline_webhook {
+        baseline::start(&client, WEBHOOK).await?;
+    }
     let kwok = Kwok::start(&plane)?;
 
     for n in 0..a.policies {
@@ -467,12 +497,12 @@ async fn run(cluster: &Cluster) -> Result<Run> {
     let rss = peak_rss_bytes(op.pid())?;
     let nodes_per_policy = want.values().filter(|pods| pods.iter().any(|(ns, _)| *ns == cluster.namespace(0))).count();
     drop(kwok);
-    let bounds = |h: &Histogram| (h.quantile_bound(0.5), h.quantile_bound(0.99));
     Ok(Run {
         create_rate: a.pods as f64 / create_seconds,
         create: (quantile(&create_latency, 0.5), quantile(&create_latency, 0.99)),
-        webhook: [bounds(&creation.webhook), bounds(&churn.webhook)],
-        webhook_within_5ms: [creation.webhook.share_within(0.005), churn.webhook.share_within(0.005)],
+        webhook: [WebhookCalls::of(&creation.webhook), WebhookCalls::of(&churn.webhook)],
+        baseline: (creation.baseline.as_ref().zip(churn.baseline.as_ref()))
+            .map(|(creation, churn)| [WebhookCalls::of(creation), WebhookCalls::of(churn)]),
         direct: [creation.direct, churn.direct],
         webhook_calls: creation.webhook.count + churn.webhook.count,
         handling: (operator_webhook.quantile(0.5), operator_webhook.quantile(0.99)),
@@ -498,6 +528,8 @@ struct Creation {
     latency: Vec<f64>,
     /// The API server's histogram of its webhook calls meanwhile.
     webhook: Histogram,
+    /// The same for the baseline webhook, with --baseline-webhook.
+    baseline: Option<Histogram>,
     /// The probe's calls straight to the webhook meanwhile, p50 and p99.
     direct: (f64, f64),
 }
@@ -512,7 +544,10 @@ async fn create_pods(
     range: std::ops::Range<usize>,
     (webhook_addr, webhook_ca): &(String, Vec<u8>),
 ) -> Result<Creation> {
-    let before = apiserver_webhook_histogram(client).await?;
+    let baseline = cluster.args.baseline_webhook;
+    let before = apiserver_webhook_histogram(client, WEBHOOK).await?;
+    let baseline_before =
+        if baseline { Some(apiserver_webhook_histogram(client, baseline::NAME).await?) } else { None };
     let probe = Probe::start(webhook_addr, webhook_ca, PROBE_EVERY).await?;
     let mut creations = tokio::task::JoinSet::new();
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / cluster.args.rate));
@@ -541,8 +576,12 @@ async fn create_pods(
     if injected != count {
         bail!("only {injected} of {count} pods came back injected");
     }
-    let webhook = apiserver_webhook_histogram(client).await?.minus(&before);
-    Ok(Creation { latency, webhook, direct: (quantile(&direct, 0.5), quantile(&direct, 0.99)) })
+    let webhook = apiserver_webhook_histogram(client, WEBHOOK).await?.minus(&before);
+    let baseline = match baseline_before {
+        Some(before) => Some(apiserver_webhook_histogram(client, baseline::NAME).await?.minus(&before)),
+        None => None,
+    };
+    Ok(Creation { latency, webhook, baseline, direct: (quantile(&direct, 0.5), quantile(&direct, 0.99)) })
 }
 
 /// The CA the API server trusts the webhook with (the operator sets it).
@@ -561,7 +600,7 @@ impl Run {
     }
     /// The worse p99 of the two phases that create pods.
     fn webhook_p99(&self) -> f64 {
-        self.webhook[0].1.max(self.webhook[1].1)
+        self.webhook[0].p99.max(self.webhook[1].p99)
     }
 }
 
@@ -576,14 +615,18 @@ fn print_run(cluster: &Cluster, number: usize, run: &Run) {
     println!("{:<34} result", "measure");
     println!("{:<34} {} pods at {:.1}/s, all injected", "pod creation", a.pods, run.create_rate);
     println!("{:<34} p50 {:.1} ms, p99 {:.1} ms", "  create request (client)", ms(run.create.0), ms(run.create.1));
-    for ((phase, (w50, w99)), within) in ["pod creation", "churn"].iter().zip(run.webhook).zip(run.webhook_within_5ms) {
-        println!(
-            "{:<34} p50 <= {:.0} ms, p99 <= {:.0} ms (bucket bounds), {:.2}% within 5 ms",
-            format!("  webhook call, {phase} (API server)"),
-            ms(w50),
-            ms(w99),
-            100.0 * within
-        );
+    let mut seen_by_api_server = vec![("API server", run.webhook)];
+    seen_by_api_server.extend(run.baseline.map(|calls| ("baseline, API server", calls)));
+    for (whose, phases) in seen_by_api_server {
+        for (phase, calls) in ["pod creation", "churn"].iter().zip(phases) {
+            println!(
+                "{:<34} p50 <= {:.0} ms, p99 <= {:.0} ms (bucket bounds), {:.2}% within 5 ms",
+                format!("  webhook call, {phase} ({whose})"),
+                ms(calls.p50),
+                ms(calls.p99),
+                100.0 * calls.within_5ms
+            );
+        }
     }
     for (phase, (d50, d99)) in ["pod creation", "churn"].iter().zip(run.direct) {
         println!(
@@ -647,8 +690,16 @@ fn print_summary(runs: &[Run]) {
     row("policy edit p99", "s", 1.0, &|r| r.edit_p99());
     row("policies -> all TieringNodes", "s", 1.0, &|r| r.policies_applied);
     row("webhook p99 (API server bucket)", "ms", 1e3, &|r| r.webhook_p99());
-    row("webhook within 5 ms, pod creation", "%", 100.0, &|r| r.webhook_within_5ms[0]);
-    row("webhook within 5 ms, churn", "%", 100.0, &|r| r.webhook_within_5ms[1]);
+    row("webhook within 5 ms, pod creation", "%", 100.0, &|r| r.webhook[0].within_5ms);
+    row("webhook within 5 ms, churn", "%", 100.0, &|r| r.webhook[1].within_5ms);
+    if runs.iter().all(|r| r.baseline.is_some()) {
+        let baseline = |r: &Run, phase: usize| r.baseline.map_or(f64::NAN, |calls| calls[phase].within_5ms);
+        row("baseline within 5 ms, pod creation", "%", 100.0, &|r| baseline(r, 0));
+        row("baseline within 5 ms, churn", "%", 100.0, &|r| baseline(r, 1));
+        row("baseline p99 (API server bucket)", "ms", 1e3, &|r| {
+            r.baseline.map_or(f64::NAN, |calls| calls[0].p99.max(calls[1].p99))
+        });
+    }
     row("webhook probe p99, pod creation", "ms", 1e3, &|r| r.direct[0].1);
     row("webhook probe p99, churn", "ms", 1e3, &|r| r.direct[1].1);
     row("webhook handling p99 (operator)", "ms", 1e3, &|r| r.handling.1);
@@ -667,10 +718,10 @@ fn print_summary(runs: &[Run]) {
     println!("scale: edit p99 {edit:.2}s, webhook p99 {:.0}ms, rss {rss:.0}MiB", webhook * 1e3);
 }
 
-/// The API server's own histogram of its calls to the pytier webhook.
-async fn apiserver_webhook_histogram(client: &Client) -> Result<Histogram> {
+/// The API server's own histogram of its calls to the webhook `name`.
+async fn apiserver_webhook_histogram(client: &Client, name: &str) -> Result<Histogram> {
     let text = client.request_text(http::Request::get("/metrics").body(Vec::new())?).await?;
-    Histogram::parse(&text, "apiserver_admission_webhook_admission_duration_seconds", &[("name", WEBHOOK)])
+    Histogram::parse(&text, "apiserver_admission_webhook_admission_duration_seconds", &[("name", name)])
 }
 
 /// Nodes kwok made Ready and pods it made Running: the fake cluster is alive.
