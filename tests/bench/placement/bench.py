@@ -38,6 +38,7 @@ import threading
 import time
 
 import damos
+from sysfs import read, write
 from workloads import anon_bytes_by_node, nodes_of_pages
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -81,11 +82,6 @@ def default_memory_policy():
     """For a workload: its memory where it first touches it (node 0)."""
     if libc.syscall(SYS_set_mempolicy, MPOL_DEFAULT, None, ctypes.c_ulong(0)):
         raise OSError(ctypes.get_errno(), "set_mempolicy")
-
-
-def write(path, value):
-    with open(path, "w") as f:
-        f.write(str(value))
 
 
 MOVABLE_ZONE_INDEX = 3  # where a user page may come from: any zone up to ZONE_MOVABLE
@@ -161,6 +157,7 @@ class Balloon:
         self.budget = budget
         self.above = above
         self.cgroup = cgroup
+        self.held = 0  # the workload's memory on node 0 at the last round
         self.reclaimed = {"asks": 0, "askedBytes": 0, "demotedBytes": 0}  # the excess the kernel demoted
         self.chunks = []
         self.pid = None
@@ -174,7 +171,7 @@ class Balloon:
         # would fall back to node 1: the kernel's own allocations keep the
         # reserve below it (MIN_FREE_KBYTES). The room left for the workload
         # ends within half a chunk of its budget.
-        held = anon_bytes_by_node(self.pid).get(0, 0) if self.pid else 0
+        held = self.held = anon_bytes_by_node(self.pid).get(0, 0) if self.pid else 0
         excess = held + node0_room_bytes(self.above) - self.budget
         room = node0_room_bytes("low")
         while excess > self.CHUNK // 2 and room >= self.CHUNK and self.take():
@@ -233,6 +230,16 @@ MIN_FREE_KBYTES = 16384
 
 
 DEMOTION = "/sys/kernel/mm/numa/demotion_enabled"
+CGROUP = "/sys/fs/cgroup"
+WORKLOAD_CGROUP = "pytier-bench-workload"
+
+
+def workload_cgroup():
+    """The cgroup (v2) a workload runs in, under every config: for the
+    balloon's reclaim and DAMOS's memcg filter."""
+    write(f"{CGROUP}/cgroup.subtree_control", "+memory")
+    os.makedirs(f"{CGROUP}/{WORKLOAD_CGROUP}", exist_ok=True)
+    return f"{CGROUP}/{WORKLOAD_CGROUP}"
 
 
 def demote_by_reclaim(cgroup, amount):
@@ -240,8 +247,7 @@ def demote_by_reclaim(cgroup, amount):
     whatever the config: moves about `amount` bytes of the cgroup's least
     recently used node-0 pages to node 1 (there is no swap), or less (the
     kernel then says EAGAIN). Returns the bytes it demoted."""
-    with open(DEMOTION) as f:
-        enabled = f.read().strip()
+    enabled = read(DEMOTION)
     before = vmstat("pgdemote_direct", "pgdemote_proactive")
     write(DEMOTION, 1)
     try:
@@ -263,7 +269,7 @@ def revive_kswapd():
     size = 4 << 20
     pages, _ = map_preferring_node0(size, mmap.MAP_PRIVATE)
     pages.write(b"x" * size)
-    demote_by_reclaim("/sys/fs/cgroup", 1 << 20)  # less than asked for is enough
+    demote_by_reclaim(CGROUP, 1 << 20)  # less than asked for is enough
     pages.close()
 
 
@@ -272,8 +278,8 @@ def prepare_node0(shim):
     all a workload can get there is free memory the balloon sees."""
     bind_memory_to_node1()
     move_every_process_to_node1()
-    if not os.path.exists("/sys/fs/cgroup/cgroup.controllers"):  # for memory.reclaim and DAMOS's memcg
-        subprocess.run(["mount", "-t", "cgroup2", "none", "/sys/fs/cgroup"], check=True)
+    if not os.path.exists(f"{CGROUP}/cgroup.controllers"):  # for memory.reclaim and DAMOS's memcg
+        subprocess.run(["mount", "-t", "cgroup2", "none", CGROUP], check=True)
     write("/proc/sys/vm/drop_caches", 3)  # what was read in before, on node 0
     write("/proc/sys/vm/percpu_pagelist_high_fraction", PERCPU_PAGELIST_HIGH_FRACTION)
     for folder, _, files in os.walk(shim):  # the shim's files, cached on node 1
@@ -315,7 +321,7 @@ def run_workload(name, args, config, budget):
         })
     revive_kswapd()
     set_kernel_tiering(config)
-    cgroup = damos.workload_cgroup()
+    cgroup = workload_cgroup()
 
     def start_workload():
         default_memory_policy()
@@ -329,10 +335,10 @@ def run_workload(name, args, config, budget):
                                 preexec_fn=start_workload)
         balloon.pid = proc.pid
         if config == "damos":
-            def used_bp():  # of the DRAM the workload may use
-                held = anon_bytes_by_node(proc.pid).get(0, 0)
-                return int(10000 * held / max(1, held + node0_room_bytes("high")))
-            feeder = damos.Feeder(damos.Damos(args.damos_interval_ms), used_bp, args.damos_interval_ms)
+            def used_bp():  # of the DRAM the workload may use, from the balloon's last reading
+                return int(10000 * balloon.held / max(1, balloon.held + node0_room_bytes("high")))
+            kdamonds = damos.Damos(args.damos_interval_ms, memcg_path=f"/{WORKLOAD_CGROUP}")
+            feeder = damos.Feeder(kdamonds, used_bp, args.damos_interval_ms)
         stdout, stderr = proc.communicate(timeout=30 * args.seconds + 300)
     finally:
         damos_migrated = feeder.stop() if feeder else None

@@ -34,20 +34,10 @@ demotion in reclaim on (see bench.set_kernel_tiering).
 import os
 import threading
 
+from sysfs import read, write
+
 DAMON = "/sys/kernel/mm/damon/admin/kdamonds"
-CGROUP = "/sys/fs/cgroup"
-WORKLOAD_CGROUP = "pytier-bench-workload"
 UNLIMITED = 2**32 - 1
-
-
-def write(path, value):
-    with open(path, "w") as f:
-        f.write(str(value))
-
-
-def read(path):
-    with open(path) as f:
-        return f.read().strip()
 
 
 def node_physical_range(node):
@@ -57,16 +47,6 @@ def node_physical_range(node):
     ids = [int(name[len("memory"):]) for name in os.listdir(folder)
            if name.startswith("memory") and name[len("memory"):].isdigit()]
     return min(ids) * block, (max(ids) + 1) * block
-
-
-def workload_cgroup():
-    """The cgroup (v2) a workload runs in, under every config: for the
-    schemes' memcg filter, and for the balloon's reclaim."""
-    if not os.path.exists(f"{CGROUP}/cgroup.controllers"):
-        raise RuntimeError(f"damos: no cgroup v2 at {CGROUP}")
-    write(f"{CGROUP}/cgroup.subtree_control", "+memory")
-    os.makedirs(f"{CGROUP}/{WORKLOAD_CGROUP}", exist_ok=True)
-    return f"{CGROUP}/{WORKLOAD_CGROUP}"
 
 
 class Damos:
@@ -80,7 +60,8 @@ class Damos:
         (1, 0, "migrate_cold", 1, (0, 0), "Y", 500),  # keep 5% of it free
     )
 
-    def __init__(self, interval_ms):
+    def __init__(self, interval_ms, memcg_path):
+        """memcg_path: the workload's cgroup, from the cgroup2 root."""
         if not os.path.exists(DAMON):
             raise RuntimeError(f"damos: no DAMON sysfs interface at {DAMON}")
         write(f"{DAMON}/nr_kdamonds", len(self.SCHEMES))
@@ -121,7 +102,7 @@ class Damos:
             write(f"{scheme}/watermarks/metric", "none")
             write(f"{scheme}/filters/nr_filters", 2)
             write(f"{scheme}/filters/0/type", "memcg")
-            write(f"{scheme}/filters/0/memcg_path", "/" + WORKLOAD_CGROUP)
+            write(f"{scheme}/filters/0/memcg_path", memcg_path)
             write(f"{scheme}/filters/0/matching", "N")  # out: pages of other cgroups
             write(f"{scheme}/filters/1/type", "young")
             write(f"{scheme}/filters/1/matching", young)
