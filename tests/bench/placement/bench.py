@@ -359,7 +359,8 @@ def run_workload(name, args, config, budget):
         report["damosMigratedBytes"] = damos_migrated  # by DAMON's own count, per action
         moved = sum(damos_migrated.values())
     else:
-        moved = (vmstat(*MIGRATED_PAGES) - migrated_before) * 4096
+        # The kernel's own migrations, not the balloon's demotions of an excess.
+        moved = (vmstat(*MIGRATED_PAGES) - migrated_before) * 4096 - balloon.reclaimed["demotedBytes"]
     report["migratedBytes"] = moved
     return report
 
@@ -419,7 +420,8 @@ def main():
           " with its budget placed (placement.dramHeatShare, what `node-agent run` shows without CXL)")
     print(f"each cell: the median of {args.runs} runs (interleaved across configs), dram-hit's range beside it;"
           f" slowdown: memory accesses' time against all-DRAM at {args.dram_ns:.0f} ns a DRAM access and"
-          f" {args.cxl_extra_ns:.0f} ns more on CXL; held: the most DRAM (the workload's anonymous memory on node 0) a run held, over the budget")
+          f" {args.cxl_extra_ns:.0f} ns more on CXL; held: the most DRAM (the workload's anonymous memory on node 0) a run held, over the budget;"
+          f" migrated: by the config itself, not counting the excesses the balloon had the kernel demote")
     print(f"{'workload':<11} {'config':<12} {'dram-hit':>8} {'range':>11} {'oracle':>7} {'vs oracle':>9} "
           f"{'slowdown':>8} {'oracle@held':>11} {'predicted':>9} {'migrated':>10} {'reconverge':>14} "
           f"{'intact':>6} {'held':>6}")
