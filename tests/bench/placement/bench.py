@@ -130,8 +130,11 @@ def vmstat(*names):
 # A run held equal DRAM if it held at most this much over its budget.
 HELD_TOLERANCE = 0.05
 
-MIGRATED_PAGES = ("pgpromote_success", "pgdemote_kswapd", "pgdemote_direct", "pgdemote_khugepaged",
-                  "numa_pages_migrated")
+# The counters of pages moved between nodes. DEMOTED_PAGES are what a reclaim
+# the harness asks for moves (direct on 6.12; proactive where a kernel has it).
+DEMOTED_PAGES = ("pgdemote_direct", "pgdemote_proactive")
+MIGRATED_PAGES = ("pgpromote_success", "pgdemote_kswapd", "pgdemote_khugepaged", "numa_pages_migrated",
+                  *DEMOTED_PAGES)
 
 
 class Balloon:
@@ -248,7 +251,7 @@ def demote_by_reclaim(cgroup, amount):
     recently used node-0 pages to node 1 (there is no swap), or less (the
     kernel then says EAGAIN). Returns the bytes it demoted."""
     enabled = read(DEMOTION)
-    before = vmstat("pgdemote_direct", "pgdemote_proactive")
+    before = vmstat(*DEMOTED_PAGES)
     write(DEMOTION, 1)
     try:
         write(f"{cgroup}/memory.reclaim", amount)
@@ -256,7 +259,7 @@ def demote_by_reclaim(cgroup, amount):
         pass
     finally:
         write(DEMOTION, enabled)
-    return (vmstat("pgdemote_direct", "pgdemote_proactive") - before) * 4096
+    return (vmstat(*DEMOTED_PAGES) - before) * 4096
 
 
 def revive_kswapd():

@@ -126,10 +126,10 @@ class Sampler:
     Python per access would dominate the workload).
 
     The pool holds the items themselves, so the sampler adds no objects of
-    its own for the placement to keep hot: only the pool (8 bytes a draw, 512
-    KiB by default), read in order. What the workload really accesses is the pool, which differs from
-    the weights in the long tail (most tail items are never drawn), so the
-    truth takes its weights from `counts`."""
+    its own for the placement to keep hot: only the pool (8 bytes a draw,
+    512 KiB by default), read in order. What the workload really accesses is
+    the pool, which differs from the weights in the long tail (most tail
+    items are never drawn), so the truth takes its weights from `counts`."""
 
     def __init__(self, items, weights, rng, size=1 << 16):
         self.pool = rng.choices(items, weights=weights, k=size)
