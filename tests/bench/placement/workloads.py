@@ -69,18 +69,27 @@ def nodes_of_pages(pages):
     return list(status)
 
 
+class Address(int):
+    """Memory the program uses that is no Python object (an OrderedDict's
+    nodes), listed by its address."""
+
+
+def address_of(obj):
+    return obj if isinstance(obj, Address) else id(obj)
+
+
 class Truth:
     """Access probability per page, from the objects' probabilities."""
 
     def __init__(self, objects, weights):
         total = sum(weights)
         mass = {}
-        self.heaviest = {}  # page -> id of its most accessed object
+        self.heaviest = {}  # page -> address of its most accessed object
         for obj, w in zip(objects, weights):
-            page = id(obj) & ~(PAGE - 1)
+            page = address_of(obj) & ~(PAGE - 1)
             mass[page] = mass.get(page, 0.0) + w / total
             if w > self.heaviest.get(page, (None, -1.0))[1]:
-                self.heaviest[page] = (id(obj), w)
+                self.heaviest[page] = (address_of(obj), w)
         self.pages = list(mass)
         self.mass = [mass[p] for p in self.pages]
 
@@ -336,9 +345,10 @@ def lru_phase(state, rng):
 
     The truth is what the requests served really touched: each request's
     user int, and for a user in the cache its stored key tuple (compared at
-    each lookup) and its response, weighted by the user's requests in the
-    request pool. It leaves out the OrderedDict's own links and tables,
-    which Python code cannot name."""
+    each lookup), its response and its OrderedDict node (which every hit
+    relinks at the end), weighted by the user's requests in the request
+    pool. It leaves out the OrderedDict's table of nodes and the neighbours
+    a relink writes too."""
     cache, users = state["cache"], state["users"]
     ranked = list(range(users))
     rng.shuffle(ranked)
@@ -349,7 +359,9 @@ def lru_phase(state, rng):
     def listing():
         entries = list(cache.cache.items())
         weights = [requests[key[0]] for key, _ in entries]
-        return ranked + [key for key, _ in entries] + [page for _, page in entries], counts + weights + weights
+        nodes = odict_nodes(cache.cache)
+        accessed = [key for key, _ in entries] + [page for _, page in entries] + [nodes[id(key)] for key, _ in entries]
+        return ranked + accessed, counts + weights * 3
 
     def run(deadline):
         requests_in = iter(draws)
@@ -361,6 +373,27 @@ def lru_phase(state, rng):
         return size
 
     return listing, run
+
+
+def odict_nodes(od):
+    """The address of each node of an OrderedDict, by the id of its key.
+
+    CPython keeps them in C (Objects/odictobject.c, the same from 3.5 on): the
+    OrderedDict is a dict followed by od_first, and a node is its key, hash,
+    next and prev. The first node must hold the first key before the list is
+    followed, and every node a key of the dict."""
+    keys = {id(k) for k in od}
+    node = ctypes.c_void_p.from_address(id(od) + dict.__basicsize__).value
+    nodes = {}
+    while node and len(nodes) < len(od):
+        key, _, next_node, _ = (ctypes.c_void_p * 4).from_address(node)
+        if key not in keys or (not nodes and key != id(next(iter(od)))):
+            break
+        nodes[key] = Address(node)
+        node = next_node
+    if len(nodes) != len(od):
+        raise RuntimeError("lru-cache: cannot follow the OrderedDict's nodes (CPython's odictobject.c layout changed?)")
+    return nodes
 
 
 def lru_check(state):
