@@ -183,14 +183,14 @@ impl ArenaPages {
         let decay = 0.5f32.powf((since / half_life_s.max(1e-3)) as f32);
         let mut written = vec![false; self.temps.len()];
         let measuring = self.measured; // a baseline says nothing of writes
-        if measuring {
-            self.heat_collections = self.heat_collections * decay + 1.0;
-        }
         let Ok(n) = writes.take_written(base, written.len() * PAGE, |page| written[(page - base) / PAGE] = true) else {
             // Some pages may be protected again unreported: count all written.
             self.unread_writes.fill(u64::MAX);
             return None;
         };
+        if measuring {
+            self.heat_collections = self.heat_collections * decay + 1.0; // every page's delay is added below
+        }
         for (i, was_written) in written.into_iter().enumerate() {
             if was_written {
                 self.unread_writes[i / 64] |= 1 << (i % 64);
