@@ -43,6 +43,23 @@ def anon_rss_bytes():
     raise RuntimeError("no RssAnon in /proc/self/status")
 
 
+def node0_anon_by_mapping(limit=8):
+    """The mappings holding the most anonymous memory on node 0: (what, KiB
+    on node 0, anonymous KiB in all), for the report's diagnostics."""
+    rows = []
+    with open("/proc/self/numa_maps") as f:
+        for line in f:
+            fields = line.split()
+            anon = next((int(f[5:]) for f in fields if f.startswith("anon=")), 0)
+            node0 = next((int(f[3:]) for f in fields if f.startswith("N0=")), 0)
+            if anon and node0:
+                page_kib = next((int(f.split("=")[1]) for f in fields if f.startswith("kernelpagesize_kB=")), 4)
+                what = next((f[5:].rsplit("/", 1)[-1] for f in fields if f.startswith("file=")), None)
+                what = what or next((f for f in fields[2:] if f in ("heap", "stack")), f"anon@{fields[0]}")
+                rows.append((what, min(node0, anon) * page_kib, anon * page_kib))
+    return sorted(rows, key=lambda r: -r[1])[:limit]
+
+
 def anon_bytes_by_node(pid="self"):
     """A process's anonymous memory per NUMA node, from its numa_maps."""
     by_node = {}
@@ -468,6 +485,7 @@ def main():
         # What the run held at the end of its accesses, before the listing
         # below allocates (first touches the balloon has not yet answered).
         report["anonBytesByNode"] = anon_bytes_by_node()
+        report["node0AnonByMapping"] = node0_anon_by_mapping()
         # pytier's own estimate first: the truth's listing of every object
         # writes every count, which page writes would take for use.
         estimate = pytier and placement_estimate(pytier)
