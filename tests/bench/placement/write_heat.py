@@ -11,6 +11,7 @@ a 10 s half-life; the DRAM pages are the top quarter. After 30 s the hot
 set shifts (a fresh scattering of the objects). Prints, for each estimator,
 the share of the accesses its DRAM pages would serve over the oracle's
 (the truly hottest quarter) before the shift and 1, 3, 5 and 10 s after.
+The estimator pytier uses is the last one ("now").
 
     python3 tests/bench/placement/write_heat.py [--interval S] [--rate N] [--seed K]
 """
@@ -22,6 +23,7 @@ import random
 PAGES, OBJECTS, DRAM_PAGES, HALF_LIFE = 8000, 300_000, 2000, 10.0
 LADDER = [0.000_25 * 2 ** k for k in range(19)]
 UNWRITTEN_DELAYS = 2.0
+RECENT_DISCOUNT = 2.0
 
 
 def page_rates(rng, total):
@@ -58,8 +60,8 @@ class MostLikely:
 
 
 class GeometricMean:
-    """Now: one over the decayed geometric mean of the delays (unwritten:
-    twice the interval); 0 for a page never seen written."""
+    """One over the decayed geometric mean of the delays (unwritten: twice
+    the interval); 0 for a page never seen written."""
     def __init__(self):
         self.logs, self.ever = [0.0] * PAGES, [False] * PAGES
         self.collections = 0.0
@@ -70,6 +72,22 @@ class GeometricMean:
 
     def scores(self):
         return [math.exp(-s / self.collections) if e else 0.0 for s, e in zip(self.logs, self.ever)]
+
+
+class GeometricMeanOrRecent(GeometricMean):
+    """Now: the geometric mean's rate, or half of one over the longer of the
+    last two delays if that is more."""
+    def __init__(self):
+        super().__init__()
+        self.last, self.recent = [0.0] * PAGES, [0.0] * PAGES
+
+    def add(self, i, delay, interval, decay):
+        super().add(i, delay, interval, decay)
+        delay = delay if delay is not None else UNWRITTEN_DELAYS * interval
+        self.recent[i], self.last[i] = max(self.last[i], delay), delay
+
+    def scores(self):
+        return [max(gm, 1 / (RECENT_DISCOUNT * r)) if gm else 0.0 for gm, r in zip(super().scores(), self.recent)]
 
 
 def served(rates, scores):
@@ -88,7 +106,7 @@ def main():
     decay = 0.5 ** (args.interval / HALF_LIFE)
     ladder = [t for t in LADDER if t < args.interval]
     estimators = {"mean of 1/delay (before)": MeanOfInverse(), "most likely rate": MostLikely(),
-                  "geometric mean (now)": GeometricMean()}
+                  "geometric mean": GeometricMean(), "geometric mean or last 2 (now)": GeometricMeanOrRecent()}
     per_phase = round(30 / args.interval)
     # The last collection before the shift, and the first at least 1, 3, 5 and 10 s after it.
     marks = {per_phase - 1: "steady", **{per_phase - 1 + math.ceil(s / args.interval): f"+{s} s" for s in (1, 3, 5, 10)}}
@@ -100,7 +118,7 @@ def main():
             t = rng.expovariate(lam) if lam > 0 else math.inf
             delays.append(next((rung for rung in ladder if rung >= t), args.interval) if t < args.interval else None)
         for est in estimators.values():
-            if isinstance(est, GeometricMean):
+            if isinstance(est, GeometricMean):  # and its subclass
                 est.collections = est.collections * decay + 1
             for i, delay in enumerate(delays):
                 est.add(i, delay, args.interval, decay)
@@ -109,9 +127,9 @@ def main():
                 table[name][marks[c]] = served(rates, est.scores())
     print(f"served / oracle, {PAGES} pages, {DRAM_PAGES} on DRAM, {args.rate:.0f} uses/s, collections every "
           f"{args.interval} s; the hot set shifts at 30 s")
-    print(f"{'estimator':26s}" + "".join(f"{m:>8s}" for m in marks.values()))
+    print(f"{'estimator':32s}" + "".join(f"{m:>8s}" for m in marks.values()))
     for name, row in table.items():
-        print(f"{name:26s}" + "".join(f"{row[m]:8.3f}" for m in marks.values()))
+        print(f"{name:32s}" + "".join(f"{row[m]:8.3f}" for m in marks.values()))
 
 
 if __name__ == "__main__":
