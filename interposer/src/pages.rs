@@ -10,9 +10,8 @@
 //! collection (see `peek_arena`). The
 //! sooner after protection a page is first written, the more often the
 //! program uses it: that delay ranks pages by access rate, as hint-fault
-//! latency does for the kernel's memory tiering. The rate estimated from
-//! the delays (see `WriteHeat`) feeds placement as the page's *write heat*;
-//! classes keep counting collections.
+//! latency does for the kernel's memory tiering. It feeds placement as the
+//! page's *write heat*; classes keep counting collections.
 //!
 //! The peeks also count what the next collection will cost: every page
 //! written since the last one faults once. A collection waits until that
@@ -34,9 +33,8 @@ use crate::temperature::{Class, Rules, Temperature};
 /// twice as long, up to `MAX_PEEKS` (about a minute) or the next collection.
 const FIRST_PEEK_SECONDS: f64 = 0.000_25;
 const MAX_PEEKS: u8 = 19;
-/// Write heat per collection of a page used this many times a second, as
-/// 1 / `WRITE_HEAT_SECONDS`: 1 for a page first written 2 ms after each
-/// protection, 8 at most (the first peek).
+/// A page first seen written `t` seconds after its arena's collection gains
+/// this much write heat divided by `t`: 1 for 2 ms, 8 for the first peek.
 const WRITE_HEAT_SECONDS: f64 = 0.002;
 
 /// Fault-cost trials at the first collection, and at each one after; and
@@ -90,8 +88,6 @@ struct ArenaPages {
     first_seen: Vec<f32>,
     /// Each page's write heat.
     write_heat: Vec<WriteHeat>,
-    /// The collections that measured write heat, decayed as it is.
-    heat_collections: f32,
     /// Seconds after the start of the last collection of the whole heap at
     /// which this arena was last collected (write-protected again): a page's
     /// first write is timed from then. Later when it was measured alone.
@@ -140,7 +136,6 @@ impl ArenaPages {
             temps: Vec::new(),
             first_seen: Vec::new(),
             write_heat: Vec::new(),
-            heat_collections: 0.0,
             collected_after: 0.0,
             unwatchable: false,
             measured: false,
@@ -159,7 +154,6 @@ impl ArenaPages {
         self.temps = vec![Temperature::default(); pages];
         self.first_seen = vec![0.0; pages];
         self.write_heat = vec![WriteHeat::default(); pages];
-        self.heat_collections = 0.0;
         self.measured = false;
         // New memory: whatever the scanner knew of this range is stale.
         self.unread_writes = vec![u64::MAX; pages.div_ceil(64)];
@@ -188,9 +182,6 @@ impl ArenaPages {
             self.unread_writes.fill(u64::MAX);
             return None;
         };
-        if measuring {
-            self.heat_collections = self.heat_collections * decay + 1.0; // every page's delay is added below
-        }
         for (i, was_written) in written.into_iter().enumerate() {
             if was_written {
                 self.unread_writes[i / 64] |= 1 << (i % 64);
@@ -203,71 +194,30 @@ impl ArenaPages {
             if measuring {
                 // When a peek first saw it written, else by the collection.
                 let first_seen = was_written.then(|| if seen > 0.0 { (seen - offset).max(1e-6) } else { since });
-                self.write_heat[i].add(first_seen, since, decay);
+                self.write_heat[i].add(first_seen, decay);
             }
         }
         Some(n)
     }
 }
 
-/// What a page's writes say of its use: the rate at which it is written,
-/// from the delays until it was first seen written after each protection
-/// (a page written λ times a second is first written after an exponential
-/// delay of mean 1/λ; a collection that saw it unwritten counts as
-/// `UNWRITTEN_DELAYS` times its interval). Two estimates, the greater:
-/// - one over the geometric mean of all its delays, decayed like
-///   temperatures (kept as the decayed sum of their logarithms; the arena
-///   counts the collections, `heat_collections`);
-/// - half of one over the longer of its last two delays: a page that has
-///   just turned hot needs no half-life to show it, and one early write
-///   alone (which a page of any rate makes now and then) does not count.
-///
-/// `tests/bench/placement/write_heat.py` simulates the estimators on a Zipf
-/// heap, steady and after its hot set shifts. On its four settings the mean
-/// of 1/delay, kept before, served 0.92–0.94 of the oracle's share (one
-/// early write outweighed many later ones), this 0.97–0.99. From the
-/// second collection after a shift it is ahead of both the mean of 1/delay
-/// and the geometric mean alone: with collections 0.72 s apart, 1 s after
-/// the shift it served 0.82–0.84, they 0.69–0.70 and 0.49–0.52.
+/// What a page's writes say of its use: `WRITE_HEAT_SECONDS` over the
+/// delay until it was first seen written after each collection (a page
+/// written λ times a second is first written about 1/λ after being
+/// protected), decayed like temperatures. At most 8 a collection, so one
+/// burst of writes weighs no more than a page written that soon every time.
 #[derive(Debug, Clone, Copy, Default)]
-struct WriteHeat {
-    log_delays: f32,
-    last_delay: f32,
-    /// The longer of the last two delays.
-    recent_delay: f32,
-}
-
-/// A collection that saw a page unwritten counts as a delay of this many
-/// of its intervals.
-const UNWRITTEN_DELAYS: f64 = 2.0;
-/// The rate from the last two delays is divided by this before it is
-/// compared: it is one sample, the geometric mean many.
-const RECENT_DISCOUNT: f32 = 2.0;
+struct WriteHeat(f32);
 
 impl WriteHeat {
-    /// One collection, `since` seconds after the arena's protection;
-    /// `first_seen` is how long after it a peek (or the collection) first
-    /// saw the page written, if it was.
-    fn add(&mut self, first_seen: Option<f64>, since: f64, decay: f32) {
-        let delay = first_seen.unwrap_or(UNWRITTEN_DELAYS * since).max(FIRST_PEEK_SECONDS);
-        self.log_delays = self.log_delays * decay + delay.ln() as f32;
-        self.recent_delay = self.last_delay.max(delay as f32);
-        self.last_delay = delay as f32;
-    }
-
-    /// Writes a second (at most one per first peek's delay), from the
-    /// `collections` (decayed) that added to it.
-    fn rate(&self, collections: f32) -> f32 {
-        if collections <= 0.0 {
-            return 0.0;
+    /// One collection; `first_seen` is how long after the arena's
+    /// protection a peek (or the collection) first saw the page written, if
+    /// it was.
+    fn add(&mut self, first_seen: Option<f64>, decay: f32) {
+        self.0 *= decay;
+        if let Some(seen) = first_seen {
+            self.0 += (WRITE_HEAT_SECONDS / seen.max(FIRST_PEEK_SECONDS)) as f32;
         }
-        let all = (-self.log_delays / collections).exp();
-        all.max(1.0 / (RECENT_DISCOUNT * self.recent_delay))
-    }
-
-    /// The write heat of `collections` (decayed) at this rate.
-    fn heat(&self, collections: f32) -> f32 {
-        self.rate(collections) * WRITE_HEAT_SECONDS as f32 * collections
     }
 }
 
@@ -526,18 +476,13 @@ impl PageTracker {
     /// Adds to each page's heat its write heat (0 when not watched) times
     /// `weight`. Pages come an arena at a time: one lookup per arena.
     pub fn add_write_heat(&self, pages: &mut [(usize, f32)], weight: f32) {
-        let mut arena: Option<(usize, &ArenaPages)> = None;
+        let mut arena: Option<(usize, &[WriteHeat])> = None;
         for (page, heat) in pages {
-            if arena.is_none_or(|(base, a)| *page < base || *page >= base + a.write_heat.len() * PAGE) {
-                arena = self.arenas.range(..=*page).next_back().map(|(&base, a)| (base, a));
+            if arena.is_none_or(|(base, heats)| *page < base || *page >= base + heats.len() * PAGE) {
+                arena = self.arenas.range(..=*page).next_back().map(|(&base, a)| (base, &a.write_heat[..]));
             }
-            if let Some((base, a)) = arena {
-                let i = (*page - base) / PAGE;
-                // None for a page no collection has seen written lately:
-                // its delays are all intervals, not a rate.
-                let written_lately = a.temps.get(i).is_some_and(|t| t.units() > 0);
-                let write_heat = a.write_heat.get(i).filter(|_| written_lately);
-                *heat += weight * write_heat.map_or(0.0, |h| h.heat(a.heat_collections));
+            if let Some((base, heats)) = arena {
+                *heat += weight * heats.get((*page - base) / PAGE).map_or(0.0, |h| h.0);
             }
         }
     }
@@ -696,54 +641,12 @@ mod tests {
     }
 
     #[test]
-    fn write_heat_ranks_by_every_delay_not_by_one_early_write() {
-        let rate = |delays: &[Option<f64>]| {
-            let mut heat = WriteHeat::default();
-            delays.iter().for_each(|&delay| heat.add(delay, 1.0, 1.0));
-            heat.rate(delays.len() as f32)
-        };
-        let steady = rate(&[Some(0.01); 4]);
-        let lucky = rate(&[Some(FIRST_PEEK_SECONDS), Some(0.2), Some(0.2), Some(0.2)]);
-        let lucky_last = rate(&[Some(0.05), Some(0.05), Some(0.05), Some(FIRST_PEEK_SECONDS)]);
-        // Unwritten collections count as twice their interval.
-        let now_and_then = rate(&[Some(0.01), None, Some(0.01), None]);
-        assert!((steady - 100.0).abs() < 1e-2, "written 10 ms after every protection: {steady}");
-        assert!(steady > 3.0 * lucky, "steady {steady} against lucky {lucky}");
-        assert!(steady > lucky_last, "steady {steady} against lucky at the last collection {lucky_last}");
-        assert!((now_and_then - 1.0 / (0.01f32 * 2.0).sqrt()).abs() < 1e-2, "written in half of them: {now_and_then}");
-        let mut heat = WriteHeat::default();
-        (0..4).for_each(|_| heat.add(Some(0.01), 1.0, 1.0));
-        assert!((heat.heat(4.0) - 4.0 * 0.2).abs() < 1e-4, "0.2 a collection at 10 ms: {}", heat.heat(4.0));
-    }
-
-    #[test]
-    fn a_page_that_turns_hot_overtakes_a_steady_warm_one_at_its_second_collection() {
-        // Collections a second apart, a half-life of 10.
-        let decay = 0.5f32.powf(0.1);
-        let (mut turned, mut warm, mut collections) = (WriteHeat::default(), WriteHeat::default(), 0.0);
-        for _ in 0..30 {
-            turned.add(None, 1.0, decay);
-            warm.add(Some(0.05), 1.0, decay);
-            collections = collections * decay + 1.0;
-        }
-        let mut seconds = 0;
-        while turned.rate(collections) <= warm.rate(collections) {
-            turned.add(Some(0.001), 1.0, decay);
-            warm.add(Some(0.05), 1.0, decay);
-            collections = collections * decay + 1.0;
-            seconds += 1;
-        }
-        assert_eq!(seconds, 2, "overtook after {seconds} collections");
-    }
-
-    #[test]
     fn a_page_is_timed_from_its_own_arenas_protection() {
         let Some((mut tracker, mut memory, offset)) = tracker_and_memory() else { return };
         let start = memory.as_ptr() as usize + offset;
         let regions = [(start, 8 * PAGE)];
         collect_now(&mut tracker, &regions);
         collect_now(&mut tracker, &regions);
-        forget_write_heat(&mut tracker);
         // As if the arena were protected 10 ms into a collection of a big
         // heap: a write seen at 12 ms came 2 ms after.
         tracker.arenas.values_mut().for_each(|a| a.collected_after = 0.010);
@@ -762,7 +665,6 @@ mod tests {
         let regions = [(start, 8 * PAGE)];
         collect_now(&mut tracker, &regions);
         collect_now(&mut tracker, &regions);
-        forget_write_heat(&mut tracker);
         // As if the next arena's collection had just ended: a write by then
         // is seen at once, not at the ladder's first peek 10 ms later.
         let collection = Instant::now();
@@ -804,15 +706,6 @@ mod tests {
     fn collect_now(tracker: &mut PageTracker, regions: &[(usize, usize)]) {
         tracker.last_collection = None;
         tracker.maybe_collect(regions, |_| Rules::new(1.0, 10.0, 1.0), 1e9, NO_SPACING);
-    }
-
-    /// Drops what the collections so far said of write rates (a page
-    /// unwritten in a 1 s collection), so the next one's delay alone counts.
-    fn forget_write_heat(tracker: &mut PageTracker) {
-        for arena in tracker.arenas.values_mut() {
-            arena.write_heat.fill(WriteHeat::default());
-            arena.heat_collections = 0.0;
-        }
     }
 
     /// A collection whenever asked.
