@@ -13,12 +13,13 @@ the share of the accesses its DRAM pages would serve over the oracle's
 (the truly hottest quarter) before the shift and 1, 3, 5 and 10 s after.
 
 pytier uses the first ("in use"). The others rank this heap better, but in
-the placement benchmark's VM (2026-12-04, three runs each against pytier's,
-interleaved) the last served less of what DRAM could on the workloads whose
-heap churns (lru-cache 0.81 of the oracle at the DRAM held against 0.88,
-zipf-write 0.89 against 0.90; zipf-read 0.98 against 0.97) and made
-pytier's prediction read 10 to 25 points low: this model has no
-allocation, no object temperatures and no churn.
+the placement benchmark's VM (2026-12-04, three runs each, interleaved with
+pytier's) the last did not carry over: as a share of the oracle at the DRAM
+each run held, 0.98 against 0.97 on zipf-read and zipf-shift, 0.91 against
+0.90 on zipf-write, but 0.82 against 0.88 on lru-cache, whose heap churns;
+and pytier's prediction read up to 20 points low (zipf-write 0.46 against
+0.66 served). This model has no allocation, no object temperatures, no
+churn.
 
     python3 tests/bench/placement/write_heat.py [--interval S] [--rate N] [--seed K]
 """
