@@ -450,7 +450,7 @@ def main():
                       f" {heap / 2**20:.1f} MiB, held {held[-1][2]:.2f}x, {report['accesses']} accesses,"
                       f" excess demoted {json.dumps(report['reclaimed'])}, {time.monotonic() - started:.0f} s)",
                       file=sys.stderr, flush=True)
-                mappings = ", ".join(f"{what} {kib / 1024:.1f}" for what, kib, _ in report["node0AnonByMapping"])
+                mappings = ", ".join(f"{what} {kib / 1024:.1f}" for what, kib in report["node0AnonByMapping"])
                 print(f"  (on DRAM by mapping, MiB: {mappings})", file=sys.stderr)
                 if config == "damos":
                     damos_migrated.append((name, report["damosMigratedBytes"]))

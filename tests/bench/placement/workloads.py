@@ -44,8 +44,9 @@ def anon_rss_bytes():
 
 
 def node0_anon_by_mapping(limit=8):
-    """The mappings holding the most anonymous memory on node 0: (what, KiB
-    on node 0, anonymous KiB in all), for the report's diagnostics."""
+    """The mappings holding the most anonymous memory on node 0, as (what,
+    KiB), for the report's diagnostics: a file mapping's written pages count
+    up to its anonymous ones."""
     rows = []
     with open("/proc/self/numa_maps") as f:
         for line in f:
@@ -56,7 +57,7 @@ def node0_anon_by_mapping(limit=8):
                 page_kib = next((int(f.split("=")[1]) for f in fields if f.startswith("kernelpagesize_kB=")), 4)
                 what = next((f[5:].rsplit("/", 1)[-1] for f in fields if f.startswith("file=")), None)
                 what = what or next((f for f in fields[2:] if f in ("heap", "stack")), f"anon@{fields[0]}")
-                rows.append((what, min(node0, anon) * page_kib, anon * page_kib))
+                rows.append((what, min(node0, anon) * page_kib))
     return sorted(rows, key=lambda r: -r[1])[:limit]
 
 
@@ -395,10 +396,10 @@ def lru_phase(state, rng):
 def odict_nodes(od):
     """The address of each node of an OrderedDict, by the id of its key.
 
-    CPython keeps them in C (Objects/odictobject.c, the same from 3.5 on): the
-    OrderedDict is a dict followed by od_first, and a node is its key, hash,
-    next and prev. The first node must hold the first key before the list is
-    followed, and every node a key of the dict."""
+    CPython keeps them in C (Objects/odictobject.c, checked on 3.11 to
+    3.13): the OrderedDict is a dict followed by od_first, and a node is its
+    key, hash, next and prev. The first node must hold the first key before
+    the list is followed, and every node a key of the dict."""
     keys = {id(k) for k in od}
     node = ctypes.c_void_p.from_address(id(od) + dict.__basicsize__).value
     nodes = {}
