@@ -43,37 +43,39 @@ def anon_rss_bytes():
     raise RuntimeError("no RssAnon in /proc/self/status")
 
 
+def numa_maps(pid="self"):
+    """Each mapping of a process's numa_maps: (address, its words such as
+    "heap" or "stack", its key=value fields, its page size in KiB)."""
+    with open(f"/proc/{pid}/numa_maps") as f:
+        for line in f:
+            address, *words = line.split()
+            values = dict(w.split("=", 1) for w in words if "=" in w)
+            yield address, [w for w in words if "=" not in w], values, int(values.get("kernelpagesize_kB", 4))
+
+
 def node0_anon_by_mapping(limit=8):
     """The mappings holding the most anonymous memory on node 0, as (what,
     KiB), for the report's diagnostics: a file mapping's written pages count
     up to its anonymous ones."""
     rows = []
-    with open("/proc/self/numa_maps") as f:
-        for line in f:
-            fields = line.split()
-            anon = next((int(f[5:]) for f in fields if f.startswith("anon=")), 0)
-            node0 = next((int(f[3:]) for f in fields if f.startswith("N0=")), 0)
-            if anon and node0:
-                page_kib = next((int(f.split("=")[1]) for f in fields if f.startswith("kernelpagesize_kB=")), 4)
-                what = next((f[5:].rsplit("/", 1)[-1] for f in fields if f.startswith("file=")), None)
-                what = what or next((f for f in fields[2:] if f in ("heap", "stack")), f"anon@{fields[0]}")
-                rows.append((what, min(node0, anon) * page_kib))
+    for address, words, values, page_kib in numa_maps():
+        anon, node0 = int(values.get("anon", 0)), int(values.get("N0", 0))
+        if anon and node0:
+            what = values["file"].rsplit("/", 1)[-1] if "file" in values else None
+            what = what or next((w for w in words if w in ("heap", "stack")), f"anon@{address}")
+            rows.append((what, min(node0, anon) * page_kib))
     return sorted(rows, key=lambda r: -r[1])[:limit]
 
 
 def anon_bytes_by_node(pid="self"):
     """A process's anonymous memory per NUMA node, from its numa_maps."""
     by_node = {}
-    with open(f"/proc/{pid}/numa_maps") as f:
-        for line in f:
-            fields = line.split()
-            if not any(f.startswith("anon=") for f in fields):
-                continue
-            page_kib = next((int(f.split("=")[1]) for f in fields if f.startswith("kernelpagesize_kB=")), 4)
-            for f in fields:
-                if f[0] == "N" and "=" in f:
-                    node, pages = f[1:].split("=")
-                    by_node[int(node)] = by_node.get(int(node), 0) + int(pages) * page_kib * 1024
+    for _, _, values, page_kib in numa_maps(pid):
+        if "anon" not in values:
+            continue
+        for key, pages in values.items():
+            if key[0] == "N" and key[1:].isdigit():
+                by_node[int(key[1:])] = by_node.get(int(key[1:]), 0) + int(pages) * page_kib * 1024
     return by_node
 
 

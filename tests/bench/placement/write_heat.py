@@ -42,7 +42,12 @@ def page_rates(rng, total):
     return rates
 
 
-class MeanOfInverse:
+class Estimator:
+    def collection(self, decay):
+        """Called once per collection, before its pages' delays."""
+
+
+class MeanOfInverse(Estimator):
     """In use: a decayed sum of 2 ms / delay, 0 for an unwritten collection."""
     def __init__(self):
         self.sum = [0.0] * PAGES
@@ -54,7 +59,7 @@ class MeanOfInverse:
         return self.sum
 
 
-class MostLikely:
+class MostLikely(Estimator):
     """Collections written over the seconds watched before the first write."""
     def __init__(self):
         self.written, self.watched = [0.0] * PAGES, [0.0] * PAGES
@@ -67,12 +72,15 @@ class MostLikely:
         return [w / t if t else 0.0 for w, t in zip(self.written, self.watched)]
 
 
-class GeometricMean:
+class GeometricMean(Estimator):
     """One over the decayed geometric mean of the delays (unwritten: twice
     the interval); 0 for a page never seen written."""
     def __init__(self):
         self.logs, self.ever = [0.0] * PAGES, [False] * PAGES
         self.collections = 0.0
+
+    def collection(self, decay):
+        self.collections = self.collections * decay + 1
 
     def add(self, i, delay, interval, decay):
         self.ever[i] |= delay is not None
@@ -126,8 +134,7 @@ def main():
             t = rng.expovariate(lam) if lam > 0 else math.inf
             delays.append(next((rung for rung in ladder if rung >= t), args.interval) if t < args.interval else None)
         for est in estimators.values():
-            if isinstance(est, GeometricMean):  # and its subclass
-                est.collections = est.collections * decay + 1
+            est.collection(decay)
             for i, delay in enumerate(delays):
                 est.add(i, delay, args.interval, decay)
         if c in marks:
