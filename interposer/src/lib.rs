@@ -15,6 +15,7 @@
 //! catches panics: the interposer fails open.
 
 pub mod arenas;
+pub mod brk;
 pub mod control;
 pub mod early;
 pub mod fds;

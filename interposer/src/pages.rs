@@ -317,7 +317,9 @@ impl PageTracker {
         for &(base, len) in regions {
             let pages = len / PAGE;
             let arena = self.arenas.entry(base).or_insert_with(ArenaPages::new);
-            let baseline = arena.temps.is_empty() || (recheck && !writes.is_watched(base, len));
+            // A region that grew or shrank (the brk heap) is watched afresh.
+            let resized = arena.temps.len() != pages;
+            let baseline = arena.temps.is_empty() || resized || (recheck && !writes.is_watched(base, len));
             if baseline && !arena.unwatchable {
                 // New (or recycled) arena: its first collection is a baseline.
                 report.registrations += 1;
@@ -485,6 +487,12 @@ impl PageTracker {
                 *heat += weight * heats.get((*page - base) / PAGE).map_or(0.0, |h| h.0);
             }
         }
+    }
+
+    /// Whether the region at `base`, `len` bytes long, is watched and has
+    /// been measured (its pages have write heat).
+    pub fn is_measured(&self, base: usize, len: usize) -> bool {
+        self.arenas.get(&base).is_some_and(|a| a.measured && !a.unwatchable && a.temps.len() * PAGE == len)
     }
 
     /// The class of the page holding `addr`, if it is watched and has been

@@ -21,6 +21,7 @@ use pytier_contract::Settings;
 pub use pytier_contract::stats::{BigReport, ByClass, PassReport, TypeBytes};
 
 use crate::arenas::{self, ARENA_SIZE, ARENAS, EARLY_ARENAS};
+use crate::brk::BrkHeap;
 use crate::large::BIG_BLOCKS;
 use crate::layout::{Layout, PoolHeader, arena_index};
 use crate::memory::{InPlace, Words, read_each, read_self};
@@ -102,6 +103,8 @@ pub struct Tracker {
     cycle: Option<Cycle>,
     /// Heat of every heap page as of the last complete cycle.
     heat: PageHeat,
+    /// glibc's brk heap, placed with the heap (see `brk`).
+    brk: BrkHeap,
 }
 
 struct BigState {
@@ -222,6 +225,7 @@ impl Tracker {
             big: AddrMap::default(),
             cycle: None,
             heat: PageHeat::new(),
+            brk: BrkHeap::default(),
         }
     }
 
@@ -259,8 +263,9 @@ impl Tracker {
     /// Collects page writes if the fault budget allows (see `pages`). Cheap
     /// next to an object pass, so it runs on its own, more frequent, cadence.
     pub fn collect_page_writes(&mut self, config: &Settings) -> &PageReport {
-        let spans: Vec<(usize, usize)> =
+        let mut spans: Vec<(usize, usize)> =
             self.regions().into_iter().map(|r| (r.base, r.watched_len(self.layout.pool_size))).collect();
+        spans.extend_from_slice(self.brk.spans());
         let rules_for = |interval: f64| {
             Rules::new(config.tracking.hot_threshold, config.tracking.decay_half_life_seconds as f64, interval)
         };
@@ -485,7 +490,14 @@ impl Tracker {
     }
 
     fn finish_cycle(&mut self, cycle: Cycle) -> PassReport {
-        let Cycle { started, mut report, per_type, mut heat, big_heat, .. } = cycle;
+        let Cycle { started, mut report, per_type, mut heat, mut big_heat, .. } = cycle;
+        // The brk heap's pages, once their writes are measured: those of
+        // big blocks have their objects' heat already, the rest none.
+        for &(base, len) in self.brk.spans().iter().filter(|&&(base, len)| self.pages.is_measured(base, len)) {
+            for page in (base..base + len).step_by(PAGE) {
+                big_heat.entry(page).or_insert(0.0);
+            }
+        }
         heat.extend(big_heat);
         self.pages.add_write_heat(&mut heat, WRITE_HEAT_WEIGHT);
         self.heat = heat;

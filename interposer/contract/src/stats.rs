@@ -214,7 +214,7 @@ pub struct PlacementReport {
     pub dram_nodes: Vec<i32>,
     pub cxl_nodes: Vec<i32>,
     pub budget_bytes: u64,
-    /// Heap pages (arenas and big blocks) and the bytes of them resident on
+    /// Heap pages (arenas, big blocks and glibc's brk heap) and the bytes of them resident on
     /// each tier, from `move_pages` queries; `otherBytes` are on nodes in no tier.
     pub heap_pages: u64,
     pub dram_bytes: u64,
