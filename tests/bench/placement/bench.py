@@ -459,6 +459,7 @@ def main():
                     print(f"  (pytier placement: {json.dumps(report['pytier'])})", file=sys.stderr)
                     print(f"  (the oracle's pages as pytier sees them: {json.dumps(report['oraclePagesSeen'])})",
                           file=sys.stderr)
+                    print(f"  ({dram_split(report, budget)})", file=sys.stderr)
         for config in configs:
             summary[name, config] = print_cell(name, config, runs[config], budget, args)
     if ("zipf-read", "pytier") in summary:
@@ -491,6 +492,19 @@ def main():
         failed |= bool(off) or not predictions
     if failed:
         sys.exit(1)
+
+
+def dram_split(report, budget):
+    """Where a pytier run's DRAM budget went, as shares of it: the truth's
+    pages (what the oracle would fill it with), the other pages pytier placed
+    there (the interpreter's own objects, pools of short-lived objects,
+    written C memory: used, but not by the workload's data), and the rest
+    (memory pytier does not place, such as libpython's data, or free room)."""
+    pages = budget / 4096
+    truth = report["oraclePagesSeen"]["onDram"]
+    placed = report["pytier"]["dramBytes"] / 4096
+    return (f"budget's DRAM: {truth / pages:.2f} truth pages, {(placed - truth) / pages:.2f} pytier's other"
+            f" pages, {1 - placed / pages:.2f} the rest")
 
 
 def print_cell(name, config, reports, budget, args):
