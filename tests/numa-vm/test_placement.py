@@ -37,21 +37,26 @@ pytestmark = [
 # The workload: a big cold heap allocated first, a small hot set after it
 # (so they sit in different arenas), the hot set's reference counts kept
 # moving, and at the end where every object's page is and a checksum.
-WORKLOAD = """
+# What both workloads start with: the node of each page, by move_pages.
+PRELUDE = """
     import ctypes, json, random, sys, time
     import pytier
 
     libc = ctypes.CDLL(None, use_errno=True)
     SYS_move_pages = 279  # x86_64
 
-    def nodes_of(objects):
-        pages = sorted({id(o) & ~4095 for o in objects})
+    def nodes_of_pages(pages):
         n = len(pages)
         addrs = (ctypes.c_void_p * n)(*pages)
         status = (ctypes.c_int * n)()
         if libc.syscall(SYS_move_pages, 0, ctypes.c_ulong(n), addrs, None, status, 0) != 0:
             raise OSError(ctypes.get_errno(), "move_pages")
         return list(status)
+"""
+
+WORKLOAD = PRELUDE + """
+    def nodes_of(objects):
+        return nodes_of_pages(sorted({id(o) & ~4095 for o in objects}))
 
     def share(nodes, node):
         return sum(1 for s in nodes if s == node) / len(nodes)
@@ -157,21 +162,8 @@ def test_failed_moves_are_counted_and_the_program_runs_on():
 # C memory pytier has no objects for, in glibc's brk heap: blocks written once
 # (cold) and a buffer the program keeps writing (hot). Their pages are placed
 # by their page writes (see interposer/src/brk.rs).
-BRK_WORKLOAD = """
-    import ctypes, json, time
-    import pytier
-
-    libc = ctypes.CDLL(None, use_errno=True)
+BRK_WORKLOAD = PRELUDE + """
     libc.malloc.restype = ctypes.c_void_p
-    SYS_move_pages = 279  # x86_64
-
-    def nodes_of(pages):
-        n = len(pages)
-        addrs = (ctypes.c_void_p * n)(*pages)
-        status = (ctypes.c_int * n)()
-        if libc.syscall(SYS_move_pages, 0, ctypes.c_ulong(n), addrs, None, status, 0) != 0:
-            raise OSError(ctypes.get_errno(), "move_pages")
-        return list(status)
 
     def pages_of(blocks, size):
         return sorted({page for b in blocks for page in range(b & ~4095, b + size, 4096)})
@@ -192,8 +184,8 @@ BRK_WORKLOAD = """
     while time.monotonic() < end:
         ctypes.memset(hot, 2, HOT_BYTES)
         time.sleep(0.01)
-    cold_nodes = nodes_of(pages_of(cold, 4000)[1:-1])  # not the edges, shared with other memory
-    hot_nodes = nodes_of(pages_of([hot], HOT_BYTES)[1:-1])
+    cold_nodes = nodes_of_pages(pages_of(cold, 4000)[1:-1])  # not the edges, shared with other memory
+    hot_nodes = nodes_of_pages(pages_of([hot], HOT_BYTES)[1:-1])
     print(json.dumps({
         "in_brk_heap": all(map(in_brk_heap, cold + [hot])),
         "cold_on_cxl": sum(n == CXL for n in cold_nodes) / len(cold_nodes),
