@@ -168,12 +168,10 @@ BRK_WORKLOAD = PRELUDE + """
     def pages_of(blocks, size):
         return sorted({page for b in blocks for page in range(b & ~4095, b + size, 4096)})
 
-    def brk_heap():
+    def all_in_brk_heap(addresses):
         with open("/proc/self/maps") as f:
-            return [tuple(int(x, 16) for x in line.split()[0].split("-")) for line in f if line.rstrip().endswith("[heap]")]
-
-    def in_brk_heap(address):
-        return any(start <= address < end for start, end in brk_heap())
+            spans = [[int(x, 16) for x in line.split()[0].split("-")] for line in f if line.rstrip().endswith("[heap]")]
+        return all(any(start <= a < end for start, end in spans) for a in addresses)
 
     # Under glibc's mmap threshold, so from the brk heap.
     cold = [libc.malloc(4000) for _ in range(COLD)]
@@ -187,7 +185,7 @@ BRK_WORKLOAD = PRELUDE + """
     cold_nodes = nodes_of_pages(pages_of(cold, 4000)[1:-1])  # not the edges, shared with other memory
     hot_nodes = nodes_of_pages(pages_of([hot], HOT_BYTES)[1:-1])
     print(json.dumps({
-        "in_brk_heap": all(map(in_brk_heap, cold + [hot])),
+        "in_brk_heap": all_in_brk_heap(cold + [hot]),
         "cold_on_cxl": sum(n == CXL for n in cold_nodes) / len(cold_nodes),
         "hot_on_dram": sum(n == 0 for n in hot_nodes) / len(hot_nodes),
         "intact": all(ctypes.string_at(b, 4000) == bytes([1]) * 4000 for b in cold[::50]),
