@@ -17,6 +17,7 @@
 pub mod arenas;
 pub mod brk;
 pub mod control;
+pub mod cputime;
 pub mod early;
 pub mod fds;
 pub mod large;
@@ -261,7 +262,7 @@ fn scan_loop(shared: Arc<Shared>) {
         let config = shared.config.lock().map(|c| c.clone()).unwrap_or_default();
         let interval = Duration::from_millis(config.tracking.scan_interval_millis as u64);
         let started = Instant::now();
-        let cpu_started = scanner::thread_cpu_seconds();
+        let cpu = cputime::Stopwatch::start();
         let Ok(mut tracker) = shared.tracker.lock() else { return };
         let pages = tracker.collect_page_writes(&config).clone();
         let mut report = None;
@@ -280,7 +281,7 @@ fn scan_loop(shared: Arc<Shared>) {
         // to the pause that keeps the scanner within its CPU budget. CPU
         // time, not wall time: on a busy machine a turn waits for a core,
         // and that wait is not the program's loss.
-        let cpu = scanner::thread_cpu_seconds() - cpu_started;
+        let cpu = cpu.seconds();
         let fraction = config.tracking.cpu_fraction(shared.passes.load(Ordering::Relaxed));
         let pause = Duration::from_secs_f64(cpu * (1.0 / fraction - 1.0));
         next_slice = next_slice.max(Instant::now()) + pause;

@@ -23,11 +23,11 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-pub use pytier_contract::stats::{ByClass, PageReport};
+pub use pytier_contract::stats::{ByClass, PageReport, WaitedFor};
 
 use crate::arenas::ARENA_FREES;
+use crate::cputime::Stopwatch;
 use crate::pagewrites::{DEFAULT_FAULT_SECONDS, PAGE, PageWrites};
-use crate::scanner::thread_cpu_seconds;
 use crate::temperature::{Class, Rules, Temperature};
 
 /// The first peek after a collection, in seconds; each later one waits
@@ -47,6 +47,24 @@ const FAULT_TRIALS_KEPT: usize = 15;
 /// How long after their registration new arenas are measured (see
 /// `PageTracker::measure_new_arenas`).
 const MEASURE_NEW_AFTER: f64 = 1.0;
+
+/// The limit that set a collection's wait (see `PageTracker::wait`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Limit {
+    Faults,
+    Cpu,
+    ScanInterval,
+}
+
+impl Limit {
+    fn count(self, waited_for: &mut WaitedFor) -> &mut u64 {
+        match self {
+            Limit::Faults => &mut waited_for.faults,
+            Limit::Cpu => &mut waited_for.cpu,
+            Limit::ScanInterval => &mut waited_for.scan_interval,
+        }
+    }
+}
 
 /// How far apart collections must be.
 #[derive(Debug, Clone, Copy)]
@@ -273,6 +291,7 @@ impl PageTracker {
         }
         self.report.off_reason = None;
         let since = self.last_collection.map(|at| at.elapsed().as_secs_f64());
+        let mut waited = None;
         if let (Some(since), Some(at)) = (since, self.last_collection) {
             let clock = || at.elapsed().as_secs_f64();
             // A peek due on the ladder (one woken late skips those it missed).
@@ -287,16 +306,18 @@ impl PageTracker {
             if since >= self.interval(spacing) && self.last_peek < since {
                 self.peek(clock);
             }
-            if since < self.interval_with(spacing, round_before_recount) {
+            let (wait, limit) = self.wait(spacing, round_before_recount);
+            if since < wait {
                 self.watch_new_arenas(regions, since, &rules_for(since));
                 self.measure_new_arenas(since, rules_for, half_life_s);
                 return;
             }
+            waited = Some((limit, since - wait));
         }
         self.stop_if_descriptors_lost();
         let Ok(writes) = &mut self.writes else { return };
         let started = Instant::now();
-        let cpu_started = thread_cpu_seconds();
+        let cpu = Stopwatch::start();
         let trials = if since.is_none() { FAULT_TRIALS_FIRST } else { FAULT_TRIALS_EACH };
         self.fault_cost.add(writes.time_faults(trials));
         let fault_seconds = self.fault_cost.seconds();
@@ -317,8 +338,15 @@ impl PageTracker {
             fault_seconds_per_page: fault_seconds,
             fault_seconds_total: self.report.fault_seconds_total,
             registrations: self.report.registrations,
+            waited_for: self.report.waited_for.clone(),
+            late_seconds: self.report.late_seconds,
+            cpu_seconds: self.report.cpu_seconds,
             ..Default::default()
         };
+        if let Some((limit, late)) = waited {
+            *limit.count(&mut report.waited_for) += 1;
+            report.late_seconds += late;
+        }
         let mut just_collected = None;
         for &(base, len) in regions {
             let pages = len / PAGE;
@@ -352,8 +380,8 @@ impl PageTracker {
         }
         report.fault_seconds_total += report.last_written_pages as f64 * fault_seconds;
         report.collect_seconds = started.elapsed().as_secs_f64();
-        self.round_seconds += thread_cpu_seconds() - cpu_started;
         self.report = report;
+        self.count_cpu(cpu);
     }
 
     /// Watches arenas made since the last collection at once, with a
@@ -365,7 +393,7 @@ impl PageTracker {
     fn watch_new_arenas(&mut self, regions: &[(usize, usize)], since: f64, rules: &Rules) {
         let Ok(writes) = &mut self.writes else { return };
         let started = Instant::now();
-        let cpu_started = thread_cpu_seconds();
+        let cpu = Stopwatch::start();
         for &(base, len) in regions {
             if self.arenas.contains_key(&base) {
                 continue;
@@ -381,7 +409,7 @@ impl PageTracker {
             let _ = arena.collect(writes, base, since, rules, 1.0, &mut ByClass::default());
             arena.collected_after = since + started.elapsed().as_secs_f64();
         }
-        self.round_seconds += thread_cpu_seconds() - cpu_started;
+        self.count_cpu(cpu);
     }
 
     /// Collects, alone, arenas whose first collection (a baseline) was
@@ -396,7 +424,7 @@ impl PageTracker {
         }
         let Ok(writes) = &mut self.writes else { return };
         let started = Instant::now();
-        let cpu_started = thread_cpu_seconds();
+        let cpu = Stopwatch::start();
         let rules = rules_for(since);
         let mut written = 0;
         for (&base, arena) in self.arenas.iter_mut().filter(|(_, a)| due(a)) {
@@ -405,7 +433,7 @@ impl PageTracker {
             arena.collected_after = since + started.elapsed().as_secs_f64();
         }
         self.report.fault_seconds_total += written as f64 * self.fault_cost.seconds();
-        self.round_seconds += thread_cpu_seconds() - cpu_started;
+        self.count_cpu(cpu);
     }
 
     /// Stops tracking page writes, saying why, if the program closed or
@@ -424,14 +452,22 @@ impl PageTracker {
     /// first saw it: when the look at its arena ended, the latest it can
     /// have been written. Protects nothing: free for the program.
     fn peek(&mut self, clock: impl Fn() -> f64) {
-        let cpu_started = thread_cpu_seconds();
+        let cpu = Stopwatch::start();
         self.stop_if_descriptors_lost();
         let Ok(writes) = &mut self.writes else { return };
         for (&base, arena) in self.arenas.iter_mut().filter(|(_, a)| !a.first_seen.is_empty()) {
             self.written_since += peek_into(writes, base, arena, &mut self.fresh, &clock) as u64;
         }
         self.last_peek = clock();
-        self.round_seconds += thread_cpu_seconds() - cpu_started;
+        self.count_cpu(cpu);
+    }
+
+    /// Adds the CPU a piece of the tracker's work took to the round's and
+    /// the report's.
+    fn count_cpu(&mut self, work: Stopwatch) {
+        let seconds = work.seconds();
+        self.round_seconds += seconds;
+        self.report.cpu_seconds += seconds;
     }
 
     /// The time the last collection must be past before the next: the
@@ -439,14 +475,17 @@ impl PageTracker {
     /// within `max_fault_fraction` of that time, and the round's own work
     /// within `max_cpu_fraction` of it.
     fn interval(&self, spacing: Spacing) -> f64 {
-        self.interval_with(spacing, self.round_seconds)
+        self.wait(spacing, self.round_seconds).0
     }
 
-    /// `interval`, as if the round's work so far had taken `round_seconds`.
-    fn interval_with(&self, spacing: Spacing, round_seconds: f64) -> f64 {
+    /// `interval`, as if the round's work so far had taken `round_seconds`,
+    /// and the limit that sets it.
+    fn wait(&self, spacing: Spacing, round_seconds: f64) -> (f64, Limit) {
         let faults = self.written_since as f64 * self.fault_cost.seconds() / spacing.max_fault_fraction;
         let cpu = round_seconds / spacing.max_cpu_fraction;
-        faults.max(cpu).max(spacing.min_seconds)
+        [(spacing.min_seconds, Limit::ScanInterval), (cpu, Limit::Cpu), (faults, Limit::Faults)]
+            .into_iter()
+            .fold((0.0, Limit::ScanInterval), |longest, term| if term.0 > longest.0 { term } else { longest })
     }
 
     /// When page writes should next be looked at: the next peek, or the
@@ -751,7 +790,9 @@ mod tests {
         assert!(tracker.round_seconds > 0.0, "the collection's own time counts");
         tracker.round_seconds = 0.002;
         // 2 ms of collection and peeks within 0.5% of a CPU: 0.4 s apart.
-        assert!((tracker.interval(spacing) - 0.4).abs() < 1e-9);
+        let (wait, limit) = tracker.wait(spacing, tracker.round_seconds);
+        assert!((wait - 0.4).abs() < 1e-9);
+        assert_eq!(limit, Limit::Cpu);
     }
 
     #[test]
@@ -769,6 +810,8 @@ mod tests {
         (tracker.round_seconds, tracker.last_peek) = (9.99e-6, 9.0);
         tracker.maybe_collect(&regions, rules, 10.0, spacing);
         assert_eq!(tracker.report.collections, 2, "collected after its recount");
+        assert_eq!(tracker.report.waited_for, WaitedFor { cpu: 1, ..WaitedFor::default() });
+        assert!((0.01..0.1).contains(&tracker.report.late_seconds), "due at 9.99 s, collected at 10 s");
     }
 
     #[test]
@@ -780,14 +823,16 @@ mod tests {
         tracker.maybe_collect(&regions, |_| Rules::new(1.0, 10.0, 1.0), 10.0, spacing);
         tracker.fault_cost = FaultCost { recent: VecDeque::from([0.1]) };
         tracker.round_seconds = 0.0;
-        assert_eq!(tracker.interval(spacing), 0.5, "nothing written yet");
+        assert_eq!(tracker.wait(spacing, 0.0), (0.5, Limit::ScanInterval), "nothing written yet");
         for page in [1, 3, 4] {
             memory[offset + page * PAGE] = 2;
         }
         tracker.peek(|| 0.001);
         // Three faults of 0.1 s each within 10% of the program's time: 3 s.
         assert_eq!(tracker.written_since, 3);
-        assert!((tracker.interval(spacing) - 3.0).abs() < 1e-9);
+        let (wait, limit) = tracker.wait(spacing, tracker.round_seconds);
+        assert!((wait - 3.0).abs() < 1e-9);
+        assert_eq!(limit, Limit::Faults);
         let due = tracker.next_look(spacing).unwrap().duration_since(tracker.last_collection.unwrap());
         assert!((due.as_secs_f64() - 0.002).abs() < 1e-6, "the next rung comes first: {due:?}");
     }

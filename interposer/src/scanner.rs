@@ -22,6 +22,7 @@ pub use pytier_contract::stats::{BigReport, ByClass, PassReport, TypeBytes};
 
 use crate::arenas::{self, ARENA_SIZE, ARENAS, EARLY_ARENAS};
 use crate::brk::BrkHeap;
+use crate::cputime::Stopwatch;
 use crate::large::BIG_BLOCKS;
 use crate::layout::{Layout, PoolHeader, arena_index};
 use crate::memory::{InPlace, Words, read_each, read_self};
@@ -298,7 +299,7 @@ impl Tracker {
     /// if none is under way. Returns the cycle's report when this slice ends it.
     pub fn scan_slice(&mut self, config: &Settings, budget: Duration) -> Option<PassReport> {
         let started = Instant::now();
-        let cpu_started = thread_cpu_seconds();
+        let cpu = Stopwatch::start();
         let mut cycle = match self.cycle.take() {
             Some(cycle) => cycle,
             None => self.begin_cycle(started),
@@ -315,7 +316,7 @@ impl Tracker {
             }
         }
         self.buf = buf;
-        let cpu = thread_cpu_seconds() - cpu_started;
+        let cpu = cpu.seconds();
         let report = &mut cycle.report;
         report.scan_seconds += cpu;
         report.slices += 1;
@@ -745,15 +746,6 @@ fn add_heat(heat: &mut AddrMap<f32>, addr: usize, size: usize, degrees: f32) {
 fn tally(report: &mut PassReport, per_type: &mut TypeTallies, found: &Found, slot: &Slot, class: Class, size: u64) {
     report.histogram[slot.bucket()] += 1;
     per_type.add(found.type_index, class, 1, size);
-}
-
-/// CPU time the calling thread has used. A slice's length in CPU time leaves
-/// out the time the scanner waited for a core on a busy machine.
-pub fn thread_cpu_seconds() -> f64 {
-    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes only the timespec it is given.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
-    now.tv_sec as f64 + now.tv_nsec as f64 / 1e9
 }
 
 #[cfg(test)]

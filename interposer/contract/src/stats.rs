@@ -202,6 +202,24 @@ pub struct PageReport {
     /// pages' classes for a collection), and arenas that could not be.
     pub registrations: u64,
     pub unwatchable_arenas: u64,
+    /// What each collection so far waited for, and how late after that it
+    /// came, all told: a collection that came late was held up by the
+    /// scanner's other work.
+    pub waited_for: WaitedFor,
+    pub late_seconds: f64,
+    /// CPU seconds the collections and the peeks between them took.
+    pub cpu_seconds: f64,
+}
+
+/// Collections by the limit that set their wait: the faults the program
+/// pays for the pages written (`maxFaultFraction`), the tracker's own CPU
+/// (its share of `maxCpuFraction`), or the scan interval.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct WaitedFor {
+    pub faults: u64,
+    pub cpu: u64,
+    pub scan_interval: u64,
 }
 
 /// Placement as of the last round. Page counts are 4 KiB pages.

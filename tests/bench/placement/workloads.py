@@ -519,7 +519,10 @@ def main():
                                                "registrations": last and last["pageWrites"]["registrations"],
                                                "unwatchable": last and last["pageWrites"]["unwatchableArenas"],
                                                "collections": last and last["pageWrites"]["collections"],
-                                               "faultSecondsPerPage": last and last["pageWrites"]["faultSecondsPerPage"]}
+                                               "faultSecondsPerPage": last and last["pageWrites"]["faultSecondsPerPage"],
+                                               "waitedFor": last and last["pageWrites"]["waitedFor"],
+                                               "lateSeconds": last and last["pageWrites"]["lateSeconds"],
+                                               "cpuSeconds": last and last["pageWrites"]["cpuSeconds"]}
     print(json.dumps(report))
 
 
