@@ -476,6 +476,7 @@ def test_control_socket_answers_and_survives_garbage(tmp_path):
         assert cli.returncode == 0, cli.stderr
         assert "coverage" in cli.stdout and "top types by cold bytes" in cli.stdout
         assert "page writes: " in cli.stdout and "pages watched" in cli.stdout, cli.stdout
+        assert "collections waited for: the faults " in cli.stdout, cli.stdout
 
         out, err = proc.communicate("go\n", timeout=30)
         assert proc.returncode == 0, err

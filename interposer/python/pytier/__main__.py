@@ -47,6 +47,9 @@ def show(stats):
         print(f"page writes: {pw['watchedPages']} pages watched: {p['hot']} hot, {p['warm']} warm, {p['cold']} cold; "
               f"{pw['collections']} collections, fault cost {pw['faultSecondsTotal'] * 1e3:.1f} ms "
               f"({pw['faultSecondsPerPage'] * 1e6:.2f} us/page)")
+        w = pw["waitedFor"]
+        print(f"  collections waited for: the faults {w['faults']}, pytier's CPU {w['cpu']}, "
+              f"the scan interval {w['scanInterval']}; they took {pw['cpuSeconds'] * 1e3:.0f} ms of CPU")
     print("top types by cold bytes:")
     for t in last["topTypesByColdBytes"]:
         print(f"  {t['type']:<30} {t['objects']:>10} {mib(t['bytes']):>12}")
