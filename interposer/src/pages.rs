@@ -385,8 +385,8 @@ impl PageTracker {
             let mut taken = take_written_run(writes, run).map(Vec::into_iter);
             let collected_after = started.elapsed().as_secs_f64();
             for &(base, len) in run {
-                let Some(arena) = self.arenas.get_mut(&base) else { continue };
                 let written = taken.as_mut().and_then(Iterator::next);
+                let Some(arena) = self.arenas.get_mut(&base) else { continue };
                 let collected = arena.record(written, since.unwrap_or(1.0), &rules, half_life_s, &mut report.pages);
                 arena.collected_after = collected_after;
                 let Some(n) = collected else { continue };
