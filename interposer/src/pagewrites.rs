@@ -250,8 +250,7 @@ impl PageWrites {
 /// Pages of pytier's own that `time_faults` writes: mapped, written and
 /// watched once, so that a trial protects them and writes them and nothing
 /// more. A fresh mapping for each trial also took 64 page faults to fill it
-/// and a second TLB flush to unmap it: 2.8 ms a collection in the TCG VM,
-/// and 13 ms with the host busy (see `take_written_run` in `pages`).
+/// and a second TLB flush to unmap it (see `take_written_run` in `pages`).
 struct TrialPages {
     base: usize,
 }
