@@ -351,7 +351,7 @@ impl PageTracker {
             fault_seconds_per_page: fault_seconds,
             fault_seconds_total: self.report.fault_seconds_total,
             registrations: self.report.registrations,
-            waited_for: self.report.waited_for.clone(),
+            waited_for: self.report.waited_for,
             late_seconds: self.report.late_seconds,
             cpu_seconds: self.report.cpu_seconds,
             ..Default::default()

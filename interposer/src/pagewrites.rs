@@ -231,18 +231,17 @@ impl PageWrites {
         if self.trial_pages.is_none() {
             self.trial_pages = TrialPages::map(self);
         }
-        let Some(pages) = self.trial_pages.take() else { return Vec::new() };
+        let Some(base) = self.trial_pages.as_ref().map(|pages| pages.base) else { return Vec::new() };
         let mut costs = Vec::with_capacity(trials);
         for _ in 0..trials {
-            if self.take_written(pages.base, TrialPages::LEN, |_| {}).is_err() {
+            if self.take_written(base, TrialPages::LEN, |_| {}).is_err() {
                 break;
             }
-            let protected = pages.touch();
-            let plain = pages.touch();
+            let protected = TrialPages::touch(base);
+            let plain = TrialPages::touch(base);
             costs
                 .push(((protected - plain) / TrialPages::COUNT as f64).clamp(DEFAULT_FAULT_SECONDS, MAX_FAULT_SECONDS));
         }
-        self.trial_pages = Some(pages);
         costs
     }
 }
@@ -275,17 +274,18 @@ impl TrialPages {
             return None;
         }
         let pages = TrialPages { base: base as usize };
-        pages.touch(); // fill
+        Self::touch(pages.base); // fill
         writes.watch(pages.base, Self::LEN).ok()?;
         Some(pages)
     }
 
-    /// Writes a byte to each page; how long that took.
-    fn touch(&self) -> f64 {
+    /// Writes a byte to each page of the trial pages at `base` (alive while
+    /// `PageWrites` holds them); how long that took.
+    fn touch(base: usize) -> f64 {
         let started = Instant::now();
         for page in 0..Self::COUNT {
-            // SAFETY: inside our mapping.
-            unsafe { std::ptr::write_volatile((self.base + page * PAGE) as *mut u8, 1) };
+            // SAFETY: inside the mapping, which outlives this call.
+            unsafe { std::ptr::write_volatile((base + page * PAGE) as *mut u8, 1) };
         }
         started.elapsed().as_secs_f64()
     }

@@ -214,7 +214,7 @@ pub struct PageReport {
 /// Collections by the limit that set their wait: the faults the program
 /// pays for the pages written (`maxFaultFraction`), the tracker's own CPU
 /// (its share of `maxCpuFraction`), or the scan interval.
-#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct WaitedFor {
     pub faults: u64,
