@@ -23,7 +23,10 @@ leak past the balloon: kswapd frees it whenever node 0 runs low, and the
 workload takes it before the balloon can. What a workload still takes
 beyond its budget (first touches faster than the balloon, DAMOS's
 migrations below the watermark, the interpreter's and pytier's own memory
-outside the heap pytier places) the kernel's reclaim demotes (Balloon).
+outside the heap pytier places) the kernel's reclaim demotes (Balloon), and
+a workload measures where its pages are only once that is done, waiting up
+to 2 s (workloads.settle): DAMOS promotes in bursts that the reclaim trims
+a round later.
 """
 
 import argparse
@@ -312,7 +315,8 @@ def set_kernel_tiering(config):
 
 def run_workload(name, args, config, budget):
     argv = [sys.executable, os.path.join(HERE, "workloads.py"), name, "--seconds", str(args.seconds),
-            "--dram-fraction", str(args.dram_fraction), "--scale", str(args.scale)]
+            "--dram-fraction", str(args.dram_fraction), "--scale", str(args.scale),
+            "--settle-below", str(budget + Balloon.CHUNK // 2)]
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTIER_CONFIG")}
     if config == "pytier":
         env["PYTHONPATH"] = args.shim
@@ -447,7 +451,8 @@ def main():
                 if config == "pytier":
                     predictions.append((name, (report.get("pytier") or {}).get("dramHeatShare"), hit))
                 print(f"  ({name} {config} run {number + 1}/{args.runs}: dram-hit {hit:.3f}, heap"
-                      f" {heap / 2**20:.1f} MiB, held {held[-1][2]:.2f}x, {report['accesses']} accesses,"
+                      f" {heap / 2**20:.1f} MiB, held {held[-1][2]:.2f}x"
+                      f" (after {report['phases'][-1]['settleSeconds']:.2f} s for the balloon), {report['accesses']} accesses,"
                       f" excess demoted {json.dumps(report['reclaimed'])}, {time.monotonic() - started:.0f} s)",
                       file=sys.stderr, flush=True)
                 mappings = ", ".join(f"{what} {kib / 1024:.1f}" for what, kib in report["node0AnonByMapping"])
