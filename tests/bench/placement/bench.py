@@ -159,6 +159,12 @@ class Balloon:
 
     CHUNK = 256 << 10
 
+    @classmethod
+    def most_held(cls, budget):
+        """The most a workload holds on node 0 before the balloon has the
+        kernel demote the excess: its room ends within half a chunk of it."""
+        return budget + cls.CHUNK // 2
+
     def __init__(self, budget, above, cgroup):
         self.budget = budget
         self.above = above
@@ -186,7 +192,7 @@ class Balloon:
         while excess < -self.CHUNK // 2 and self.chunks:
             self.chunks.pop().close()
             excess += self.CHUNK
-        if held > self.budget + self.CHUNK // 2:
+        if held > self.most_held(self.budget):
             # Short of it: the next round asks again.
             demoted = demote_by_reclaim(self.cgroup, held - self.budget)
             self.reclaimed["asks"] += 1
@@ -316,7 +322,7 @@ def set_kernel_tiering(config):
 def run_workload(name, args, config, budget):
     argv = [sys.executable, os.path.join(HERE, "workloads.py"), name, "--seconds", str(args.seconds),
             "--dram-fraction", str(args.dram_fraction), "--scale", str(args.scale),
-            "--settle-below", str(budget + Balloon.CHUNK // 2)]
+            "--settle-below", str(Balloon.most_held(budget))]
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTIER_CONFIG")}
     if config == "pytier":
         env["PYTHONPATH"] = args.shim
@@ -450,9 +456,12 @@ def main():
                 hit = report["phases"][-1]["dramShare"]
                 if config == "pytier":
                     predictions.append((name, (report.get("pytier") or {}).get("dramHeatShare"), hit))
+                back = reconvergence(report)
                 print(f"  ({name} {config} run {number + 1}/{args.runs}: dram-hit {hit:.3f}, heap"
                       f" {heap / 2**20:.1f} MiB, held {held[-1][2]:.2f}x"
-                      f" (after {report['phases'][-1]['settleSeconds']:.2f} s for the balloon), {report['accesses']} accesses,"
+                      f" (after {report['phases'][-1]['settleSeconds']:.2f} s for the balloon),"
+                      f"{f' back in {back},' if back else ''}"
+                      f" {report['accesses']} accesses,"
                       f" excess demoted {json.dumps(report['reclaimed'])}, {time.monotonic() - started:.0f} s)",
                       file=sys.stderr, flush=True)
                 mappings = ", ".join(f"{what} {kib / 1024:.1f}" for what, kib in report["node0AnonByMapping"])
@@ -512,6 +521,17 @@ def dram_split(report, budget):
             f" pages, {1 - placed / pages:.2f} the rest")
 
 
+def reconvergence(report):
+    """How long a shifting workload's last phase took to serve 90% of what
+    the phase before served, from what it served at the shift; None for a
+    workload of one phase."""
+    if len(report["phases"]) < 2:
+        return None
+    last = report["phases"][-1]
+    after = last["convergedAfterSeconds"]
+    return ("never" if after is None else f"{after:.1f}s") + f" from {last['shareAtShift']:.2f}"
+
+
 def print_cell(name, config, reports, budget, args):
     """Prints the row of a workload and config: the median run (by dram-hit),
     the range, and the most DRAM any run held. Returns (median dram-hit,
@@ -521,10 +541,7 @@ def print_cell(name, config, reports, budget, args):
     median_run = min(reports, key=lambda r: abs(r["phases"][-1]["dramShare"] - hit))
     last = median_run["phases"][-1]
     oracle = last["oracleShare"]
-    after = last["convergedAfterSeconds"]
-    reconverge = "-"
-    if len(median_run["phases"]) > 1:
-        reconverge = ("never" if after is None else f"{after:.1f}s") + f" from {last['shareAtShift']:.2f}"
+    reconverge = reconvergence(median_run) or "-"
     predicted = (median_run.get("pytier") or {}).get("dramHeatShare")
     predicted = "-" if predicted is None else f"{predicted:.3f}"
     held = max(r["anonBytesByNode"].get("0", 0) for r in reports) / budget

@@ -81,15 +81,19 @@ def anon_bytes_by_node(pid="self"):
 
 def settle(below, most_seconds=2.0):
     """Waits, accessing nothing, until this process holds at most `below`
-    bytes of anonymous memory on DRAM, or `most_seconds` have passed; returns
-    how long it waited. The harness's balloon has the kernel demote what a
-    config takes past its budget within a round or two (bench.Balloon), but
-    DAMOS promotes in bursts: a snapshot in the middle of one would credit it
-    with DRAM a node of the budget's size does not have."""
+    bytes of anonymous memory on DRAM (None: no wait), or `most_seconds` have
+    passed; returns how long it waited and its anonymous memory per node then.
+    The harness's balloon has the kernel demote what a config takes past its
+    budget within a round or two (bench.Balloon), but DAMOS promotes in
+    bursts: a snapshot in the middle of one would credit it with DRAM a node
+    of the budget's size does not have."""
     start = time.monotonic()
-    while anon_bytes_by_node().get(DRAM_NODE, 0) > below and time.monotonic() - start < most_seconds:
+    while True:
+        by_node = anon_bytes_by_node()
+        waited = time.monotonic() - start
+        if below is None or by_node.get(DRAM_NODE, 0) <= below or waited >= most_seconds:
+            return waited, by_node
         time.sleep(0.01)
-    return time.monotonic() - start
 
 
 def nodes_of_pages(pages):
@@ -501,10 +505,9 @@ def main():
             run(min(deadline, time.monotonic() + 1.0))
             if target is not None and converged_after is None and truth.dram_share() >= target:
                 converged_after = time.monotonic() - start
-        settled = settle(args.settle_below) if args.settle_below else 0.0
         # What the run held at the end of its accesses, before the listing
         # below allocates (first touches the balloon has not yet answered).
-        report["anonBytesByNode"] = anon_bytes_by_node()
+        settled, report["anonBytesByNode"] = settle(args.settle_below)
         report["node0AnonByMapping"] = node0_anon_by_mapping()
         # pytier's own estimate first: the truth's listing of every object
         # writes every count, which page writes would take for use.
