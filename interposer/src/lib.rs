@@ -31,6 +31,7 @@ pub mod pages;
 pub mod pagewrites;
 pub mod placement;
 pub mod policy;
+pub mod referents;
 pub mod scanner;
 pub mod temperature;
 
@@ -339,6 +340,28 @@ pub fn stop() {
 /// The stats as JSON, or None when tracking never started.
 pub fn stats_json() -> Option<String> {
     catch_unwind(|| serde_json::to_string(&SHARED.get()?.stats()).ok()).ok().flatten()
+}
+
+/// Every heap page and its heat as of the last complete cycle, packed as
+/// (address: u64, heat: f32) in native byte order, 12 bytes a page: what the
+/// Policy ranks. None when not tracking (never started, or in a forked
+/// child). Like `classify`, safe to call with the GIL held.
+pub fn page_heat_packed() -> Option<Vec<u8>> {
+    catch_unwind(|| {
+        if FORKED.load(Ordering::Acquire) {
+            return None;
+        }
+        let tracker = SHARED.get()?.tracker.lock().ok()?;
+        let heat = tracker.page_heat();
+        let mut packed = Vec::with_capacity(heat.len() * 12);
+        for &(addr, degrees) in heat {
+            packed.extend_from_slice(&(addr as u64).to_ne_bytes());
+            packed.extend_from_slice(&degrees.to_ne_bytes());
+        }
+        Some(packed)
+    })
+    .ok()
+    .flatten()
 }
 
 /// The class of the object at each address as of the last pass: 0 cold,

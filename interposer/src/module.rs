@@ -12,7 +12,7 @@
 use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use std::ptr::null_mut;
 
-use crate::{Started, classify, start, stats_json, stop};
+use crate::{Started, classify, page_heat_packed, start, stats_json, stop};
 
 #[repr(C)]
 pub struct PyObject {
@@ -73,13 +73,15 @@ macro_rules! method {
     };
 }
 
-static mut METHODS: [PyMethodDef; 5] = [
+static mut METHODS: [PyMethodDef; 6] = [
     method!(c"start", py_start, METH_VARARGS,
         c"start(config: bytes, hexversion: int, free_threaded: bool, type_addr: int, socket: bytes) -> bool: True if tracking started, False if it was already running; raises RuntimeError(why) when refused, leaving the process as it was"),
     method!(c"stop", py_stop, METH_NOARGS, c"stop(): stops tracking and removes the control socket"),
     method!(c"stats", py_stats, METH_NOARGS, c"stats() -> str | None: the stats as JSON, None if tracking never started"),
     method!(c"classify", py_classify, METH_VARARGS,
         c"classify(addresses: list[int], by_page: bool) -> bytes: per address 0 cold, 1 warm, 2 hot, 255 not tracked; raises RuntimeError when not tracking"),
+    method!(c"page_heat", py_page_heat, METH_NOARGS,
+        c"page_heat() -> bytes: each heap page's address (u64) and heat (f32), native order, as of the last cycle; raises RuntimeError when not tracking"),
     PyMethodDef { name: std::ptr::null(), function: None, flags: 0, doc: std::ptr::null() },
 ];
 
@@ -158,6 +160,14 @@ unsafe extern "C" fn py_stats(_module: *mut PyObject, _unused: *mut PyObject) ->
         // SAFETY: a valid UTF-8 buffer of that length.
         Some(json) => unsafe { PyUnicode_FromStringAndSize(json.as_ptr().cast(), json.len() as isize) },
         None => unsafe { none() },
+    }
+}
+
+unsafe extern "C" fn py_page_heat(_module: *mut PyObject, _unused: *mut PyObject) -> *mut PyObject {
+    match page_heat_packed() {
+        // SAFETY: a buffer of that length.
+        Some(packed) => unsafe { PyBytes_FromStringAndSize(packed.as_ptr().cast(), packed.len() as isize) },
+        None => unsafe { raise("pytier is not tracking in this process") },
     }
 }
 

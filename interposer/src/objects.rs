@@ -62,20 +62,32 @@ pub struct Found {
     pub refcnt: u64,
 }
 
+/// What a buffer an object owns holds, as the object says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BufferKind {
+    /// A list's item array.
+    ListItems,
+    /// A dict's keys table (`PyDictKeysObject`).
+    DictTable,
+    /// A split dict's values array.
+    DictValues,
+}
+
 impl Found {
-    /// Addresses of the buffers an object owns outright, read from its fields
-    /// (0 where none): a list's item array, a dict's keys table and values
+    /// The buffers an object owns outright, read from its fields (address 0
+    /// where none): a list's item array, a dict's keys table and values
     /// array. The object is at `at` in `memory`. Subclasses share the base
     /// layout; type flags name the base.
-    pub fn buffers(&self, memory: &(impl Words + ?Sized), at: usize) -> [usize; 2] {
+    pub fn buffers(&self, memory: &(impl Words + ?Sized), at: usize) -> [(usize, BufferKind); 2] {
         let flags = self.type_flags;
         let word = |field| memory.word(at + field).unwrap_or(0) as usize;
+        let none = (0, BufferKind::DictValues);
         if flags & layout::TPFLAGS_LIST_SUBCLASS != 0 {
-            [word(layout::LIST_ITEMS), 0]
+            [(word(layout::LIST_ITEMS), BufferKind::ListItems), none]
         } else if flags & layout::TPFLAGS_DICT_SUBCLASS != 0 {
-            [word(layout::DICT_KEYS), word(layout::DICT_VALUES)]
+            [(word(layout::DICT_KEYS), BufferKind::DictTable), (word(layout::DICT_VALUES), BufferKind::DictValues)]
         } else {
-            [0, 0]
+            [none, none]
         }
     }
 }

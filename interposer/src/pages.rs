@@ -560,6 +560,12 @@ impl PageTracker {
         }
     }
 
+    /// The write heat of the page holding `addr` (0 where none is known).
+    pub fn write_heat_of(&self, addr: usize) -> f32 {
+        let Some((base, arena)) = self.arenas.range(..=addr).next_back() else { return 0.0 };
+        arena.write_heat.get((addr - base) / PAGE).map_or(0.0, |h| h.0)
+    }
+
     /// Whether the region at `base`, `len` bytes long, is watched and has
     /// been measured (its pages have write heat).
     pub fn is_measured(&self, base: usize, len: usize) -> bool {

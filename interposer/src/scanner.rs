@@ -26,8 +26,9 @@ use crate::cputime::Stopwatch;
 use crate::large::BIG_BLOCKS;
 use crate::layout::{Layout, PoolHeader, arena_index};
 use crate::memory::{InPlace, Words, read_each, read_self};
-use crate::objects::{AddrFilter, AddrMap, Found, TypeCache};
+use crate::objects::{AddrFilter, AddrMap, BufferKind, Found, TypeCache};
 use crate::pages::{PageReport, PageTracker, Spacing};
+use crate::referents;
 use crate::temperature::{Class, Rules, Slot, Temperature};
 
 const PAGE: usize = 4096;
@@ -78,7 +79,7 @@ struct Settled {
     /// Its objects (all cold) by type: (type index, objects).
     types: Vec<(u32, u32)>,
     /// The buffers they own outside pymalloc (`Found::buffers`).
-    buffers: Vec<usize>,
+    buffers: Vec<(usize, BufferKind)>,
     /// Pages its objects start on.
     pages: u64,
     /// Read checking every word that was not a known type: a pass looking
@@ -106,7 +107,26 @@ pub struct Tracker {
     heat: PageHeat,
     /// glibc's brk heap, placed with the heap (see `brk`).
     brk: BrkHeap,
+    /// The dict tables in use, by address, and their pages' heat from their
+    /// entries as last read.
+    tables: AddrMap<TableHeat>,
 }
+
+struct TableHeat {
+    size: usize,
+    read_in_pass: u64,
+    seen_in_pass: u64,
+    pages: Vec<(usize, f32)>,
+}
+
+/// A dict's table is read again once every this many of its bytes cycles
+/// (a 5 MiB table every fifth): reading one takes about 3 ms a MiB (on the
+/// host; some 30 times more under TCG), and which entries are hot changes
+/// more slowly than the temperatures are read.
+const TABLE_BYTES_PER_CYCLE: usize = 1 << 20;
+/// Dict tables this big or bigger are placed by their entries; a smaller one
+/// is a few pages, placed by its dict's heat.
+const TABLE_BY_ENTRIES: usize = 64 << 10;
 
 struct BigState {
     slot: Slot,
@@ -174,8 +194,12 @@ struct Cycle {
     big_index: AddrMap<usize>,
     big_filter: AddrFilter,
     owner_class: Vec<Option<Class>>,
-    /// And the highest temperature among those owners.
+    /// And the highest temperature among those owners, and what they say
+    /// the block holds.
     owner_heat: Vec<f32>,
+    /// What the last owner noted says the block holds, and its address (0
+    /// when not known).
+    owner_kind: Vec<Option<(BufferKind, usize)>>,
     /// Every heap page seen (arena pages and pages of big blocks) and its heat:
     /// the summed temperatures of the objects starting on it (a buffer takes
     /// its owner's), plus the page's own write temperature when tracked.
@@ -227,6 +251,7 @@ impl Tracker {
             cycle: None,
             heat: PageHeat::new(),
             brk: BrkHeap::default(),
+            tables: AddrMap::default(),
         }
     }
 
@@ -242,6 +267,47 @@ impl Tracker {
         let offset = (addr - pool).checked_sub(self.layout.pool_header_size)?;
         let slot = state.slots.get(offset / self.layout.block_size(state.szidx))?;
         slot.is_present().then(|| slot.class(rules))
+    }
+
+    /// The heat of each page of the dict table at `addr`, from its entries
+    /// (see `referents`); read again once every `size / TABLE_BYTES_PER_CYCLE`
+    /// cycles, its last reading standing in between. None if it does not
+    /// read as a table.
+    fn dict_table_heat(&mut self, addr: usize, size: usize) -> Option<&[(usize, f32)]> {
+        let pass = self.pass;
+        let every = (size / TABLE_BYTES_PER_CYCLE).max(1) as u64;
+        let fresh = self.tables.get(&addr).is_some_and(|t| t.size == size && pass - t.read_in_pass < every);
+        if !fresh {
+            let pages = referents::dict_table_heat(addr, size, |object| self.heat_of(object))?;
+            self.tables.insert(addr, TableHeat { size, read_in_pass: pass, seen_in_pass: pass, pages });
+        }
+        let table = self.tables.get_mut(&addr)?;
+        table.seen_in_pass = pass;
+        Some(&table.pages)
+    }
+
+    /// How much the object at `addr` is used, in the units of page heat: its
+    /// own temperature plus its share of its page's write heat (by size).
+    /// Reference-count readings far apart miss an object used and let go in
+    /// between (a dict's key while it is looked up); its page's writes do
+    /// not. 0 where no object is known.
+    fn heat_of(&self, addr: usize) -> f32 {
+        if let Some(big) = self.big.get(&addr) {
+            return big.slot.temperature() as f32;
+        }
+        let pool = self.layout.pool_of(addr);
+        let Some((_, arena)) = self.arenas.range(..=pool).next_back() else { return 0.0 };
+        let Some(state) = (pool.checked_sub(arena.first_pool).map(|offset| offset / self.layout.pool_size))
+            .and_then(|number| arena.pools.get(number))
+        else {
+            return 0.0;
+        };
+        let block_size = self.layout.block_size(state.szidx);
+        let slot = (addr - pool).checked_sub(self.layout.pool_header_size).and_then(|o| state.slots.get(o / block_size));
+        slot.map_or(0.0, |slot| {
+            let page_share = WRITE_HEAT_WEIGHT * self.pages.write_heat_of(addr) * block_size as f32 / PAGE as f32;
+            slot.temperature() as f32 + page_share
+        })
     }
 
     /// Every known arena.
@@ -351,6 +417,7 @@ impl Tracker {
         big_queue.iter().for_each(|&(addr, _)| big_filter.insert(addr));
         let owner_class = vec![None; big_queue.len()];
         let owner_heat = vec![0.0; big_queue.len()];
+        let owner_kind = vec![None; big_queue.len()];
         Cycle {
             queue,
             next: 0,
@@ -360,6 +427,7 @@ impl Tracker {
             big_filter,
             owner_class,
             owner_heat,
+            owner_kind,
             heat: PageHeat::new(),
             big_heat: AddrMap::default(),
             started: now,
@@ -462,12 +530,30 @@ impl Tracker {
             report.big_blocks.bytes += size as u64;
             let head = &buf[i * BIG_HEAD..(i + 1) * BIG_HEAD];
             let Some(found) = self.types.find_in(&self.layout, head, 0, size) else {
-                // A buffer: it is as hot as the object that owns it, if known.
+                // A buffer: as hot as the object that owns it, if known. The
+                // pages of a big dict table, as hot as their entries (the
+                // dict's own count moves only while a lookup holds it, and
+                // may look unused to readings far apart).
                 if let Some(class) = cycle.owner_class[first + i] {
                     report.big_blocks.owned_bytes.add(class, size as u64);
                     report.bytes.add(class, size as u64);
                 }
-                add_heat(&mut cycle.big_heat, addr, size, cycle.owner_heat[first + i]);
+                let owner_heat = cycle.owner_heat[first + i];
+                // Only while the dict itself is seen in use (its count or its
+                // page's writes): one nothing reads (an index kept for
+                // later) holds hot keys too.
+                let table = size >= TABLE_BY_ENTRIES
+                    && cycle.owner_kind[first + i]
+                        .is_some_and(|(kind, owner)| kind == BufferKind::DictTable && self.heat_of(owner) > 0.0);
+                match table.then(|| self.dict_table_heat(addr, size)).flatten() {
+                    Some(pages) => {
+                        report.big_blocks.tables_by_entries += 1;
+                        for &(page, heat) in pages {
+                            *cycle.big_heat.entry(page).or_insert(0.0) += heat;
+                        }
+                    }
+                    None => add_heat(&mut cycle.big_heat, addr, size, owner_heat),
+                }
                 continue;
             };
             let state = self.big.entry(addr + found.offset).or_insert(BigState {
@@ -506,6 +592,7 @@ impl Tracker {
         // cycle's start, free pools when read).
         let pass = self.pass;
         self.big.retain(|_, b| b.seen == pass);
+        self.tables.retain(|_, t| t.seen_in_pass == pass);
 
         report.big_blocks.dropped = BIG_BLOCKS.dropped.load(std::sync::atomic::Ordering::Relaxed);
         report.heap_bytes = report.used_bytes + report.big_blocks.bytes;
@@ -567,6 +654,7 @@ impl PoolScan<'_> {
     fn pool(&mut self, state: &mut PoolState, memory: &(impl Words + ?Sized), first_page: usize) {
         let layout = self.layout;
         let cycle = &mut *self.cycle;
+        let pool_addr = cycle.heat[first_page].0;
         let mut settled = state.settled.take().unwrap_or_default();
         settled.types.clear();
         settled.buffers.clear();
@@ -611,12 +699,12 @@ impl PoolScan<'_> {
             objects[class as usize] += 1;
             cycle.per_type.add(found.type_index, class, 1, block_size as u64);
             cycle.report.histogram[slot.bucket()] += 1;
-            for buffer in found.buffers(memory, start + found.offset).into_iter().filter(|&b| b != 0) {
-                cycle.note_owner(buffer, class, slot.temperature() as f32);
+            for (buffer, kind) in found.buffers(memory, start + found.offset).into_iter().filter(|&(b, _)| b != 0) {
+                cycle.note_owner(buffer, kind, class, slot.temperature() as f32, pool_addr + start + found.offset);
                 // One in an arena is a small block, never a big one while the
                 // owner (which points to it) is unwritten.
                 if settles && !self.types.in_an_arena(buffer) {
-                    settled.buffers.push(buffer);
+                    settled.buffers.push((buffer, kind));
                 }
             }
             if settles {
@@ -684,22 +772,24 @@ impl PoolScan<'_> {
         report.objects.add(Class::Cold, objects);
         report.bytes.add(Class::Cold, objects * block_size);
         report.histogram[0] += objects;
-        for &buffer in &settled.buffers {
-            cycle.note_owner(buffer, Class::Cold, 0.0);
+        for &(buffer, kind) in &settled.buffers {
+            cycle.note_owner(buffer, kind, Class::Cold, 0.0, 0);
         }
     }
 }
 
 impl Cycle {
-    /// Notes that an object of `class` and temperature `heat` owns `buffer`,
-    /// if that is one of the cycle's big blocks.
+    /// Notes that the object at `owner` (0: not known), of `class` and
+    /// temperature `heat`, owns `buffer`, which holds `kind`, if that is one
+    /// of the cycle's big blocks.
     #[inline]
-    fn note_owner(&mut self, buffer: usize, class: Class, heat: f32) {
+    fn note_owner(&mut self, buffer: usize, kind: BufferKind, class: Class, heat: f32, owner: usize) {
         if self.big_filter.may_contain(buffer)
             && let Some(&i) = self.big_index.get(&buffer)
         {
             self.owner_class[i] = Some(self.owner_class[i].map_or(class, |c| c.hotter(class)));
             self.owner_heat[i] = self.owner_heat[i].max(heat);
+            self.owner_kind[i] = Some((kind, owner));
         }
     }
 }

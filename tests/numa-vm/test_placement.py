@@ -210,3 +210,83 @@ def test_unused_c_memory_in_the_brk_heap_goes_to_cxl_and_written_c_memory_stays_
     # 23 MiB of blocks nothing uses, over a 6 MiB budget.
     assert out["cold_on_cxl"] >= 0.8, out
     assert out["hot_on_dram"] >= 0.9, out
+
+
+# A big dict used all the time, through a few of its keys: the pages of its
+# table holding those keys' entries are read at every lookup, the others
+# never (see interposer/src/referents.rs). The hot keys are the first key of
+# every fourth page of entries.
+TABLE_WORKLOAD = PRELUDE + """
+    import collections
+    # No transparent huge pages for this process: the table is an mmap'd
+    # 10 MiB block, and moving one 4 KiB page of a huge page moves all 2 MiB
+    # of it (with them the table's pages went back and forth between the
+    # tiers every round). pytier does not handle huge pages yet.
+    PR_SET_THP_DISABLE = 41
+    assert libc.prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0) == 0, ctypes.get_errno()
+    d = {i: float(i) for i in range(KEYS)}
+    # CPython's layout (Objects/dictobject.c): ma_keys points to a 32-byte
+    # header, then the index array, then the entries (hash, key, value).
+    table = ctypes.c_void_p.from_address(id(d) + 32).value
+    log2_index_bytes = ctypes.c_uint8.from_address(table + 9).value
+    entries = table + 32 + (1 << log2_index_bytes)
+    page_of_entry = lambda i: (entries + 24 * i) // 4096
+    assert ctypes.c_void_p.from_address(entries + 24 * 7 + 8).value == id(7), "not the layout expected"
+    first_on_page = {}
+    for i in range(KEYS):
+        first_on_page.setdefault(page_of_entry(i), i)
+    pages = sorted(first_on_page)[1:-1]  # not the edges, shared with other memory
+    hot_pages = pages[::4]
+    hot = [first_on_page[p] for p in hot_pages]
+    # pytier knows how much a key or value is used from its own count and
+    # its page's writes: a cold key sharing a page with a hot one looks used.
+    # The cold pages are those whose entries' keys and values share no page
+    # with a hot key or value.
+    # Read from the table (using the objects would write their pages).
+    words = (ctypes.c_size_t * (3 * KEYS)).from_address(entries)
+    used = {address // 4096 for i in hot for address in words[3 * i + 1:3 * i + 3]}
+    entry_pages = collections.defaultdict(set)
+    for i, (key, value) in enumerate(zip(words[1::3], words[2::3])):
+        entry_pages[page_of_entry(i)].update((key // 4096, value // 4096))
+    cold_pages = [p for p in pages if p not in hot_pages and not entry_pages[p] & used]
+    end = time.monotonic() + SECONDS
+    while time.monotonic() < end:
+        # Values held for a while, as the workload of `run` holds its hot set:
+        # their counts change between the scanner's readings.
+        held = [d[k] for k in hot if random.random() < 0.5]
+        time.sleep(0.05)
+    del held
+    hot_nodes = nodes_of_pages([p * 4096 for p in hot_pages])
+    cold_nodes = nodes_of_pages([p * 4096 for p in cold_pages])
+    last = pytier.stats()["last"]
+    values = [d[k] for k in hot]
+    print(json.dumps({
+        "values": {c: pytier.classify(values).count(c) for c in ("hot", "warm", "cold", None)},
+        "nodes": {"hot": {n: hot_nodes.count(n) for n in set(hot_nodes)}, "cold": {n: cold_nodes.count(n) for n in set(cold_nodes)}},
+        "hot_on_dram": sum(n == 0 for n in hot_nodes) / len(hot_nodes),
+        "cold_on_cxl": sum(n == CXL for n in cold_nodes) / len(cold_nodes),
+        "intact": all(v == float(k) for k, v in d.items()),
+        "bigBlocks": last["bigBlocks"],
+        "placement": last["placement"],
+    }))
+"""
+
+
+def test_a_dict_tables_pages_of_hot_keys_stay_on_dram_and_those_of_cold_keys_go_to_cxl():
+    values = {"KEYS": 300_000, "SECONDS": 20, "CXL": cpu_less_node()}
+    code = textwrap.dedent(TABLE_WORKLOAD)
+    for name, value in values.items():
+        code = code.replace(name, str(value))
+    config = {"tracking": {"scanIntervalMillis": 200, "maxCpuFraction": 0.5},
+              "migration": {"hysteresisSeconds": 1}, "dramBudget": {"bytes": 10 << 20}}
+    env = dict(os.environ, PYTHONPATH=SHIM, PYTIER_SOCKET="", PYTIER_CONFIG=json.dumps(config))
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["intact"], "the dict changed under migration"
+    assert out["bigBlocks"]["tablesByEntries"] >= 1, out["bigBlocks"]
+    # About 440 pages of entries hold a hot key, some 1 000 only keys and
+    # values far from any hot one; the heap is some 27 MiB over a 10 MiB
+    # budget.
+    assert out["hot_on_dram"] >= 0.9, out
+    assert out["cold_on_cxl"] >= 0.8, out

@@ -138,3 +138,13 @@ def classify_ids(ids, by="object"):
     if _native is None:
         raise RuntimeError(f"pytier is not active: {_reason}")
     return [CLASSES[c] for c in _native.classify(list(ids), by == "page")]
+
+
+def page_heat():
+    """{page address: heat} for every heap page pytier tracks, as of the last
+    scan: the ranking its placement follows (hottest pages to DRAM)."""
+    if _native is None:
+        raise RuntimeError(f"pytier is not active: {_reason}")
+    import struct
+
+    return dict(struct.iter_unpack("=Qf", _native.page_heat()))

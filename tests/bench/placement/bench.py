@@ -474,6 +474,9 @@ def main():
                     print(f"  (the oracle's pages as pytier sees them: {json.dumps(report['oraclePagesSeen'])})",
                           file=sys.stderr)
                     print(f"  ({dram_split(report, budget)})", file=sys.stderr)
+                    ranking = report["phases"][-1]["ranking"]
+                    print(f"  (pytier's ranking would serve {ranking['share']:.3f} with every page placed as"
+                          f" ranked; its top pages: {json.dumps(ranking['pages'])})", file=sys.stderr)
         for config in configs:
             summary[name, config] = print_cell(name, config, runs[config], budget, args)
     if ("zipf-read", "pytier") in summary:

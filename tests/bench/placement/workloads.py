@@ -115,6 +115,74 @@ def address_of(obj):
     return obj if isinstance(obj, Address) else id(obj)
 
 
+class DictTable:
+    """A dict's table as CPython lays it out (Objects/dictobject.c, checked
+    on 3.11 to 3.13): ma_keys points to a header of 32 bytes, then the index
+    array, then the entries, each a hash, a key and a value when the keys are
+    not all strings. Read in place, so that finding the truth adds no
+    objects to the heap it is measuring."""
+
+    def __init__(self, d):
+        self.d = d
+        table = ctypes.c_void_p.from_address(id(d) + 32).value
+        log2_size, log2_index_bytes, kind = (ctypes.c_uint8 * 3).from_address(table + 8)
+        if kind != 0:
+            raise RuntimeError(f"dict table of kind {kind}: only tables of non-string keys are read")
+        self.mask = (1 << log2_size) - 1
+        self.width = 1 << (log2_index_bytes - log2_size)
+        index_type = {1: ctypes.c_int8, 2: ctypes.c_int16, 4: ctypes.c_int32, 8: ctypes.c_int64}[self.width]
+        self.index_array = table + 32
+        self.indices = (index_type * (self.mask + 1)).from_address(self.index_array)
+        self.entry_array = self.index_array + (1 << log2_index_bytes)
+        self.entries = (ctypes.c_size_t * (3 * ctypes.c_ssize_t.from_address(table + 24).value)).from_address(
+            self.entry_array)
+
+    def lookup(self, key):
+        """What a lookup of `key` reads, as dictobject.c probes: each index
+        slot on the way and each entry one leads to; and the key's entry
+        position."""
+        perturb = hash(key) & (2**64 - 1)
+        i = perturb & self.mask
+        read = []
+        while True:
+            read.append(self.index_array + i * self.width)
+            ix = self.indices[i]
+            if ix == -1:
+                raise RuntimeError("a key is not in its dict's table (CPython's dictobject.c layout changed?)")
+            if ix >= 0:
+                read.append(self.entry_array + ix * 24)
+                if self.entries[3 * ix + 1] == id(key):
+                    if self.entries[3 * ix + 2] != id(dict.__getitem__(self.d, key)):
+                        raise RuntimeError("a key's entry holds another value (dictobject.c layout changed?)")
+                    return read, ix
+            perturb >>= 5
+            i = (i * 5 + perturb + 1) & self.mask
+
+
+class PageMass(dict):
+    """Weights summed per page, for memory that is no Python object."""
+
+    def add(self, address, weight):
+        page = address & ~(PAGE - 1)
+        self[page] = self.get(page, 0) + weight
+
+    def listing(self):
+        """As a workload's listing: one Address per page, and its weight."""
+        return [Address(page) for page in self], list(self.values())
+
+
+def table_mass(d, keys, weights):
+    """What lookups of `keys` (with their weights) read of `d`'s table, per
+    page."""
+    table, mass = DictTable(d), PageMass()
+    for key, weight in zip(keys, weights):
+        if not weight:
+            continue
+        for address in table.lookup(key)[0]:
+            mass.add(address, weight)
+    return mass
+
+
 class Truth:
     """Access probability per page, from the objects' probabilities."""
 
@@ -129,6 +197,8 @@ class Truth:
                 self.heaviest[page] = (address_of(obj), w)
         self.pages = list(mass)
         self.mass = [mass[p] for p in self.pages]
+        # Pages of memory that is no Python object (dict tables, nodes).
+        self.bare = {address_of(obj) & ~(PAGE - 1) for obj in objects if isinstance(obj, Address)}
 
     def dram_share(self):
         nodes = nodes_of_pages(self.pages)
@@ -139,6 +209,21 @@ class Truth:
 
     def oracle_share(self, budget_pages):
         return sum(sorted(self.mass, reverse=True)[:budget_pages])
+
+    def ranking_share(self, page_heat, budget_pages):
+        """What pytier's ranking would serve with every page where it ranks
+        it, whatever the migrations managed: the truth's share on its hottest
+        `budget_pages` pages (those with any heat). With how many of those are
+        the truth's pages of objects, its bare pages (dict tables), and pages
+        the truth does not count."""
+        hottest = sorted((p for p, h in page_heat.items() if h > 0), key=lambda p: -page_heat[p])[:budget_pages]
+        mass = dict(zip(self.pages, self.mass))
+        bare = sum(p in self.bare for p in hottest)
+        objects = sum(p in mass and p not in self.bare for p in hottest)
+        return {
+            "share": sum(mass.get(p, 0.0) for p in hottest),
+            "pages": {"objects": objects, "bare": bare, "other": len(hottest) - objects - bare},
+        }
 
     def how_pytier_sees(self, pytier, budget_pages):
         """For the hottest pages that take 90% of the accesses (at most the
@@ -213,7 +298,8 @@ def zipf_dict(rng, scale, writes):
 def zipf_phase(state, rng):
     """Zipf(0.99) over the keys in a fresh random rank order, so that the hot
     keys are scattered over the heap, as they are in real programs. An access
-    touches the key object (its hash is read) and the value.
+    touches the key object (its hash is read), the dict's table (see
+    DictTable.lookup) and the value.
 
     A write also reads the value's float and replaces it by a new one, which
     takes the float freed by the write before (CPython's float free list):
@@ -230,7 +316,9 @@ def zipf_phase(state, rng):
 
     def listing():
         values = [d[k] for k in ranked]
-        return ranked + values + ([slot.value for slot in values] if writes else []), weights
+        table, table_weights = (table_mass(d, ranked, counts)).listing()
+        objects = ranked + values + ([slot.value for slot in values] if writes else [])
+        return objects + table, weights + table_weights
 
     weights = counts + counts
     if writes:
@@ -308,17 +396,20 @@ def mixed(rng, scale):
 
 
 def mixed_phase(state, rng):
-    """Zipf(0.99) over the documents; an access touches the key, the document
-    and its own fields (json.dumps reads them all)."""
+    """Zipf(0.99) over the documents; an access touches the key, the store's
+    table (see DictTable.lookup), the document and its own fields (json.dumps
+    reads them all)."""
     d, n = state["d"], state["n"]
     ranked = list(d)
     rng.shuffle(ranked)
     draws = Sampler(ranked, zipf_weights(n), rng)
-    weights = draws.counts(ranked) * 4
+    counts = draws.counts(ranked)
 
     def listing():
         docs = [d[k] for k in ranked]
-        return ranked + docs + [doc["name"] for doc in docs] + [doc["score"] for doc in docs], weights
+        table, table_weights = (table_mass(d, ranked, counts)).listing()
+        objects = ranked + docs + [doc["name"] for doc in docs] + [doc["score"] for doc in docs]
+        return objects + table, counts * 4 + table_weights
 
     def run(deadline):
         keys = iter(draws)
@@ -382,10 +473,11 @@ def lru_phase(state, rng):
 
     The truth is what the requests served really touched: each request's
     user int, and for a user in the cache its stored key tuple (compared at
-    each lookup), its response and its OrderedDict node (which every hit
-    relinks at the end), weighted by the user's requests in the request
-    pool. It leaves out the OrderedDict's table of nodes and the neighbours
-    a relink writes too."""
+    each lookup), its response, its OrderedDict node (which every hit
+    relinks at the end), the dict's table where the lookups find it (see
+    DictTable.lookup) and the node table where move_to_end finds its node,
+    weighted by the user's requests in the request pool. It leaves out the
+    neighbours a relink writes too."""
     cache, users = state["cache"], state["users"]
     ranked = list(range(users))
     rng.shuffle(ranked)
@@ -395,10 +487,13 @@ def lru_phase(state, rng):
 
     def listing():
         entries = list(cache.cache.items())
-        weights = [requests[key[0]] for key, _ in entries]
+        keys = [key for key, _ in entries]
+        weights = [requests[key[0]] for key in keys]
         nodes = odict_nodes(cache.cache)
-        accessed = [key for key, _ in entries] + [page for _, page in entries] + [nodes[id(key)] for key, _ in entries]
-        return ranked + accessed, counts + weights * 3
+        tables = odict_tables_mass(cache.cache, keys, weights, nodes)
+        table, table_weights = tables.listing()
+        accessed = keys + [page for _, page in entries] + [nodes[id(key)] for key in keys]
+        return ranked + accessed + table, counts + weights * 3 + table_weights
 
     def run(deadline):
         requests_in = iter(draws)
@@ -431,6 +526,26 @@ def odict_nodes(od):
     if len(nodes) != len(od):
         raise RuntimeError("lru-cache: cannot follow the OrderedDict's nodes (CPython's odictobject.c layout changed?)")
     return nodes
+
+
+def odict_tables_mass(od, keys, weights, nodes):
+    """What a hit on each of `keys` reads of an OrderedDict's tables, per
+    page: its dict's table (three lookups, the same memory each time), and
+    where move_to_end finds the key's node: od_fast_nodes, its table of
+    nodes by entry position, which follows od_first and od_last
+    (Objects/odictobject.c, checked on 3.11 to 3.13)."""
+    table, mass = DictTable(od), PageMass()
+    node_table = ctypes.c_void_p.from_address(id(od) + dict.__basicsize__ + 16).value
+    for key, weight in zip(keys, weights):
+        if not weight:
+            continue
+        read, ix = table.lookup(key)
+        slot = node_table + 8 * ix
+        if ctypes.c_void_p.from_address(slot).value != nodes[id(key)]:
+            raise RuntimeError("lru-cache: the OrderedDict's node table does not hold its nodes (odictobject.c changed?)")
+        for address in read + [slot]:
+            mass.add(address, weight)
+    return mass
 
 
 def lru_check(state):
@@ -512,6 +627,7 @@ def main():
         # pytier's own estimate first: the truth's listing of every object
         # writes every count, which page writes would take for use.
         estimate = pytier and placement_estimate(pytier)
+        page_heat = pytier and pytier.page_heat()
         # Again at the end: a workload may have replaced objects meanwhile.
         truth = Truth(*listing())
         dram_pages = truth.dram_pages()
@@ -528,6 +644,8 @@ def main():
             "convergedAfterSeconds": converged_after,
             "settleSeconds": settled,
         })
+        if pytier:
+            report["phases"][-1]["ranking"] = truth.ranking_share(page_heat, budget_pages)
     report["accesses"] = state["done"]
     report["intact"] = check(state)
     if pytier:
