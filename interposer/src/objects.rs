@@ -175,6 +175,12 @@ pub struct TypeCache {
     arenas: Vec<(usize, usize)>,
     /// Whether words that are not known types are checked at all.
     discovering: bool,
+    /// The process's readable mappings this pass, sorted `(start, end)`: a
+    /// word outside them is no pointer. Most unknown words are not (an int's
+    /// digits, a hash, text, a float), and checking them spent the pass's
+    /// budget before a rare type's objects were looked at: an OrderedDict
+    /// among a heap of ints and strings went unseen.
+    mapped: Vec<(usize, usize)>,
 }
 
 const RECENT: usize = 512;
@@ -202,6 +208,7 @@ impl TypeCache {
             validations_left: VALIDATIONS_PER_PASS,
             arenas: Vec::new(),
             discovering: true,
+            mapped: Vec::new(),
         }
     }
 
@@ -209,6 +216,7 @@ impl TypeCache {
     /// (start, length) of pymalloc's arenas this pass.
     pub fn new_pass(&mut self, arenas: impl Iterator<Item = (usize, usize)>) {
         self.validations_left = VALIDATIONS_PER_PASS;
+        self.mapped = readable_mappings();
         self.arenas = arenas.map(|(start, len)| (start, start + len)).collect();
         self.arenas.sort_unstable();
     }
@@ -216,6 +224,13 @@ impl TypeCache {
     /// Turns the checking of unknown words on or off.
     pub fn discover(&mut self, on: bool) {
         self.discovering = on;
+    }
+
+    /// Whether `addr` is in one of the process's readable mappings as of this
+    /// pass (true when they could not be read).
+    fn is_mapped(&self, addr: usize) -> bool {
+        let after = self.mapped.partition_point(|&(start, _)| start <= addr);
+        self.mapped.is_empty() || (after > 0 && addr < self.mapped[after - 1].1)
     }
 
     /// Whether every unknown word looked at so far this pass was checked:
@@ -257,6 +272,7 @@ impl TypeCache {
     fn check_unknown(&mut self, addr: usize) -> Option<Shape> {
         if addr < 4096
             || !addr.is_multiple_of(8)
+            || !self.is_mapped(addr)
             || self.validations_left == 0
             || self.in_an_arena(addr)
             || self.not_types.contains_key(&addr)
@@ -371,6 +387,20 @@ impl Shape {
     }
 }
 
+/// The readable mappings of `/proc/self/maps`, sorted (as listed); none
+/// when it cannot be read.
+fn readable_mappings() -> Vec<(usize, usize)> {
+    let maps = crate::fds::read_to_string("/proc/self/maps").unwrap_or_default();
+    maps.lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (start, end) = fields.next()?.split_once('-')?;
+            fields.next()?.starts_with('r').then_some(())?;
+            Some((usize::from_str_radix(start, 16).ok()?, usize::from_str_radix(end, 16).ok()?))
+        })
+        .collect()
+}
+
 fn read_c_string(addr: usize) -> Option<String> {
     let mut buf = [0u8; 64];
     // A name near the end of a mapping may not have 64 readable bytes.
@@ -378,4 +408,25 @@ fn read_c_string(addr: usize) -> Option<String> {
     let bytes = &buf[..n];
     let end = bytes.iter().position(|b| *b == 0).unwrap_or(n);
     Some(String::from_utf8_lossy(&bytes[..end]).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_outside_every_mapping_are_not_checked_and_spend_no_budget() {
+        let layout = Layout::for_version(0x030b07f0, false).unwrap();
+        let mut types = TypeCache::new(layout, 0x1000);
+        types.new_pass(std::iter::empty());
+        // The words of "user1234", of 1.5, and an int's digit: no pointers.
+        for word in [u64::from_le_bytes(*b"user1234") as usize, 1.5f64.to_bits() as usize, 123_456 << 3] {
+            assert!(types.check_unknown(word).is_none());
+        }
+        assert_eq!(types.validations_left, VALIDATIONS_PER_PASS);
+        // A word pointing into memory is checked (and is no type).
+        let here = [0u64; 4];
+        assert!(types.check_unknown(here.as_ptr() as usize).is_none());
+        assert_eq!(types.validations_left, VALIDATIONS_PER_PASS - 1);
+    }
 }

@@ -197,9 +197,8 @@ struct Cycle {
     /// And the highest temperature among those owners, and what they say
     /// the block holds.
     owner_heat: Vec<f32>,
-    /// What the last owner noted says the block holds, and its address (0
-    /// when not known).
-    owner_kind: Vec<Option<(BufferKind, usize)>>,
+    /// What the owners say the block holds.
+    owner_kind: Vec<Option<BufferKind>>,
     /// Every heap page seen (arena pages and pages of big blocks) and its heat:
     /// the summed temperatures of the objects starting on it (a buffer takes
     /// its owner's), plus the page's own write temperature when tracked.
@@ -539,12 +538,12 @@ impl Tracker {
                     report.bytes.add(class, size as u64);
                 }
                 let owner_heat = cycle.owner_heat[first + i];
-                // Only while the dict itself is seen in use (its count or its
-                // page's writes): one nothing reads (an index kept for
-                // later) holds hot keys too.
+                // Only while the dict's own count is seen changing: one
+                // nothing reads (an index kept for later) holds hot keys
+                // too, and its page's writes may be its neighbours'.
                 let table = size >= TABLE_BY_ENTRIES
-                    && cycle.owner_kind[first + i]
-                        .is_some_and(|(kind, owner)| kind == BufferKind::DictTable && self.heat_of(owner) > 0.0);
+                    && cycle.owner_kind[first + i] == Some(BufferKind::DictTable)
+                    && owner_heat > 0.0;
                 match table.then(|| self.dict_table_heat(addr, size)).flatten() {
                     Some(pages) => {
                         report.big_blocks.tables_by_entries += 1;
@@ -654,7 +653,6 @@ impl PoolScan<'_> {
     fn pool(&mut self, state: &mut PoolState, memory: &(impl Words + ?Sized), first_page: usize) {
         let layout = self.layout;
         let cycle = &mut *self.cycle;
-        let pool_addr = cycle.heat[first_page].0;
         let mut settled = state.settled.take().unwrap_or_default();
         settled.types.clear();
         settled.buffers.clear();
@@ -700,7 +698,7 @@ impl PoolScan<'_> {
             cycle.per_type.add(found.type_index, class, 1, block_size as u64);
             cycle.report.histogram[slot.bucket()] += 1;
             for (buffer, kind) in found.buffers(memory, start + found.offset).into_iter().filter(|&(b, _)| b != 0) {
-                cycle.note_owner(buffer, kind, class, slot.temperature() as f32, pool_addr + start + found.offset);
+                cycle.note_owner(buffer, kind, class, slot.temperature() as f32);
                 // One in an arena is a small block, never a big one while the
                 // owner (which points to it) is unwritten.
                 if settles && !self.types.in_an_arena(buffer) {
@@ -773,23 +771,22 @@ impl PoolScan<'_> {
         report.bytes.add(Class::Cold, objects * block_size);
         report.histogram[0] += objects;
         for &(buffer, kind) in &settled.buffers {
-            cycle.note_owner(buffer, kind, Class::Cold, 0.0, 0);
+            cycle.note_owner(buffer, kind, Class::Cold, 0.0);
         }
     }
 }
 
 impl Cycle {
-    /// Notes that the object at `owner` (0: not known), of `class` and
-    /// temperature `heat`, owns `buffer`, which holds `kind`, if that is one
-    /// of the cycle's big blocks.
+    /// Notes that an object of `class` and temperature `heat` owns `buffer`,
+    /// which holds `kind`, if that is one of the cycle's big blocks.
     #[inline]
-    fn note_owner(&mut self, buffer: usize, kind: BufferKind, class: Class, heat: f32, owner: usize) {
+    fn note_owner(&mut self, buffer: usize, kind: BufferKind, class: Class, heat: f32) {
         if self.big_filter.may_contain(buffer)
             && let Some(&i) = self.big_index.get(&buffer)
         {
             self.owner_class[i] = Some(self.owner_class[i].map_or(class, |c| c.hotter(class)));
             self.owner_heat[i] = self.owner_heat[i].max(heat);
-            self.owner_kind[i] = Some((kind, owner));
+            self.owner_kind[i] = Some(kind);
         }
     }
 }
