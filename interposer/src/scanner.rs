@@ -194,8 +194,7 @@ struct Cycle {
     big_index: AddrMap<usize>,
     big_filter: AddrFilter,
     owner_class: Vec<Option<Class>>,
-    /// And the highest temperature among those owners, and what they say
-    /// the block holds.
+    /// And the highest temperature among those owners.
     owner_heat: Vec<f32>,
     /// What the owners say the block holds.
     owner_kind: Vec<Option<BufferKind>>,
@@ -302,7 +301,8 @@ impl Tracker {
             return 0.0;
         };
         let block_size = self.layout.block_size(state.szidx);
-        let slot = (addr - pool).checked_sub(self.layout.pool_header_size).and_then(|o| state.slots.get(o / block_size));
+        let slot =
+            (addr - pool).checked_sub(self.layout.pool_header_size).and_then(|o| state.slots.get(o / block_size));
         slot.map_or(0.0, |slot| {
             let page_share = WRITE_HEAT_WEIGHT * self.pages.write_heat_of(addr) * block_size as f32 / PAGE as f32;
             slot.temperature() as f32 + page_share
@@ -529,10 +529,9 @@ impl Tracker {
             report.big_blocks.bytes += size as u64;
             let head = &buf[i * BIG_HEAD..(i + 1) * BIG_HEAD];
             let Some(found) = self.types.find_in(&self.layout, head, 0, size) else {
-                // A buffer: as hot as the object that owns it, if known. The
-                // pages of a big dict table, as hot as their entries (the
-                // dict's own count moves only while a lookup holds it, and
-                // may look unused to readings far apart).
+                // A buffer: as hot as the object that owns it, if known; the
+                // pages of a big dict table in use, as hot as their entries
+                // (see `referents`).
                 if let Some(class) = cycle.owner_class[first + i] {
                     report.big_blocks.owned_bytes.add(class, size as u64);
                     report.bytes.add(class, size as u64);

@@ -316,7 +316,7 @@ def zipf_phase(state, rng):
 
     def listing():
         values = [d[k] for k in ranked]
-        table, table_weights = (table_mass(d, ranked, counts)).listing()
+        table, table_weights = table_mass(d, ranked, counts).listing()
         objects = ranked + values + ([slot.value for slot in values] if writes else [])
         return objects + table, weights + table_weights
 
@@ -407,7 +407,7 @@ def mixed_phase(state, rng):
 
     def listing():
         docs = [d[k] for k in ranked]
-        table, table_weights = (table_mass(d, ranked, counts)).listing()
+        table, table_weights = table_mass(d, ranked, counts).listing()
         objects = ranked + docs + [doc["name"] for doc in docs] + [doc["score"] for doc in docs]
         return objects + table, counts * 4 + table_weights
 
