@@ -14,6 +14,8 @@
 
 use std::time::{Duration, Instant};
 
+use crate::maps;
+
 /// How long the spans read from `/proc/self/maps` are trusted: the brk heap
 /// grows and shrinks rarely once a program is built, and reading the maps on
 /// every look at page writes (peeks are a quarter of a millisecond apart)
@@ -31,7 +33,7 @@ pub struct BrkHeap {
 impl BrkHeap {
     pub fn spans(&mut self) -> &[(usize, usize)] {
         if self.read_at.is_none_or(|at| at.elapsed() >= REREAD_AFTER) {
-            self.spans = std::fs::read_to_string("/proc/self/maps").map(|maps| spans_in(&maps)).unwrap_or_default();
+            self.spans = spans_in(&maps::read());
             self.read_at = Some(Instant::now());
         }
         &self.spans
@@ -41,17 +43,7 @@ impl BrkHeap {
 /// The writable `[heap]` mappings of a maps file (one per mapping: a part
 /// with a memory policy of its own is a mapping of its own).
 fn spans_in(maps: &str) -> Vec<(usize, usize)> {
-    maps.lines()
-        .filter(|line| line.ends_with("[heap]"))
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let (start, end) = fields.next()?.split_once('-')?;
-            let writable = fields.next()?.starts_with("rw");
-            let start = usize::from_str_radix(start, 16).ok()?;
-            let end = usize::from_str_radix(end, 16).ok()?;
-            (writable && end > start).then_some((start, end - start))
-        })
-        .collect()
+    maps::parse(maps).filter(|m| m.path == "[heap]" && m.is_writable()).map(|m| (m.start, m.end - m.start)).collect()
 }
 
 #[cfg(test)]

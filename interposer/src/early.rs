@@ -9,6 +9,7 @@
 
 use crate::arenas::{ARENAS, EARLY_ARENAS};
 use crate::layout::{Layout, PoolHeader, arena_index, u32_at};
+use crate::maps;
 use crate::memory::read_each;
 
 const PAGE: usize = 4096;
@@ -86,20 +87,8 @@ fn hooked_arenas(layout: &Layout) -> Vec<(usize, usize)> {
 
 /// Private anonymous read-write mappings, where pymalloc's arenas live.
 fn anonymous_mappings() -> Vec<(usize, usize)> {
-    let maps = crate::fds::read_to_string("/proc/self/maps").unwrap_or_default();
-    maps.lines().filter_map(parse_anonymous).collect()
-}
-
-/// `start-end rw-p offset dev inode` with no path: an anonymous mapping.
-fn parse_anonymous(line: &str) -> Option<(usize, usize)> {
-    let mut fields = line.split_whitespace();
-    let (start, end) = fields.next()?.split_once('-')?;
-    let perms = fields.next()?;
-    let inode = fields.nth(2)?;
-    if perms != "rw-p" || inode != "0" || fields.next().is_some() {
-        return None;
-    }
-    Some((usize::from_str_radix(start, 16).ok()?, usize::from_str_radix(end, 16).ok()?))
+    let maps = maps::read();
+    maps::parse(&maps).filter(|m| m.is_private_anonymous()).map(|m| (m.start, m.end)).collect()
 }
 
 /// Which pages of `[start, end)` are resident: the rest were never touched
@@ -109,19 +98,4 @@ fn resident_pages(start: usize, end: usize) -> Vec<bool> {
     // SAFETY: `vec` has one byte per page of the range, as mincore writes.
     let ok = unsafe { libc::mincore(start as *mut libc::c_void, end - start, vec.as_mut_ptr()) } == 0;
     vec.iter().map(|v| !ok || v & 1 != 0).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_private_anonymous_read_write_mappings_count() {
-        assert_eq!(parse_anonymous("7f00a000-7f00b000 rw-p 00000000 00:00 0 "), Some((0x7f00a000, 0x7f00b000)));
-        assert_eq!(parse_anonymous("7f00a000-7f00b000 rw-p 00000000 00:00 0"), Some((0x7f00a000, 0x7f00b000)));
-        assert_eq!(parse_anonymous("55d000-57e000 rw-p 00000000 00:00 0      [heap]"), None);
-        assert_eq!(parse_anonymous("7f00a000-7f00b000 r--p 00000000 00:00 0"), None);
-        assert_eq!(parse_anonymous("7f00a000-7f00b000 rw-p 00001000 08:01 1234   /usr/lib/libc.so.6"), None);
-        assert_eq!(parse_anonymous("7f00a000-7f00b000 rw-s 00000000 00:01 5 /dev/zero (deleted)"), None);
-    }
 }

@@ -51,12 +51,32 @@ pub const TPFLAGS_TYPE_SUBCLASS: u64 = 1 << 31;
 pub const LIST_ITEMS: usize = 24;
 pub const DICT_KEYS: usize = 32;
 pub const DICT_VALUES: usize = 40;
+/// `PyODictObject` (Objects/odictobject.c, 3.11 to 3.14) follows its dict
+/// with `od_first` and `od_last`, then `od_fast_nodes`: an array with a
+/// node pointer for each entry of the dict's table, at the entry's index,
+/// which `move_to_end` and `__delitem__` read.
+pub const ODICT_FAST_NODES: usize = 64;
+
+/// `PyDictKeysObject` (Objects/dictobject.c, the same from 3.11 to 3.14
+/// without free threading): a header, the index array of
+/// `1 << log2_index_bytes` bytes, then `nentries` entries of a hash, a key and
+/// a value (general tables) or of a key and a value (string keys).
+pub mod dict_keys {
+    pub const LOG2_SIZE: usize = 8;
+    pub const LOG2_INDEX_BYTES: usize = 9;
+    pub const KIND: usize = 10;
+    pub const NENTRIES: usize = 24;
+    pub const INDICES: usize = 32;
+    pub const KIND_GENERAL: u8 = 0;
+    pub const KIND_SPLIT: u8 = 2;
+}
 
 /// Offsets into `PyTypeObject`, stable from 3.8 to 3.13.
 pub const TP_NAME: usize = 24;
 pub const TP_BASICSIZE: usize = 32;
 pub const TP_FLAGS: usize = 168;
-pub const TYPE_HEADER_LEN: usize = TP_FLAGS + 8;
+pub const TP_BASE: usize = 256;
+pub const TYPE_HEADER_LEN: usize = TP_BASE + 8;
 
 impl Layout {
     /// The layout of the interpreter whose `sys.hexversion` is `hexversion`,

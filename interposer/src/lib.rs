@@ -22,6 +22,7 @@ pub mod early;
 pub mod fds;
 pub mod large;
 pub mod layout;
+pub mod maps;
 pub mod memory;
 mod module;
 pub mod mover;

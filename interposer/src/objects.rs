@@ -10,7 +10,9 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
-use crate::layout::{self, Layout, TPFLAGS_HAVE_GC, TPFLAGS_READY, TPFLAGS_TYPE_SUBCLASS, u64_at};
+use crate::layout::{
+    self, Layout, TPFLAGS_DICT_SUBCLASS, TPFLAGS_HAVE_GC, TPFLAGS_READY, TPFLAGS_TYPE_SUBCLASS, u64_at,
+};
 use crate::memory::{Words, read_exact_self};
 
 /// What pytier keeps about a type.
@@ -31,12 +33,14 @@ struct Shape {
     offset: u32,
     min_size: u32,
     flags: u64,
+    /// `collections.OrderedDict` or a subclass.
+    ordered_dict: bool,
 }
 
 impl Shape {
-    const NOT_KNOWN: Shape = Shape { addr: 0, index: NOT_KNOWN, offset: 0, min_size: 0, flags: 0 };
+    const NOT_KNOWN: Shape = Shape { addr: 0, index: NOT_KNOWN, offset: 0, min_size: 0, flags: 0, ordered_dict: false };
 
-    fn new(layout: &Layout, addr: usize, index: u32, flags: u64, basic_size: usize) -> Shape {
+    fn new(layout: &Layout, addr: usize, index: u32, flags: u64, basic_size: usize, ordered_dict: bool) -> Shape {
         let offset = if flags & TPFLAGS_HAVE_GC == 0 {
             0
         } else if flags & layout.managed_dict_flag != 0 {
@@ -45,7 +49,7 @@ impl Shape {
             layout.gc_header_size
         };
         let min_size = layout.min_object_size(flags, basic_size).min(u32::MAX as usize) as u32;
-        Shape { addr, index, offset: offset as u32, min_size, flags }
+        Shape { addr, index, offset: offset as u32, min_size, flags, ordered_dict }
     }
 }
 
@@ -59,6 +63,8 @@ pub struct Found {
     pub type_index: u32,
     /// The type's `tp_flags`.
     pub type_flags: u64,
+    /// Whether the type is `collections.OrderedDict` or a subclass.
+    pub ordered_dict: bool,
     pub refcnt: u64,
 }
 
@@ -71,23 +77,30 @@ pub enum BufferKind {
     DictTable,
     /// A split dict's values array.
     DictValues,
+    /// An `OrderedDict`'s node pointers, one for each entry of its table.
+    OrderedDictNodes,
 }
 
 impl Found {
     /// The buffers an object owns outright, read from its fields (address 0
     /// where none): a list's item array, a dict's keys table and values
-    /// array. The object is at `at` in `memory`. Subclasses share the base
-    /// layout; type flags name the base.
-    pub fn buffers(&self, memory: &(impl Words + ?Sized), at: usize) -> [(usize, BufferKind); 2] {
+    /// array, an `OrderedDict`'s node pointers. The object is at `at` in
+    /// `memory`. Subclasses share the base layout; type flags name the base.
+    pub fn buffers(&self, memory: &(impl Words + ?Sized), at: usize) -> [(usize, BufferKind); 3] {
         let flags = self.type_flags;
         let word = |field| memory.word(at + field).unwrap_or(0) as usize;
         let none = (0, BufferKind::DictValues);
         if flags & layout::TPFLAGS_LIST_SUBCLASS != 0 {
-            [(word(layout::LIST_ITEMS), BufferKind::ListItems), none]
+            [(word(layout::LIST_ITEMS), BufferKind::ListItems), none, none]
         } else if flags & layout::TPFLAGS_DICT_SUBCLASS != 0 {
-            [(word(layout::DICT_KEYS), BufferKind::DictTable), (word(layout::DICT_VALUES), BufferKind::DictValues)]
+            let nodes = if self.ordered_dict { word(layout::ODICT_FAST_NODES) } else { 0 };
+            [
+                (word(layout::DICT_KEYS), BufferKind::DictTable),
+                (word(layout::DICT_VALUES), BufferKind::DictValues),
+                (nodes, BufferKind::OrderedDictNodes),
+            ]
         } else {
-            [none, none]
+            [none, none, none]
         }
     }
 }
@@ -158,6 +171,8 @@ impl AddrFilter {
 pub struct TypeCache {
     layout: Layout,
     type_type: usize,
+    /// `PyODict_Type`, 0 where the process has none (not Python).
+    ordered_dict_type: usize,
     /// Types in the order they were found; `index` maps addresses to them.
     types: Vec<TypeInfo>,
     index: AddrMap<u32>,
@@ -194,13 +209,18 @@ const MAX_TYPES: usize = 4096;
 /// words cannot grow the cache without bound.
 const MAX_NOT_TYPES: usize = 1 << 15;
 const VALIDATIONS_PER_PASS: u32 = 4096;
+/// How far up its bases a dict subclass is followed to find `OrderedDict`.
+const MAX_BASES: usize = 8;
 
 impl TypeCache {
     /// `type_type` is the address of `PyType_Type` (`id(type)`).
     pub fn new(layout: Layout, type_type: usize) -> TypeCache {
+        // SAFETY: dlsym only looks the name up in the loaded objects.
+        let ordered_dict_type = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"PyODict_Type".as_ptr()) } as usize;
         TypeCache {
             layout,
             type_type,
+            ordered_dict_type,
             types: Vec::new(),
             index: AddrMap::default(),
             known: AddrFilter::new(MAX_TYPES),
@@ -330,7 +350,27 @@ impl TypeCache {
         }
         let basic_size = u64_at(&header, layout::TP_BASICSIZE)? as usize;
         let name = read_c_string(u64_at(&header, layout::TP_NAME)? as usize).unwrap_or_else(|| "?".into());
-        Some(TypeInfo { name, shape: Shape::new(&self.layout, addr, index, flags, basic_size) })
+        let ordered_dict = flags & TPFLAGS_DICT_SUBCLASS != 0 && self.derives_from_ordered_dict(addr);
+        Some(TypeInfo { name, shape: Shape::new(&self.layout, addr, index, flags, basic_size, ordered_dict) })
+    }
+
+    /// Whether the type at `addr` is `OrderedDict` or has it among its
+    /// bases (`tp_base`, a few levels up at most).
+    fn derives_from_ordered_dict(&self, mut addr: usize) -> bool {
+        for _ in 0..MAX_BASES {
+            if addr == 0 || self.ordered_dict_type == 0 {
+                return false;
+            }
+            if addr == self.ordered_dict_type {
+                return true;
+            }
+            let mut base = [0u8; 8];
+            if read_exact_self(addr + layout::TP_BASE, &mut base).is_err() {
+                return false;
+            }
+            addr = u64::from_le_bytes(base) as usize;
+        }
+        false
     }
 
     /// The live object at the start of the block of `block_len` bytes at
@@ -393,22 +433,15 @@ impl Shape {
     fn object(&self, layout: &Layout, memory: &(impl Words + ?Sized), start: usize) -> Option<Found> {
         let offset = self.offset as usize;
         let refcnt = layout.refcount(memory.word(start + offset)?)?;
-        Some(Found { offset, type_index: self.index, type_flags: self.flags, refcnt })
+        Some(Found { offset, type_index: self.index, type_flags: self.flags, ordered_dict: self.ordered_dict, refcnt })
     }
 }
 
 /// The readable mappings of `/proc/self/maps`, sorted (as listed); none
 /// when it cannot be read.
 fn readable_mappings() -> Vec<(usize, usize)> {
-    let maps = crate::fds::read_to_string("/proc/self/maps").unwrap_or_default();
-    maps.lines()
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let (start, end) = fields.next()?.split_once('-')?;
-            fields.next()?.starts_with('r').then_some(())?;
-            Some((usize::from_str_radix(start, 16).ok()?, usize::from_str_radix(end, 16).ok()?))
-        })
-        .collect()
+    let maps = crate::maps::read();
+    crate::maps::parse(&maps).filter(|m| m.is_readable()).map(|m| (m.start, m.end)).collect()
 }
 
 fn read_c_string(addr: usize) -> Option<String> {
@@ -433,6 +466,28 @@ mod tests {
         types.index.insert(at, 0); // as if found before
         assert!(types.check_unknown(at).is_none());
         assert_eq!(types.validations_left, VALIDATIONS_PER_PASS);
+    }
+
+    #[test]
+    fn an_ordered_dict_is_known_by_its_bases() {
+        let layout = Layout::for_version(0x030b07f0, false).unwrap();
+        let mut types = TypeCache::new(layout, 0x1000);
+        // Three type objects, only their `tp_base` set: a subclass of a
+        // subclass of the one standing for `OrderedDict`, and a type with
+        // no base.
+        let mut objects = vec![[0u64; layout::TYPE_HEADER_LEN / 8]; 4];
+        let addr = |objects: &Vec<[u64; layout::TYPE_HEADER_LEN / 8]>, i: usize| objects[i].as_ptr() as usize;
+        let (ordered, middle, leaf, other) =
+            (addr(&objects, 0), addr(&objects, 1), addr(&objects, 2), addr(&objects, 3));
+        objects[1][layout::TP_BASE / 8] = ordered as u64;
+        objects[2][layout::TP_BASE / 8] = middle as u64;
+        types.ordered_dict_type = ordered;
+        assert!(types.derives_from_ordered_dict(ordered));
+        assert!(types.derives_from_ordered_dict(leaf));
+        assert!(!types.derives_from_ordered_dict(other));
+        // A cycle of bases (garbage) ends.
+        objects[3][layout::TP_BASE / 8] = other as u64;
+        assert!(!types.derives_from_ordered_dict(other));
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The heat of a dict's table page by page, from the keys and values its
-//! entries point at.
+//! entries point at (and of an `OrderedDict`'s node array, from its nodes).
 //!
 //! A lookup reads the entry of the key it finds, so the page holding the
 //! entries of hot keys is read as often as they are used, and a page of cold
@@ -12,30 +12,22 @@
 //! (string keys' hashes are spread evenly, and their tables keep no hash, so
 //! there the index pages share the entries' heat evenly).
 //!
-//! Only dict tables: a key is in its table once, so an entry is read about as
-//! often as its key or value is used. A list can hold one object many times
-//! (a sampler's pool of draws), and its slots are then read far less often
-//! than the object is used; a list's item array keeps its owner's heat.
+//! An `OrderedDict`'s `od_fast_nodes` is read the same way: `move_to_end`
+//! finds a key's node at its entry's index there, so a slot is read as
+//! often as its node is relinked (written).
+//!
+//! Only dict tables and those node arrays: a key is in its table once, so
+//! an entry is read about as often as its key or value is used. A list can
+//! hold one object many times (a sampler's pool of draws), and its slots are
+//! then read far less often than the object is used; a list's item array
+//! keeps its owner's heat.
 
+use crate::layout::dict_keys;
 use crate::memory::read_exact_self;
 
 const PAGE: usize = 4096;
 /// Buffers are read in pieces of about this size, a whole number of slots.
 const PIECE: usize = 64 << 10;
-
-/// `PyDictKeysObject` (Objects/dictobject.c, the same from 3.11 to 3.14
-/// without free threading): a header, the index array of
-/// `1 << log2_index_bytes` bytes, then `nentries` entries of a hash, a key and
-/// a value (general tables) or of a key and a value (string keys).
-mod dict_keys {
-    pub const LOG2_SIZE: usize = 8;
-    pub const LOG2_INDEX_BYTES: usize = 9;
-    pub const KIND: usize = 10;
-    pub const NENTRIES: usize = 24;
-    pub const INDICES: usize = 32;
-    pub const KIND_GENERAL: u8 = 0;
-    pub const KIND_SPLIT: u8 = 2;
-}
 
 /// The heat of each page of the dict table of `size` bytes at `addr`, in
 /// address order, from `heat_of` each object an entry points at (0 where
@@ -90,6 +82,16 @@ pub fn dict_table_heat(addr: usize, size: usize, heat_of: impl Fn(usize) -> f32)
         *heat += spread * overlap as f32 / index_len as f32;
     }
     Some(pages)
+}
+
+/// The heat of each page of an array of `size` bytes at `addr` of pointers
+/// each read when the object it points at is used (an `OrderedDict`'s
+/// nodes, which `move_to_end` finds there), in address order, from
+/// `heat_of` each pointer; None if it could not be read.
+pub fn pointer_array_heat(addr: usize, size: usize, heat_of: impl Fn(usize) -> f32) -> Option<Vec<(usize, f32)>> {
+    let mut pages = Vec::with_capacity(size.div_ceil(PAGE) + 1);
+    let read = for_each_record(addr, size / 8 * 8, 8, |at, slot| add_to_page(&mut pages, at, heat_of(word(slot, 0))));
+    read.then_some(pages)
 }
 
 /// Reads `len` bytes at `addr` in pieces and calls `each(address, record)`
@@ -208,5 +210,19 @@ mod tests {
         assert_eq!(heat[&base], share(PAGE - 32));
         assert_eq!(heat[&(base + PAGE)], share(PAGE));
         assert_eq!(heat[&(base + 2 * PAGE)], 6.0 + share(32));
+    }
+
+    #[test]
+    fn a_pointer_arrays_page_takes_the_heat_of_what_its_pointers_point_at() {
+        // Two pages of pointers: the first holds the hot key's at slot 5, the
+        // second the warm key's twice and one to nothing known.
+        let mut storage = page_aligned(2 * PAGE);
+        let base = aligned_start(&storage);
+        let first = (base - storage.as_ptr() as usize) / 8;
+        for (slot, pointer) in [(5, HOT_KEY), (512, WARM_KEY), (600, WARM_KEY), (700, 0x5000_0000)] {
+            storage[first + slot] = pointer as u64;
+        }
+        let heat = pointer_array_heat(base, 2 * PAGE, temperatures(&KNOWN)).expect("readable");
+        assert_eq!(heat, vec![(base, 3.0), (base + PAGE, 2.0)]);
     }
 }

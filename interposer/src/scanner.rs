@@ -107,8 +107,8 @@ pub struct Tracker {
     heat: PageHeat,
     /// glibc's brk heap, placed with the heap (see `brk`).
     brk: BrkHeap,
-    /// The dict tables in use, by address, and their pages' heat from their
-    /// entries as last read.
+    /// The dict tables and `OrderedDict` node arrays in use, by address, and
+    /// their pages' heat from their entries as last read.
     tables: AddrMap<TableHeat>,
 }
 
@@ -124,8 +124,8 @@ struct TableHeat {
 /// host; some 30 times more under TCG), and which entries are hot changes
 /// more slowly than the temperatures are read.
 const TABLE_BYTES_PER_CYCLE: usize = 1 << 20;
-/// Dict tables this big or bigger are placed by their entries; a smaller one
-/// is a few pages, placed by its dict's heat.
+/// Dict tables (and `OrderedDict` node arrays) this big or bigger are placed
+/// by their entries; a smaller one is a few pages, placed by its dict's heat.
 const TABLE_BY_ENTRIES: usize = 64 << 10;
 
 struct BigState {
@@ -267,16 +267,22 @@ impl Tracker {
         slot.is_present().then(|| slot.class(rules))
     }
 
-    /// The heat of each page of the dict table at `addr`, from its entries
-    /// (see `referents`); read again once every `size / TABLE_BYTES_PER_CYCLE`
-    /// cycles, its last reading standing in between. None if it does not
-    /// read as a table.
-    fn dict_table_heat(&mut self, addr: usize, size: usize) -> Option<&[(usize, f32)]> {
+    /// The heat of each page of the buffer at `addr`, holding `kind`, from
+    /// what its entries point at (see `referents`): a dict's table or an
+    /// `OrderedDict`'s nodes. Read again once every
+    /// `size / TABLE_BYTES_PER_CYCLE` cycles, its last reading standing in
+    /// between. None for other kinds, or if it does not read as its kind.
+    fn heat_by_entries(&mut self, addr: usize, size: usize, kind: BufferKind) -> Option<&[(usize, f32)]> {
         let pass = self.pass;
         let every = (size / TABLE_BYTES_PER_CYCLE).max(1) as u64;
         let fresh = self.tables.get(&addr).is_some_and(|t| t.size == size && pass - t.read_in_pass < every);
         if !fresh {
-            let pages = referents::dict_table_heat(addr, size, |object| self.heat_of(object))?;
+            let heat_of = |object| self.heat_of(object);
+            let pages = match kind {
+                BufferKind::DictTable => referents::dict_table_heat(addr, size, heat_of)?,
+                BufferKind::OrderedDictNodes => referents::pointer_array_heat(addr, size, heat_of)?,
+                BufferKind::ListItems | BufferKind::DictValues => return None,
+            };
             self.tables.insert(addr, TableHeat { size, read_in_pass: pass, seen_in_pass: pass, pages });
         }
         let table = self.tables.get_mut(&addr)?;
@@ -540,10 +546,9 @@ impl Tracker {
                 // Only while the dict's own count is seen changing: one
                 // nothing reads (an index kept for later) holds hot keys
                 // too, and its page's writes may be its neighbours'.
-                let table = size >= TABLE_BY_ENTRIES
-                    && cycle.owner_kind[first + i] == Some(BufferKind::DictTable)
-                    && owner_heat > 0.0;
-                match table.then(|| self.dict_table_heat(addr, size)).flatten() {
+                let by_entries = size >= TABLE_BY_ENTRIES && owner_heat > 0.0;
+                let kind = cycle.owner_kind[first + i];
+                match kind.filter(|_| by_entries).and_then(|kind| self.heat_by_entries(addr, size, kind)) {
                     Some(pages) => {
                         report.big_blocks.tables_by_entries += 1;
                         for &(page, heat) in pages {

@@ -91,16 +91,22 @@ WORKLOAD = PRELUDE + """
 """
 
 
-def run(config, cold=200_000, hot=20_000, seconds=12):
-    values = {"COLD": cold, "HOT": hot, "SECONDS": seconds, "CXL": cpu_less_node()}
-    code = textwrap.dedent(WORKLOAD)
-    for name, value in values.items():
+def run_script(template, values, config):
+    """Runs `template` (with each of `values`' names, and CXL, replaced by
+    its value) under pytier with `config` over the tests' tracking and
+    migration settings; returns the JSON it prints."""
+    code = textwrap.dedent(template)
+    for name, value in {**values, "CXL": cpu_less_node()}.items():
         code = code.replace(name, str(value))
     base = {"tracking": {"scanIntervalMillis": 200, "maxCpuFraction": 0.5}, "migration": {"hysteresisSeconds": 1}}
     env = dict(os.environ, PYTHONPATH=SHIM, PYTIER_SOCKET="", PYTIER_CONFIG=json.dumps({**base, **config}))
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
+
+
+def run(config, cold=200_000, hot=20_000, seconds=12):
+    return run_script(WORKLOAD, {"COLD": cold, "HOT": hot, "SECONDS": seconds}, config)
 
 
 def test_cold_objects_pages_go_to_cxl_and_hot_ones_stay_on_dram():
@@ -195,16 +201,8 @@ BRK_WORKLOAD = PRELUDE + """
 
 
 def test_unused_c_memory_in_the_brk_heap_goes_to_cxl_and_written_c_memory_stays_on_dram():
-    values = {"COLD": 6000, "HOT_BYTES": 64 << 10, "SECONDS": 20, "CXL": cpu_less_node()}
-    code = textwrap.dedent(BRK_WORKLOAD)
-    for name, value in values.items():
-        code = code.replace(name, str(value))
-    config = {"tracking": {"scanIntervalMillis": 200, "maxCpuFraction": 0.5},
-              "migration": {"hysteresisSeconds": 1}, "dramBudget": {"bytes": 6 << 20}}
-    env = dict(os.environ, PYTHONPATH=SHIM, PYTIER_SOCKET="", PYTIER_CONFIG=json.dumps(config))
-    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    out = json.loads(r.stdout)
+    out = run_script(BRK_WORKLOAD, {"COLD": 6000, "HOT_BYTES": 64 << 10, "SECONDS": 20},
+                     {"dramBudget": {"bytes": 6 << 20}})
     assert out["in_brk_heap"], "the blocks came from mmap, not the brk heap: the test proves nothing"
     assert out["intact"], "C memory changed under migration"
     # 23 MiB of blocks nothing uses, over a 6 MiB budget.
@@ -273,20 +271,69 @@ TABLE_WORKLOAD = PRELUDE + """
 
 
 def test_a_dict_tables_pages_of_hot_keys_stay_on_dram_and_those_of_cold_keys_go_to_cxl():
-    values = {"KEYS": 300_000, "SECONDS": 20, "CXL": cpu_less_node()}
-    code = textwrap.dedent(TABLE_WORKLOAD)
-    for name, value in values.items():
-        code = code.replace(name, str(value))
-    config = {"tracking": {"scanIntervalMillis": 200, "maxCpuFraction": 0.5},
-              "migration": {"hysteresisSeconds": 1}, "dramBudget": {"bytes": 10 << 20}}
-    env = dict(os.environ, PYTHONPATH=SHIM, PYTIER_SOCKET="", PYTIER_CONFIG=json.dumps(config))
-    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    out = json.loads(r.stdout)
+    out = run_script(TABLE_WORKLOAD, {"KEYS": 300_000, "SECONDS": 20}, {"dramBudget": {"bytes": 10 << 20}})
     assert out["intact"], "the dict changed under migration"
     assert out["bigBlocks"]["tablesByEntries"] >= 1, out["bigBlocks"]
     # About 440 pages of entries hold a hot key, some 1 000 only keys and
     # values far from any hot one; the heap is some 27 MiB over a 10 MiB
     # budget.
+    assert out["hot_on_dram"] >= 0.9, out
+    assert out["cold_on_cxl"] >= 0.8, out
+
+
+# An OrderedDict used as an LRU cache uses: its hot keys moved to the end
+# again and again. `move_to_end` finds a key's node in `od_fast_nodes`, an
+# array with a node pointer for each entry of the dict's table, at the
+# entry's index (Objects/odictobject.c): a page of it holding hot keys'
+# slots is read at every move, the others never. The hot keys are the first
+# slot of every fourth page of that array.
+ODICT_WORKLOAD = PRELUDE + """
+    import collections
+    PR_SET_THP_DISABLE = 41  # as for the dict table: pytier moves 4 KiB pages
+    assert libc.prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0) == 0, ctypes.get_errno()
+    od = collections.OrderedDict((i, float(i)) for i in range(KEYS))
+    od.move_to_end(7)  # builds the array
+    # PyODictObject: the dict (48 bytes), od_first, od_last, od_fast_nodes.
+    array = ctypes.c_void_p.from_address(id(od) + 64).value
+    slots = (ctypes.c_size_t * KEYS).from_address(array)
+    assert ctypes.c_void_p.from_address(slots[7]).value == id(7), "not the layout expected"
+    page_of_slot = lambda i: (array + 8 * i) // 4096
+    first_on_page = {}
+    for i in range(KEYS):
+        first_on_page.setdefault(page_of_slot(i), i)
+    pages = sorted(first_on_page)[1:-1]  # not the edges, shared with other memory
+    hot_pages = pages[::4]
+    hot = [first_on_page[p] for p in hot_pages]
+    # A slot's heat is its node's, known from the writes to the node's page:
+    # the cold pages are those whose slots' nodes share no page with a hot
+    # node (read with ctypes, which writes no counts).
+    hot_node_pages = {slots[i] // 4096 for i in hot}
+    node_pages = collections.defaultdict(set)
+    for i in range(KEYS):
+        node_pages[page_of_slot(i)].add(slots[i] // 4096)
+    cold_pages = [p for p in pages if p not in hot_pages and not node_pages[p] & hot_node_pages]
+    end = time.monotonic() + SECONDS
+    while time.monotonic() < end:
+        for k in hot:
+            od.move_to_end(k)
+    hot_nodes = nodes_of_pages([p * 4096 for p in hot_pages])
+    cold_nodes = nodes_of_pages([p * 4096 for p in cold_pages])
+    last = pytier.stats()["last"]
+    print(json.dumps({
+        "pages": {"hot": len(hot_pages), "cold": len(cold_pages)},
+        "nodes": {"hot": {n: hot_nodes.count(n) for n in set(hot_nodes)}, "cold": {n: cold_nodes.count(n) for n in set(cold_nodes)}},
+        "hot_on_dram": sum(n == 0 for n in hot_nodes) / len(hot_nodes),
+        "cold_on_cxl": sum(n == CXL for n in cold_nodes) / len(cold_nodes),
+        "intact": len(od) == KEYS and all(v == float(k) for k, v in od.items()),
+        "bigBlocks": last["bigBlocks"],
+    }))
+"""
+
+
+def test_an_ordered_dicts_node_array_pages_of_hot_keys_stay_on_dram_and_those_of_cold_keys_go_to_cxl():
+    out = run_script(ODICT_WORKLOAD, {"KEYS": 300_000, "SECONDS": 20}, {"dramBudget": {"bytes": 10 << 20}})
+    assert out["intact"], "the OrderedDict changed under migration"
+    # Its table and its node array.
+    assert out["bigBlocks"]["tablesByEntries"] >= 2, out["bigBlocks"]
     assert out["hot_on_dram"] >= 0.9, out
     assert out["cold_on_cxl"] >= 0.8, out

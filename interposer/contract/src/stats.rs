@@ -175,8 +175,9 @@ pub struct BigReport {
     /// owner's class.
     pub owned_bytes: ByClass,
     /// Dict tables in use whose pages took the heat of the keys and values
-    /// their entries point at (see the interposer's `referents`); other
-    /// buffers have their owner's heat spread over their pages.
+    /// their entries point at, and `OrderedDict` node arrays that took their
+    /// nodes' (see the interposer's `referents`); other buffers have their
+    /// owner's heat spread over their pages.
     pub tables_by_entries: u64,
     /// Blocks the table had no room for since start.
     pub dropped: u64,
