@@ -80,6 +80,21 @@ impl<const N: usize> BlockTable<N> {
         }
     }
 
+    /// The size of the block at `addr`, if recorded (0 for a moment while
+    /// it is being recorded).
+    pub fn size_of(&self, addr: usize) -> Option<usize> {
+        let home = Self::home(addr);
+        for probe in 0..MAX_PROBES {
+            let i = (home + probe) & (N - 1);
+            match self.keys[i].load(Ordering::Acquire) {
+                EMPTY => return None,
+                key if key == addr => return Some(self.sizes[i].load(Ordering::Acquire)),
+                _ => {}
+            }
+        }
+        None
+    }
+
     /// Every recorded block as (address, size). A block freed while this runs
     /// may still be listed: readers must not trust the memory to be there.
     pub fn snapshot(&self) -> Vec<(usize, usize)> {

@@ -702,7 +702,13 @@ impl PoolScan<'_> {
             cycle.per_type.add(found.type_index, class, 1, block_size as u64);
             cycle.report.histogram[slot.bucket()] += 1;
             for (buffer, kind) in found.buffers(memory, start + found.offset).into_iter().filter(|&(b, _)| b != 0) {
-                cycle.note_owner(buffer, kind, class, slot.temperature() as f32);
+                let heat = slot.temperature() as f32;
+                if !cycle.note_owner(buffer, kind, class, heat)
+                    && !self.types.in_an_arena(buffer)
+                    && cycle.add_late_block(buffer)
+                {
+                    cycle.note_owner(buffer, kind, class, heat);
+                }
                 // One in an arena is a small block, never a big one while the
                 // owner (which points to it) is unwritten.
                 if settles && !self.types.in_an_arena(buffer) {
@@ -782,16 +788,33 @@ impl PoolScan<'_> {
 
 impl Cycle {
     /// Notes that an object of `class` and temperature `heat` owns `buffer`,
-    /// which holds `kind`, if that is one of the cycle's big blocks.
+    /// which holds `kind`, if that is one of the cycle's big blocks; whether
+    /// it is.
     #[inline]
-    fn note_owner(&mut self, buffer: usize, kind: BufferKind, class: Class, heat: f32) {
-        if self.big_filter.may_contain(buffer)
-            && let Some(&i) = self.big_index.get(&buffer)
-        {
-            self.owner_class[i] = Some(self.owner_class[i].map_or(class, |c| c.hotter(class)));
-            self.owner_heat[i] = self.owner_heat[i].max(heat);
-            self.owner_kind[i] = Some(kind);
-        }
+    fn note_owner(&mut self, buffer: usize, kind: BufferKind, class: Class, heat: f32) -> bool {
+        let Some(&i) = self.big_filter.may_contain(buffer).then(|| self.big_index.get(&buffer)).flatten() else {
+            return false;
+        };
+        self.owner_class[i] = Some(self.owner_class[i].map_or(class, |c| c.hotter(class)));
+        self.owner_heat[i] = self.owner_heat[i].max(heat);
+        self.owner_kind[i] = Some(kind);
+        true
+    }
+
+    /// Adds `buffer` to the cycle's big blocks if it is one, allocated since
+    /// the cycle began; whether it was. A dict's table is allocated anew at
+    /// each resize, and on the host an LRU cache's (inserts and evictions
+    /// fill it with dummies) was, every second or so: most cycles began
+    /// before it was and never read it.
+    fn add_late_block(&mut self, buffer: usize) -> bool {
+        let Some(size) = BIG_BLOCKS.size_of(buffer).filter(|&size| size > 0) else { return false };
+        self.big_index.insert(buffer, self.big_queue.len());
+        self.big_filter.insert(buffer);
+        self.big_queue.push((buffer, size));
+        self.owner_class.push(None);
+        self.owner_heat.push(0.0);
+        self.owner_kind.push(None);
+        true
     }
 }
 
