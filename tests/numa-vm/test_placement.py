@@ -52,6 +52,18 @@ PRELUDE = """
         if libc.syscall(SYS_move_pages, 0, ctypes.c_ulong(n), addrs, None, status, 0) != 0:
             raise OSError(ctypes.get_errno(), "move_pages")
         return list(status)
+
+    def where(hot_pages, cold_pages):
+        # The nodes of pages (by number) that should be on DRAM and on CXL.
+        hot_nodes = nodes_of_pages([p * 4096 for p in hot_pages])
+        cold_nodes = nodes_of_pages([p * 4096 for p in cold_pages])
+        return {
+            "pages": {"hot": len(hot_pages), "cold": len(cold_pages)},
+            "nodes": {"hot": {n: hot_nodes.count(n) for n in set(hot_nodes)},
+                      "cold": {n: cold_nodes.count(n) for n in set(cold_nodes)}},
+            "hot_on_dram": sum(n == 0 for n in hot_nodes) / len(hot_nodes),
+            "cold_on_cxl": sum(n == CXL for n in cold_nodes) / len(cold_nodes),
+        }
 """
 
 WORKLOAD = PRELUDE + """
@@ -254,15 +266,12 @@ TABLE_WORKLOAD = PRELUDE + """
         # keys too), and the values held a while, their counts changing.
         held = [d[k] for k in hot if random.random() < 0.5]
     del held
-    hot_nodes = nodes_of_pages([p * 4096 for p in hot_pages])
-    cold_nodes = nodes_of_pages([p * 4096 for p in cold_pages])
+    placed = where(hot_pages, cold_pages)
     last = pytier.stats()["last"]
     values = [d[k] for k in hot]
     print(json.dumps({
+        **placed,
         "values": {c: pytier.classify(values).count(c) for c in ("hot", "warm", "cold", None)},
-        "nodes": {"hot": {n: hot_nodes.count(n) for n in set(hot_nodes)}, "cold": {n: cold_nodes.count(n) for n in set(cold_nodes)}},
-        "hot_on_dram": sum(n == 0 for n in hot_nodes) / len(hot_nodes),
-        "cold_on_cxl": sum(n == CXL for n in cold_nodes) / len(cold_nodes),
         "intact": all(v == float(k) for k, v in d.items()),
         "bigBlocks": last["bigBlocks"],
         "placement": last["placement"],
@@ -316,14 +325,10 @@ ODICT_WORKLOAD = PRELUDE + """
     while time.monotonic() < end:
         for k in hot:
             od.move_to_end(k)
-    hot_nodes = nodes_of_pages([p * 4096 for p in hot_pages])
-    cold_nodes = nodes_of_pages([p * 4096 for p in cold_pages])
+    placed = where(hot_pages, cold_pages)
     last = pytier.stats()["last"]
     print(json.dumps({
-        "pages": {"hot": len(hot_pages), "cold": len(cold_pages)},
-        "nodes": {"hot": {n: hot_nodes.count(n) for n in set(hot_nodes)}, "cold": {n: cold_nodes.count(n) for n in set(cold_nodes)}},
-        "hot_on_dram": sum(n == 0 for n in hot_nodes) / len(hot_nodes),
-        "cold_on_cxl": sum(n == CXL for n in cold_nodes) / len(cold_nodes),
+        **placed,
         "intact": len(od) == KEYS and all(v == float(k) for k, v in od.items()),
         "bigBlocks": last["bigBlocks"],
     }))
