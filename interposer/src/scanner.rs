@@ -114,6 +114,7 @@ pub struct Tracker {
 
 struct TableHeat {
     size: usize,
+    kind: BufferKind,
     read_in_pass: u64,
     seen_in_pass: u64,
     pages: Vec<(usize, f32)>,
@@ -275,7 +276,11 @@ impl Tracker {
     fn heat_by_entries(&mut self, addr: usize, size: usize, kind: BufferKind) -> Option<&[(usize, f32)]> {
         let pass = self.pass;
         let every = (size / TABLE_BYTES_PER_CYCLE).max(1) as u64;
-        let fresh = self.tables.get(&addr).is_some_and(|t| t.size == size && pass - t.read_in_pass < every);
+        // A block freed and allocated again at the same address holds
+        // another table (an LRU cache's table and node array take turns in
+        // the same places).
+        let same = |t: &TableHeat| t.size == size && t.kind == kind;
+        let fresh = self.tables.get(&addr).is_some_and(|t| same(t) && pass - t.read_in_pass < every);
         if !fresh {
             let heat_of = |object| self.heat_of(object);
             let pages = match kind {
@@ -283,7 +288,7 @@ impl Tracker {
                 BufferKind::OrderedDictNodes => referents::pointer_array_heat(addr, size, heat_of)?,
                 BufferKind::ListItems | BufferKind::DictValues => return None,
             };
-            self.tables.insert(addr, TableHeat { size, read_in_pass: pass, seen_in_pass: pass, pages });
+            self.tables.insert(addr, TableHeat { size, kind, read_in_pass: pass, seen_in_pass: pass, pages });
         }
         let table = self.tables.get_mut(&addr)?;
         table.seen_in_pass = pass;
