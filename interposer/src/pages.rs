@@ -688,7 +688,9 @@ mod tests {
         assert_eq!(tracker.class_of(start, &rules(1.0)), Some(Class::Cold));
         let mut pages = vec![(start + 3 * PAGE, 0.0), (start, 0.0)];
         tracker.add_write_heat(&mut pages, 1.0);
-        assert!(pages[0].1 > 1.0 && pages[1].1 < 0.01, "the written page gained write heat: {pages:?}");
+        // Seen by the peek, within 0.2 s even on a loaded machine (heat over
+        // 0.01), not only by the measure a second later (0.002).
+        assert!(pages[0].1 > 0.01 && pages[1].1 == 0.0, "the written page gained write heat: {pages:?}");
     }
 
     #[test]
@@ -782,7 +784,9 @@ mod tests {
         collect_now(&mut tracker, &regions);
         let mut pages = vec![(start, 0.0)];
         tracker.add_write_heat(&mut pages, 1.0);
-        assert!(pages[0].1 > 1.0, "heat {} for a write seen within 2 ms of protection", pages[0].1);
+        // Seen at once: heat 8 (1 if the test thread was held up 2 ms);
+        // 0.2 would mean it was first seen by the 10 ms peek.
+        assert!(pages[0].1 > 0.2, "heat {} for a write seen before the 10 ms peek", pages[0].1);
     }
 
     #[test]
@@ -813,7 +817,6 @@ mod tests {
         tracker.maybe_collect(regions, |_| Rules::new(1.0, 10.0, 1.0), 1e9, NO_SPACING);
     }
 
-    /// A collection whenever asked.
     #[test]
     fn the_fault_cost_is_the_median_of_the_recent_trials_so_one_interrupted_trial_does_not_count() {
         let mut cost = FaultCost::default();
@@ -829,6 +832,7 @@ mod tests {
         assert_eq!(cost.recent.len(), FAULT_TRIALS_KEPT);
     }
 
+    /// No limit on the spacing of collections but the round's own CPU time.
     const NO_SPACING: Spacing = Spacing { max_fault_fraction: 1.0, min_seconds: 0.0, max_cpu_fraction: 1.0 };
 
     #[test]
@@ -836,14 +840,16 @@ mod tests {
         let Some((mut tracker, mut memory, offset)) = tracker_and_memory() else { return };
         let start = memory.as_ptr() as usize + offset;
         let regions = [(start + 4 * PAGE, 4 * PAGE), (start, 4 * PAGE)]; // not in address order
-        let rules = |_| Rules::new(1.0, 10.0, 1.0);
-        tracker.maybe_collect(&regions, rules, 10.0, NO_SPACING);
+        collect_now(&mut tracker, &regions);
         for (base, len) in regions {
             tracker.written_since_read(base, len); // the baseline's
         }
         memory[offset + PAGE] = 2;
         memory[offset + 6 * PAGE] = 2;
-        tracker.maybe_collect(&regions, rules, 10.0, NO_SPACING);
+        // Forced: with NO_SPACING the collection still waits for its own
+        // round's CPU time, which a loaded machine can make longer than the
+        // time since the baseline (seen in CI).
+        collect_now(&mut tracker, &regions);
         assert_eq!(tracker.report.collections, 2);
         assert_eq!(tracker.report.last_written_pages, 2);
         assert_eq!(tracker.written_since_read(start, 4 * PAGE), Some(vec![1 << 1]));
