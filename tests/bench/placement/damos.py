@@ -51,7 +51,8 @@ def node_physical_range(node):
 
 class Damos:
     """Starts the two kdamonds; `feed(used_bp)` at each quota reset; `stop()`
-    returns the bytes each scheme migrated, by DAMON's own count."""
+    returns the bytes each scheme migrated, by DAMON's own count, and the
+    bytes its goal asked for (see `feed`)."""
 
     # (kdamond, watched node, action, target node, nr_accesses range,
     #  young filter matching: which pages it filters out, goal)
@@ -108,13 +109,21 @@ class Damos:
             write(f"{scheme}/filters/1/matching", young)
         for kdamond, *_ in self.SCHEMES:
             write(f"{DAMON}/{kdamond}/state", "on")
+        # The sum, over the quota resets, of each scheme's quota as its goal
+        # tuned it: what the goal asked it to migrate. A goal met all along
+        # keeps the quota at a byte, and the scheme rightly migrates nothing.
+        self.asked = {action: 0 for _, _, action, *_ in self.SCHEMES}
 
     def feed(self, used_bp):
-        """Tells both goals how full the workload's DRAM is (basis points)."""
-        for kdamond, *_, goal in self.SCHEMES:
+        """Tells both goals how full the workload's DRAM is (basis points),
+        and adds each scheme's quota, as its goal has tuned it, to `asked`."""
+        for kdamond, _, action, *_, goal in self.SCHEMES:
+            scheme = f"{DAMON}/{kdamond}/contexts/0/schemes/0"
             current = used_bp if goal > 5000 else 10000 - used_bp  # used for one, free for the other
-            write(f"{DAMON}/{kdamond}/contexts/0/schemes/0/quotas/goals/0/current_value", max(0, current))
+            write(f"{scheme}/quotas/goals/0/current_value", max(0, current))
             write(f"{DAMON}/{kdamond}/state", "commit_schemes_quota_goals")
+            write(f"{DAMON}/{kdamond}/state", "update_schemes_effective_quotas")
+            self.asked[action] += int(read(f"{scheme}/quotas/effective_bytes"))
 
     def stop(self):
         migrated = {}
@@ -122,7 +131,7 @@ class Damos:
             write(f"{DAMON}/{kdamond}/state", "update_schemes_stats")
             migrated[action] = int(read(f"{DAMON}/{kdamond}/contexts/0/schemes/0/stats/sz_applied"))
             write(f"{DAMON}/{kdamond}/state", "off")
-        return migrated
+        return {"migrated": migrated, "asked": self.asked}
 
 
 class Feeder:
@@ -130,6 +139,7 @@ class Feeder:
 
     def __init__(self, damos, used_bp, interval_ms):
         self.damos, self.used_bp, self.interval = damos, used_bp, interval_ms / 1000
+        self.fed = 0  # feeds that succeeded: with none, `asked` says nothing
         self.stop_event = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
         self.thread.start()
@@ -138,10 +148,11 @@ class Feeder:
         while not self.stop_event.wait(self.interval):
             try:
                 self.damos.feed(self.used_bp())
+                self.fed += 1
             except (OSError, ProcessLookupError, FileNotFoundError):
                 pass  # the workload exited: the run is ending
 
     def stop(self):
         self.stop_event.set()
         self.thread.join()
-        return self.damos.stop()
+        return {**self.damos.stop(), "feeds": self.fed}
