@@ -51,8 +51,10 @@ def node_physical_range(node):
 
 class Damos:
     """Starts the two kdamonds; `feed(used_bp)` at each quota reset; `stop()`
-    returns the bytes each scheme migrated, by DAMON's own count, and the
-    bytes its goal asked for (see `feed`)."""
+    returns, per scheme and by DAMON's own counts, the bytes it migrated and
+    the bytes of the regions it was tried on (those its access pattern
+    matched, before the page filters), with the bytes its goal asked for
+    (see `feed`)."""
 
     # (kdamond, watched node, action, target node, nr_accesses range,
     #  young filter matching: which pages it filters out, goal)
@@ -126,12 +128,14 @@ class Damos:
             self.asked[action] += int(read(f"{scheme}/quotas/effective_bytes"))
 
     def stop(self):
-        migrated = {}
+        migrated, tried = {}, {}
         for kdamond, _, action, *_ in self.SCHEMES:
             write(f"{DAMON}/{kdamond}/state", "update_schemes_stats")
-            migrated[action] = int(read(f"{DAMON}/{kdamond}/contexts/0/schemes/0/stats/sz_applied"))
+            stats = f"{DAMON}/{kdamond}/contexts/0/schemes/0/stats"
+            migrated[action] = int(read(f"{stats}/sz_applied"))
+            tried[action] = int(read(f"{stats}/sz_tried"))
             write(f"{DAMON}/{kdamond}/state", "off")
-        return {"migrated": migrated, "asked": self.asked}
+        return {"migrated": migrated, "tried": tried, "asked": self.asked}
 
 
 class Feeder:
