@@ -18,8 +18,13 @@ pytier's) the last did not carry over: as a share of the oracle at the DRAM
 each run held, 0.98 against 0.97 on zipf-read and zipf-shift, 0.91 against
 0.90 on zipf-write, but 0.82 against 0.88 on lru-cache, whose heap churns;
 and pytier's prediction read up to 20 points low (zipf-write 0.46 against
-0.66 served). This model has no allocation, no object temperatures, no
-churn.
+0.66 served). The second ("most likely"), tried in the VM on 2026-12-05 in
+single runs beside pytier's: zipf-read 0.793 served (ranking 0.814) against
+0.775 (0.803), zipf-write 0.655 (0.680) against 0.645 (0.715), and the
+prediction 15 points low on zipf-read (0.645 against 0.793); four times its
+weight, 0.754 and 0.654. On the host its ranking equalled pytier's (0.814
+against 0.816 on zipf-read). This model has no allocation, no object
+temperatures, no churn.
 
     python3 tests/bench/placement/write_heat.py [--interval S] [--rate N] [--seed K]
 """
