@@ -522,9 +522,10 @@ def damos_problems(stats):
     """What says a DAMOS run's schemes did not work: none fed, none migrated
     anything, or one whose goal asked for DAMOS_ASKED_ENOUGH never found a
     region matching its access pattern. migrate_cold may find such regions
-    and still migrate little or nothing (12 KiB to 7 MiB in CI, once none,
-    with 1 GiB asked for): node 0's physical regions mix the workload's hot
-    and cold pages, and its `young` filter then keeps the pages it tried.
+    and still migrate little or nothing (12 KiB to 7 MiB in CI, once none;
+    0.5 MiB of 4.3 GB of regions tried in one VM run): node 0's physical
+    regions mix the workload's hot and cold pages, and its `young` filter
+    then keeps the pages it tried.
     That is DAMOS's own result, and the table shows it; a scheme never tried
     where its goal asked would be a setup that does not work."""
     if not stats["feeds"]:
