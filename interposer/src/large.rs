@@ -44,6 +44,11 @@ impl<const N: usize> BlockTable<N> {
         }
     }
 
+    /// Where the table lies: its address and its size in bytes.
+    pub fn span(&self) -> (usize, usize) {
+        (self as *const Self as usize, std::mem::size_of::<Self>())
+    }
+
     fn home(addr: usize) -> usize {
         ((addr >> 4) as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) as usize >> 16 & (N - 1)
     }

@@ -90,6 +90,43 @@ pub fn prefer_node(addr: usize, len: usize, node: i32) -> io::Result<()> {
     if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
+/// Puts the whole pages of `[addr, addr + len)` on `node`, moving those
+/// already touched (MPOL_MF_MOVE) and preferring it for the others; with
+/// None, lets the pages not yet touched follow the default policy again.
+/// Pages shared with memory around the range are left alone.
+pub fn bind_range(addr: usize, len: usize, node: Option<i32>) -> io::Result<()> {
+    const PAGE: usize = 4096;
+    let start = addr.next_multiple_of(PAGE);
+    let end = (addr + len) / PAGE * PAGE;
+    if end <= start {
+        return Ok(());
+    }
+    let r = match node {
+        Some(node) if (0..64).contains(&node) => {
+            let mask: u64 = 1 << node;
+            // SAFETY: the mask is one word of 64 node bits; the range is
+            // whole pages of this process's memory.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_mbind,
+                    start,
+                    end - start,
+                    MPOL_PREFERRED,
+                    &mask as *const u64,
+                    64,
+                    MPOL_MF_MOVE,
+                )
+            }
+        }
+        Some(_) => return Err(io::Error::from_raw_os_error(libc::EINVAL)),
+        // SAFETY: no mask with the default policy.
+        None => unsafe {
+            libc::syscall(libc::SYS_mbind, start, end - start, MPOL_DEFAULT, std::ptr::null::<u64>(), 0, 0)
+        },
+    };
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
 /// Has the calling thread's future allocations prefer `node` (falling back
 /// to other nodes when it is full), or follow the default policy again.
 pub fn prefer_node_for_this_thread(node: Option<i32>) -> io::Result<()> {
@@ -164,6 +201,58 @@ mod tests {
         .join()
         .unwrap();
         assert_eq!(this_threads_policy().0, MPOL_DEFAULT, "other threads keep theirs");
+    }
+
+    /// The memory policy of the page at `addr`.
+    fn policy_at(addr: usize) -> (libc::c_int, u64) {
+        const MPOL_F_ADDR: libc::c_ulong = 1 << 1;
+        let (mut mode, mut mask) = (0 as libc::c_int, 0u64);
+        // SAFETY: both outputs are ours; a mask of one 64-bit word.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_get_mempolicy,
+                &mut mode as *mut libc::c_int,
+                &mut mask as *mut u64,
+                64,
+                addr,
+                MPOL_F_ADDR,
+            )
+        };
+        assert_eq!(r, 0, "{}", io::Error::last_os_error());
+        (mode, mask)
+    }
+
+    #[test]
+    fn a_range_is_bound_to_a_node_by_its_whole_pages_and_its_contents_stay() {
+        // SAFETY: a private anonymous mapping of our own, unmapped below.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4 * 4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        } as usize;
+        // SAFETY: the mapping above, alive until the munmap below.
+        let memory = unsafe { std::slice::from_raw_parts_mut(base as *mut u8, 4 * 4096) };
+        memory.fill(7);
+        // From the middle of page 0 to the middle of page 3: pages 1 and 2.
+        bind_range(base + 2048, 3 * 4096, Some(0)).unwrap();
+        assert_eq!(policy_at(base).0, MPOL_DEFAULT, "a page shared with what is before the range");
+        assert_eq!(policy_at(base + 4096), (MPOL_PREFERRED, 1));
+        assert_eq!(policy_at(base + 2 * 4096), (MPOL_PREFERRED, 1));
+        assert_eq!(policy_at(base + 3 * 4096).0, MPOL_DEFAULT, "a page shared with what is after it");
+        let mut status = Vec::new();
+        where_are(&[base + 4096], &mut status).unwrap();
+        assert_eq!(status, [0], "on the node asked for");
+        bind_range(base + 2048, 3 * 4096, None).unwrap();
+        assert_eq!(policy_at(base + 4096).0, MPOL_DEFAULT);
+        assert!(memory.iter().all(|&b| b == 7), "contents intact");
+        assert!(bind_range(base, 4096, Some(64)).is_err(), "no such node bit");
+        // SAFETY: our mapping; `memory` is not used after this.
+        unsafe { libc::munmap(base as *mut libc::c_void, 4 * 4096) };
     }
 
     #[test]

@@ -12,6 +12,7 @@ use pytier_contract::settings::Mode;
 pub use pytier_contract::stats::{MoveTotals, PlacementReport};
 
 use crate::arenas::{ARENA_SIZE, ARENAS, PREFERRED_NODE};
+use crate::large::BIG_BLOCKS;
 use crate::mover::{self, Moved};
 use crate::numa::{self, Topology};
 use crate::policy::{self, Decisions, Page, Policy, Tier};
@@ -67,7 +68,8 @@ impl Placement {
     /// allocates and alone reads) on CXL while placing: the program never
     /// touches it, and it would otherwise sit on DRAM beside the budget (some
     /// 3.5 MiB for a 31 MiB heap). Call on the scanner thread, before it
-    /// allocates: pages already touched stay where they are.
+    /// allocates: pages it touched already stay where they are. The table of
+    /// big blocks, which the program's threads write, moves.
     pub fn place_own_memory(&mut self, config: &Settings) {
         let topology = Topology::discover(&config.tiers);
         self.place_own_memory_on(&topology, config.mode);
@@ -79,6 +81,11 @@ impl Placement {
         if self.own_memory_node != Some(node) {
             self.own_memory_node = Some(node);
             let _ = mover::prefer_node_for_this_thread(node);
+            // The big-block table is written on the program's threads, where
+            // it was first touched: 1 MiB on DRAM, most of its pages written
+            // once its hash slots spread (all of them at the end of zipf-write).
+            let (table, size) = BIG_BLOCKS.span();
+            let _ = mover::bind_range(table, size, node);
         }
     }
 

@@ -348,3 +348,33 @@ def test_an_ordered_dicts_node_array_pages_of_hot_keys_stay_on_dram_and_those_of
     # Without their nodes' heat these pages have none and go to CXL.
     assert out["hot_on_dram"] >= 0.9, out
     assert out["cold_on_cxl"] >= 0.8, out
+
+
+# pytier's table of big blocks (1 MiB in its library's .bss) is written by
+# the allocator hook on the program's threads, so its pages are first
+# touched there, on DRAM. Thousands of big blocks spread its hash slots over
+# every page.
+OWN_TABLE_WORKLOAD = PRELUDE + """
+    blocks = [bytearray(300_000) for _ in range(3000)]
+    time.sleep(SECONDS)
+    # pytier's writable memory: its library's writable mappings and the
+    # anonymous ones right after them (the .bss).
+    pages, after = [], False
+    for line in open("/proc/self/maps"):
+        fields = line.split()
+        if len(fields) > 5:
+            after = fields[5].endswith("/_native.so")
+        if after and "w" in fields[1]:
+            low, high = (int(x, 16) for x in fields[0].split("-"))
+            pages += range(low, high, 4096)
+    nodes = nodes_of_pages(pages)
+    print(json.dumps({"cxl": nodes.count(CXL), "dram": nodes.count(0), "pages": len(pages),
+                      "placement": pytier.stats()["last"]["placement"]}))
+"""
+
+
+def test_pytiers_own_table_of_big_blocks_goes_to_cxl():
+    out = run_script(OWN_TABLE_WORKLOAD, {"SECONDS": 5}, {"dramBudget": {"bytes": 4 << 20}})
+    assert out["placement"]["offReason"] is None, out["placement"]
+    # The table is 256 pages; the library's own data a few more.
+    assert out["cxl"] >= 240, out
