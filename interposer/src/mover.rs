@@ -6,6 +6,8 @@
 use std::collections::BTreeMap;
 use std::io;
 
+use crate::pagewrites::PAGE;
+
 /// Pages per system call: bounds the arrays, not the kernel's work.
 const BATCH: usize = 4096;
 const MPOL_MF_MOVE: libc::c_int = 1 << 1;
@@ -81,13 +83,7 @@ fn move_pages(pages: &[usize], nodes: Option<&[i32]>, status: &mut [i32]) -> io:
 /// Asks the kernel to put pages of `[addr, addr + len)` that are not yet
 /// touched on `node` when they are, falling back to other nodes when it is full.
 pub fn prefer_node(addr: usize, len: usize, node: i32) -> io::Result<()> {
-    if !(0..64).contains(&node) {
-        return Err(io::Error::from_raw_os_error(libc::EINVAL));
-    }
-    let mask: u64 = 1 << node;
-    // SAFETY: the mask is one word of 64 node bits.
-    let r = unsafe { libc::syscall(libc::SYS_mbind, addr, len, MPOL_PREFERRED, &mask as *const u64, 64, 0) };
-    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    mbind(addr, len, Some(node), 0)
 }
 
 /// Puts the whole pages of `[addr, addr + len)` on `node`, moving those
@@ -95,34 +91,25 @@ pub fn prefer_node(addr: usize, len: usize, node: i32) -> io::Result<()> {
 /// None, lets the pages not yet touched follow the default policy again.
 /// Pages shared with memory around the range are left alone.
 pub fn bind_range(addr: usize, len: usize, node: Option<i32>) -> io::Result<()> {
-    const PAGE: usize = 4096;
     let start = addr.next_multiple_of(PAGE);
     let end = (addr + len) / PAGE * PAGE;
     if end <= start {
         return Ok(());
     }
+    mbind(start, end - start, node, if node.is_some() { MPOL_MF_MOVE } else { 0 })
+}
+
+/// `mbind(2)`: the range prefers `node`, or follows the default policy.
+fn mbind(addr: usize, len: usize, node: Option<i32>, flags: libc::c_int) -> io::Result<()> {
     let r = match node {
         Some(node) if (0..64).contains(&node) => {
             let mask: u64 = 1 << node;
-            // SAFETY: the mask is one word of 64 node bits; the range is
-            // whole pages of this process's memory.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_mbind,
-                    start,
-                    end - start,
-                    MPOL_PREFERRED,
-                    &mask as *const u64,
-                    64,
-                    MPOL_MF_MOVE,
-                )
-            }
+            // SAFETY: the mask is one word of 64 node bits.
+            unsafe { libc::syscall(libc::SYS_mbind, addr, len, MPOL_PREFERRED, &mask as *const u64, 64, flags) }
         }
         Some(_) => return Err(io::Error::from_raw_os_error(libc::EINVAL)),
         // SAFETY: no mask with the default policy.
-        None => unsafe {
-            libc::syscall(libc::SYS_mbind, start, end - start, MPOL_DEFAULT, std::ptr::null::<u64>(), 0, 0)
-        },
+        None => unsafe { libc::syscall(libc::SYS_mbind, addr, len, MPOL_DEFAULT, std::ptr::null::<u64>(), 0, flags) },
     };
     if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
