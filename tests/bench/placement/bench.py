@@ -390,7 +390,7 @@ def main():
     parser.add_argument("--shim", default=os.environ.get("PYTIER_SHIM"), required="PYTIER_SHIM" not in os.environ)
     parser.add_argument("--seconds", type=float, default=30, help="length of each workload phase")
     parser.add_argument("--dram-fraction", type=float, default=0.25)
-    parser.add_argument("--hysteresis", type=float, default=5, help="pytier's migration.hysteresisSeconds")
+    parser.add_argument("--hysteresis", type=int, default=5, help="pytier's migration.hysteresisSeconds")
     parser.add_argument("--pytier-cpu", type=float, default=0.2,
                         help="pytier's maxCpuFraction: TCG runs some 30 times slower than the "
                              "hardware, so the default 0.01 would scan 30 times less per access")
@@ -477,7 +477,9 @@ def main():
                     print(f"  ({dram_split(report, budget)})", file=sys.stderr)
                     ranking = report["phases"][-1]["ranking"]
                     print(f"  (pytier's ranking would serve {ranking['share']:.3f} with every page placed as"
-                          f" ranked; its top pages: {json.dumps(ranking['pages'])})", file=sys.stderr)
+                          f" ranked; its top pages: {json.dumps(ranking['pages'])}; the truth's share on"
+                          f" ranked pages not on DRAM, by quarter: {ranking['rankedNotOnDram']}, on DRAM"
+                          f" pages not ranked: {ranking['onDramNotRanked']})", file=sys.stderr)
         for config in configs:
             summary[name, config] = print_cell(name, config, runs[config], budget, args)
     if ("zipf-read", "pytier") in summary:

@@ -215,14 +215,25 @@ class Truth:
         it, whatever the migrations managed: the truth's share on its hottest
         `budget_pages` pages (those with any heat). With how many of those are
         the truth's pages of objects, its bare pages (dict tables), and pages
-        the truth does not count."""
+        the truth does not count; and where placement and ranking part: the
+        truth's share on ranked pages not on DRAM, by quarter of the ranking
+        (hottest first), and on DRAM pages outside the ranking."""
         hottest = sorted((p for p, h in page_heat.items() if h > 0), key=lambda p: -page_heat[p])[:budget_pages]
         mass = dict(zip(self.pages, self.mass))
         bare = sum(p in self.bare for p in hottest)
         objects = sum(p in mass and p not in self.bare for p in hottest)
+        ranked = set(hottest)
+        on_dram = dict(zip(self.pages, (n == DRAM_NODE for n in nodes_of_pages(self.pages))))
+        hottest_nodes = nodes_of_pages(hottest) if hottest else []
+        missed = [0.0] * 4
+        for rank, (p, node) in enumerate(zip(hottest, hottest_nodes)):
+            if node != DRAM_NODE:
+                missed[4 * rank // len(hottest)] += mass.get(p, 0.0)
         return {
             "share": sum(mass.get(p, 0.0) for p in hottest),
             "pages": {"objects": objects, "bare": bare, "other": len(hottest) - objects - bare},
+            "rankedNotOnDram": [round(m, 4) for m in missed],
+            "onDramNotRanked": round(sum(m for p, m in mass.items() if on_dram[p] and p not in ranked), 4),
         }
 
     def how_pytier_sees(self, pytier, budget_pages):
