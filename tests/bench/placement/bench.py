@@ -479,7 +479,8 @@ def main():
                     print(f"  (pytier's ranking would serve {ranking['share']:.3f} with every page placed as"
                           f" ranked; its top pages: {json.dumps(ranking['pages'])}; the truth's share on"
                           f" ranked pages not on DRAM, by quarter: {ranking['rankedNotOnDram']}, on DRAM"
-                          f" pages not ranked: {ranking['onDramNotRanked']})", file=sys.stderr)
+                          f" pages not ranked: {ranking['onDramNotRanked']}; big tables first read by their entries"
+                          f" after {report['phases'][-1]['tablesReadAfterSeconds']} s)", file=sys.stderr)
         for config in configs:
             summary[name, config] = print_cell(name, config, runs[config], budget, args)
     if ("zipf-read", "pytier") in summary:

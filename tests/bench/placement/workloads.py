@@ -585,6 +585,13 @@ def loaded_pytier():
     return pytier
 
 
+def tables_by_entries(pytier):
+    """Big dict tables (and OrderedDict node arrays) pytier's last cycle read
+    by their entries."""
+    last = pytier.stats()["last"]
+    return last and last["bigBlocks"]["tablesByEntries"]
+
+
 def placement_estimate(pytier):
     """pytier's placement report (its estimate of the share DRAM serves)."""
     last = pytier.stats()["last"]
@@ -627,10 +634,13 @@ def main():
         at_shift = truth.dram_share() if target is not None else None
         if at_shift is not None and at_shift >= target:
             converged_after = 0.0
+        tables_read_after = None
         while time.monotonic() < deadline:
             run(min(deadline, time.monotonic() + 1.0))
             if target is not None and converged_after is None and truth.dram_share() >= target:
                 converged_after = time.monotonic() - start
+            if pytier and tables_read_after is None and tables_by_entries(pytier):
+                tables_read_after = time.monotonic() - start
         # What the run held at the end of its accesses, before the listing
         # below allocates (first touches the balloon has not yet answered).
         settled, report["anonBytesByNode"] = settle(args.settle_below)
@@ -654,6 +664,8 @@ def main():
             "budgetPages": budget_pages,
             "convergedAfterSeconds": converged_after,
             "settleSeconds": settled,
+            # When pytier first read a big table by its entries in this phase.
+            "tablesReadAfterSeconds": tables_read_after,
         })
         if pytier:
             report["phases"][-1]["ranking"] = truth.ranking_share(page_heat, budget_pages)
