@@ -28,6 +28,7 @@ mod module;
 pub mod mover;
 pub mod numa;
 pub mod objects;
+pub mod owners;
 pub mod pages;
 pub mod pagewrites;
 pub mod placement;

@@ -27,6 +27,7 @@ use crate::large::BIG_BLOCKS;
 use crate::layout::{Layout, PoolHeader, arena_index};
 use crate::memory::{InPlace, Words, read_each, read_self};
 use crate::objects::{AddrFilter, AddrMap, BufferKind, Found, TypeCache};
+use crate::owners::TableOwners;
 use crate::pages::{PageReport, PageTracker, Spacing};
 use crate::referents;
 use crate::temperature::{Class, Rules, Slot, Temperature};
@@ -110,6 +111,8 @@ pub struct Tracker {
     /// The dict tables and `OrderedDict` node arrays in use, by address, and
     /// their pages' heat from their entries as last read.
     tables: AddrMap<TableHeat>,
+    /// Their owners, whose counts are read between regions (see `owners`).
+    owners: TableOwners,
 }
 
 struct TableHeat {
@@ -197,6 +200,8 @@ struct Cycle {
     owner_class: Vec<Option<Class>>,
     /// And the highest temperature among those owners.
     owner_heat: Vec<f32>,
+    /// The address of an owner (0 where none was read in this cycle).
+    owner_addr: Vec<usize>,
     /// What the owners say the block holds.
     owner_kind: Vec<Option<BufferKind>>,
     /// Every heap page seen (arena pages and pages of big blocks) and its heat:
@@ -251,6 +256,7 @@ impl Tracker {
             heat: PageHeat::new(),
             brk: BrkHeap::default(),
             tables: AddrMap::default(),
+            owners: TableOwners::default(),
         }
     }
 
@@ -382,6 +388,7 @@ impl Tracker {
         };
         let mut buf = std::mem::take(&mut self.buf);
         while started.elapsed() < budget {
+            self.owners.sample();
             if let Some(&region) = cycle.queue.get(cycle.next) {
                 cycle.next += 1;
                 self.scan_region(region, config, &mut buf, &mut cycle);
@@ -401,6 +408,8 @@ impl Tracker {
             self.cycle = Some(cycle);
             return None;
         }
+        let (hot, half_life) = (config.tracking.hot_threshold, config.tracking.decay_half_life_seconds as f64);
+        self.owners.end_pass(Instant::now(), |since| Rules::new(hot, half_life, since));
         Some(self.finish_cycle(cycle))
     }
 
@@ -427,6 +436,7 @@ impl Tracker {
         big_queue.iter().for_each(|&(addr, _)| big_filter.insert(addr));
         let owner_class = vec![None; big_queue.len()];
         let owner_heat = vec![0.0; big_queue.len()];
+        let owner_addr = vec![0; big_queue.len()];
         let owner_kind = vec![None; big_queue.len()];
         Cycle {
             queue,
@@ -437,6 +447,7 @@ impl Tracker {
             big_filter,
             owner_class,
             owner_heat,
+            owner_addr,
             owner_kind,
             heat: PageHeat::new(),
             big_heat: AddrMap::default(),
@@ -548,11 +559,16 @@ impl Tracker {
                     report.bytes.add(class, size as u64);
                 }
                 let owner_heat = cycle.owner_heat[first + i];
-                // Only while the dict's own count is seen changing: one
-                // nothing reads (an index kept for later) holds hot keys
-                // too, and its page's writes may be its neighbours'.
-                let by_entries = size >= TABLE_BY_ENTRIES && owner_heat > 0.0;
+                // Only while the dict's own count is seen changing (read
+                // between regions too: `owners`): one nothing reads (an index
+                // kept for later) holds hot keys too, and its page's writes
+                // may be its neighbours'.
                 let kind = cycle.owner_kind[first + i];
+                let table = matches!(kind, Some(BufferKind::DictTable | BufferKind::OrderedDictNodes));
+                let owner = cycle.owner_addr[first + i];
+                // Watched in every pass it owns a big table, whatever its heat.
+                let seen_in_use = table && size >= TABLE_BY_ENTRIES && owner != 0 && self.owners.watch(owner);
+                let by_entries = size >= TABLE_BY_ENTRIES && (owner_heat > 0.0 || seen_in_use);
                 match kind.filter(|_| by_entries).and_then(|kind| self.heat_by_entries(addr, size, kind)) {
                     Some(pages) => {
                         report.big_blocks.tables_by_entries += 1;
@@ -691,6 +707,8 @@ impl PoolScan<'_> {
         let mut pages = [PageTally::default(); 16];
         let mut page_heat = [0u32; 16];
         let mut settles = self.settling;
+        // The pool's address: its first page's.
+        let pool_addr = cycle.heat.get(first_page).map_or(0, |&(page, _)| page);
         let starts = (layout.pool_header_size..end.saturating_sub(block_size - 1)).step_by(block_size);
         for (slot, start) in state.slots.iter_mut().zip(starts) {
             let Some(found) = self.types.find_in(layout, memory, start, block_size) else {
@@ -708,11 +726,12 @@ impl PoolScan<'_> {
             cycle.report.histogram[slot.bucket()] += 1;
             for (buffer, kind) in found.buffers(memory, start + found.offset).into_iter().filter(|&(b, _)| b != 0) {
                 let heat = slot.temperature() as f32;
-                if !cycle.note_owner(buffer, kind, class, heat)
+                let owner = if pool_addr == 0 { 0 } else { pool_addr + start + found.offset };
+                if !cycle.note_owner(buffer, kind, class, heat, owner)
                     && !self.types.in_an_arena(buffer)
                     && cycle.add_late_block(buffer)
                 {
-                    cycle.note_owner(buffer, kind, class, heat);
+                    cycle.note_owner(buffer, kind, class, heat, owner);
                 }
                 // One in an arena is a small block, never a big one while the
                 // owner (which points to it) is unwritten.
@@ -786,22 +805,25 @@ impl PoolScan<'_> {
         report.bytes.add(Class::Cold, objects * block_size);
         report.histogram[0] += objects;
         for &(buffer, kind) in &settled.buffers {
-            cycle.note_owner(buffer, kind, Class::Cold, 0.0);
+            cycle.note_owner(buffer, kind, Class::Cold, 0.0, 0);
         }
     }
 }
 
 impl Cycle {
-    /// Notes that an object of `class` and temperature `heat` owns `buffer`,
-    /// which holds `kind`, if that is one of the cycle's big blocks; whether
-    /// it is.
+    /// Notes that an object of `class` and temperature `heat`, at `owner` (0
+    /// if not known), owns `buffer`, which holds `kind`, if that is one of the
+    /// cycle's big blocks; whether it is.
     #[inline]
-    fn note_owner(&mut self, buffer: usize, kind: BufferKind, class: Class, heat: f32) -> bool {
+    fn note_owner(&mut self, buffer: usize, kind: BufferKind, class: Class, heat: f32, owner: usize) -> bool {
         let Some(&i) = self.big_filter.may_contain(buffer).then(|| self.big_index.get(&buffer)).flatten() else {
             return false;
         };
         self.owner_class[i] = Some(self.owner_class[i].map_or(class, |c| c.hotter(class)));
         self.owner_heat[i] = self.owner_heat[i].max(heat);
+        if owner != 0 {
+            self.owner_addr[i] = owner;
+        }
         self.owner_kind[i] = Some(kind);
         true
     }
@@ -818,6 +840,7 @@ impl Cycle {
         self.big_queue.push((buffer, size));
         self.owner_class.push(None);
         self.owner_heat.push(0.0);
+        self.owner_addr.push(0);
         self.owner_kind.push(None);
         true
     }

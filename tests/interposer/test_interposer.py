@@ -207,6 +207,38 @@ def test_blocks_too_big_for_pymalloc_are_seen_through_the_allocator():
     assert json.loads(big)["blocks"] == 0 and int(untracked) == 2000, "without the allocator view, big blocks are unseen"
 
 
+def test_a_big_dict_looked_up_now_and_then_has_its_table_read_by_its_entries_and_one_never_read_has_not():
+    # A big dict table takes its entries' heat only while the dict's own count
+    # is seen changing. A lookup holds the dict only for a moment between
+    # long stretches of other work (json.dumps here); the index's count never
+    # changes.
+    r = python("""
+        import json, pytier, time
+        store = {i: float(i) for i in range(200_000)}
+        index = {i: float(i) for i in range(200_000)}  # kept, never read
+        filler = [str(i) for i in range(1_000_000)]  # arenas: regions for a cycle
+        payload = {"id": 1, "tags": ["a", "b"], "score": 0.5}
+        def tables_by_entries():
+            last = pytier.stats()["last"]
+            return last and last["bigBlocks"]["tablesByEntries"]
+        start = time.monotonic()
+        seen_after, k = None, 0
+        while time.monotonic() - start < 20 and seen_after is None:
+            for _ in range(10):
+                json.dumps(payload)
+            store[k % 200_000]  # a module-level name: every version counts the reference
+            k += 1
+            if k % 1000 == 0 and tables_by_entries():
+                seen_after = time.monotonic() - start
+        wait_for_a_full_cycle()
+        print(json.dumps({"seenAfter": seen_after, "tables": tables_by_entries()}))
+    """, env={"PYTIER_CONFIG": FAST})
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["seenAfter"] is not None, "the store's table was never read by its entries in 20 s"
+    assert out["tables"] == 1, f"the store's table alone, not the index nobody reads: {out}"
+
+
 def test_objects_whose_references_change_are_hot_and_untouched_ones_cold():
     r = python("""
         import pytier, random, time
