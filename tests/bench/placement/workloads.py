@@ -190,15 +190,15 @@ class Truth:
         total = sum(weights)
         mass = {}
         self.heaviest = {}  # page -> address of its most accessed object
+        self.kind = {}  # page -> type name of that object ("table": no object, see Address)
         for obj, w in zip(objects, weights):
             page = address_of(obj) & ~(PAGE - 1)
             mass[page] = mass.get(page, 0.0) + w / total
             if w > self.heaviest.get(page, (None, -1.0))[1]:
                 self.heaviest[page] = (address_of(obj), w)
+                self.kind[page] = "table" if isinstance(obj, Address) else type(obj).__name__
         self.pages = list(mass)
         self.mass = [mass[p] for p in self.pages]
-        # Pages of memory that is no Python object (dict tables, nodes).
-        self.bare = {address_of(obj) & ~(PAGE - 1) for obj in objects if isinstance(obj, Address)}
 
     def dram_share(self):
         nodes = nodes_of_pages(self.pages)
@@ -215,13 +215,15 @@ class Truth:
         it, whatever the migrations managed: the truth's share on its hottest
         `budget_pages` pages (those with any heat). With how many of those are
         the truth's pages of objects, its bare pages (dict tables), and pages
-        the truth does not count; and where placement and ranking part: the
-        truth's share on ranked pages not on DRAM, by quarter of the ranking
-        (hottest first), and on DRAM pages outside the ranking."""
+        the truth does not count, by what their most accessed object is
+        ("table": a dict's table or nodes; "other": no truth page), beside
+        the same for the oracle's pages; and where placement and ranking
+        part: the truth's share on ranked pages not on DRAM, by quarter of
+        the ranking (hottest first), and on DRAM pages outside the ranking."""
         hottest = sorted((p for p, h in page_heat.items() if h > 0), key=lambda p: -page_heat[p])[:budget_pages]
         mass = dict(zip(self.pages, self.mass))
-        bare = sum(p in self.bare for p in hottest)
-        objects = sum(p in mass and p not in self.bare for p in hottest)
+        oracle = sorted(self.pages, key=lambda p: -mass[p])[:budget_pages]
+        kinds = lambda pages: dict(collections.Counter(self.kind.get(p, "other") for p in pages).most_common())
         ranked = set(hottest)
         on_dram = dict(zip(self.pages, (n == DRAM_NODE for n in nodes_of_pages(self.pages))))
         hottest_nodes = nodes_of_pages(hottest) if hottest else []
@@ -231,7 +233,8 @@ class Truth:
                 missed[4 * rank // len(hottest)] += mass.get(p, 0.0)
         return {
             "share": sum(mass.get(p, 0.0) for p in hottest),
-            "pages": {"objects": objects, "bare": bare, "other": len(hottest) - objects - bare},
+            "pages": kinds(hottest),
+            "oraclePages": kinds(oracle),
             "rankedNotOnDram": [round(m, 4) for m in missed],
             "onDramNotRanked": round(sum(m for p, m in mass.items() if on_dram[p] and p not in ranked), 4),
         }
