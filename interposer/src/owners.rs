@@ -9,18 +9,18 @@
 use std::time::Instant;
 
 use crate::memory::read_each;
-use crate::objects::AddrMap;
 use crate::temperature::{Rules, Temperature};
 
-/// Owners watched at most: big tables are few, and each reading of them all
-/// is one `process_vm_readv`.
+/// Owners watched at most: big tables are few (a lookup among them is a
+/// short scan), and each reading of them all is one `process_vm_readv`.
 const MOST_OWNERS: usize = 256;
 
 #[derive(Default)]
 pub struct TableOwners {
-    owners: AddrMap<Owner>,
-    /// Their addresses, in one list for the readings.
+    /// The owners' addresses, in one list for the readings...
     addrs: Vec<usize>,
+    /// ...and what is known of each, at the same index.
+    owners: Vec<Owner>,
     buf: Vec<u8>,
     last_pass_end: Option<Instant>,
 }
@@ -41,16 +41,16 @@ impl TableOwners {
     /// pass; whether it was seen in use (its count changing), in this pass or
     /// lately. An owner first watched now is not: its count is the baseline.
     pub fn watch(&mut self, addr: usize) -> bool {
-        if let Some(owner) = self.owners.get_mut(&addr) {
+        if let Some(i) = self.addrs.iter().position(|&a| a == addr) {
+            let owner = &mut self.owners[i];
             owner.watched = true;
             return owner.changed || owner.temperature.degrees() > 0.0;
         }
-        if self.owners.len() < MOST_OWNERS
+        if self.addrs.len() < MOST_OWNERS
             && let Some(count) = read_counts(&[addr], &mut self.buf).first().copied().flatten()
         {
-            let owner = Owner { count, changed: false, temperature: Temperature::default(), watched: true };
-            self.owners.insert(addr, owner);
             self.addrs.push(addr);
+            self.owners.push(Owner { count, changed: false, temperature: Temperature::default(), watched: true });
         }
         false
     }
@@ -58,8 +58,8 @@ impl TableOwners {
     /// Reads every owner's count again; one that changed was in use.
     pub fn sample(&mut self) {
         let counts = read_counts(&self.addrs, &mut self.buf);
-        for (addr, count) in self.addrs.iter().zip(counts) {
-            if let (Some(owner), Some(count)) = (self.owners.get_mut(addr), count) {
+        for (owner, count) in self.owners.iter_mut().zip(counts) {
+            if let Some(count) = count {
                 owner.changed |= owner.count != count;
                 owner.count = count;
             }
@@ -72,7 +72,11 @@ impl TableOwners {
         let since = self.last_pass_end.map_or(1.0, |at| now.duration_since(at).as_secs_f64());
         self.last_pass_end = Some(now);
         let rules = rules_for(since);
-        self.owners.retain(|_, owner| {
+        // The addresses first, by their owners' state, which the owners' own
+        // retain then clears.
+        let mut kept = self.owners.iter().map(|owner| owner.watched);
+        self.addrs.retain(|_| kept.next().unwrap_or(false));
+        self.owners.retain_mut(|owner| {
             if !owner.watched {
                 return false;
             }
@@ -84,7 +88,6 @@ impl TableOwners {
             (owner.changed, owner.watched) = (false, false);
             true
         });
-        self.addrs.retain(|addr| self.owners.contains_key(addr));
     }
 }
 

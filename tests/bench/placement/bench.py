@@ -170,7 +170,10 @@ class Balloon:
         self.above = above
         self.cgroup = cgroup
         self.held = 0  # the workload's memory on node 0 at the last round
-        self.reclaimed = {"asks": 0, "askedBytes": 0, "demotedBytes": 0}  # the excess the kernel demoted
+        # The excess the kernel demoted, and when it was asked (whole seconds
+        # since the balloon started).
+        self.reclaimed = {"asks": 0, "askedBytes": 0, "demotedBytes": 0, "askedAtSeconds": []}
+        self.started = time.monotonic()
         self.chunks = []
         self.pid = None
         self.stop = threading.Event()
@@ -198,6 +201,7 @@ class Balloon:
             self.reclaimed["asks"] += 1
             self.reclaimed["askedBytes"] += held - self.budget
             self.reclaimed["demotedBytes"] += demoted
+            self.reclaimed["askedAtSeconds"].append(int(time.monotonic() - self.started))
 
     def take(self):
         """Locks a chunk that prefers node 0; keeps it only if it all landed
