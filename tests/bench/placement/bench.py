@@ -155,7 +155,10 @@ class Balloon:
     of first touches, a migration that allocates below the low watermark,
     memory pytier does not place) the kernel's own reclaim on the workload's
     cgroup demotes, choosing the pages as kswapd would on a node of the
-    budget's size."""
+    budget's size; but not while the workload lists and measures its truth,
+    after its accesses (workloads.measuring): what the listing allocates is
+    the benchmark's, and a demotion then would move the workload's pages by
+    the kernel's LRU right before they are measured."""
 
     CHUNK = 256 << 10
 
@@ -165,8 +168,9 @@ class Balloon:
         kernel demote the excess: its room ends within half a chunk of it."""
         return budget + cls.CHUNK // 2
 
-    def __init__(self, budget, above, cgroup):
+    def __init__(self, budget, above, cgroup, measuring):
         self.budget = budget
+        self.measuring = measuring  # exists while the workload measures (workloads.measuring)
         self.above = above
         self.cgroup = cgroup
         self.held = 0  # the workload's memory on node 0 at the last round
@@ -195,7 +199,7 @@ class Balloon:
         while excess < -self.CHUNK // 2 and self.chunks:
             self.chunks.pop().close()
             excess += self.CHUNK
-        if held > self.most_held(self.budget):
+        if held > self.most_held(self.budget) and not os.path.exists(self.measuring):
             # Short of it: the next round asks again.
             demoted = demote_by_reclaim(self.cgroup, held - self.budget)
             self.reclaimed["asks"] += 1
@@ -344,7 +348,8 @@ def run_workload(name, args, config, budget):
         default_memory_policy()
         write(f"{cgroup}/cgroup.procs", os.getpid())
 
-    balloon = Balloon(budget, above=BALLOON_WATERMARK[config], cgroup=cgroup)
+    env["PLACEMENT_MEASURING"] = f"/run/pytier-bench-measuring-{os.getpid()}"
+    balloon = Balloon(budget, above=BALLOON_WATERMARK[config], cgroup=cgroup, measuring=env["PLACEMENT_MEASURING"])
     migrated_before = vmstat(*MIGRATED_PAGES)
     feeder = None
     try:
@@ -360,6 +365,8 @@ def run_workload(name, args, config, budget):
     finally:
         damos_stats = feeder.stop() if feeder else None
         balloon.close()
+        if os.path.exists(env["PLACEMENT_MEASURING"]):
+            os.unlink(env["PLACEMENT_MEASURING"])
         set_kernel_tiering(None)
     if proc.returncode != 0:
         raise RuntimeError(f"{name} under {config} failed:\n{stderr}")

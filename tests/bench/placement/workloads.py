@@ -22,6 +22,7 @@ import collections
 import ctypes
 import itertools
 import json
+import os
 import random
 import time
 
@@ -94,6 +95,22 @@ def settle(below, most_seconds=2.0):
         if below is None or by_node.get(DRAM_NODE, 0) <= below or waited >= most_seconds:
             return waited, by_node
         time.sleep(0.01)
+
+
+def measuring(now):
+    """Tells the harness whether the workload is listing and measuring its
+    truth (`PLACEMENT_MEASURING` names a file that exists meanwhile), so
+    that its balloon does not have the kernel demote an excess then: the
+    listing allocates lists of every object, and the demotion would move
+    the workload's pages by the kernel's LRU, not by the config's placement,
+    right before they are measured."""
+    path = os.environ.get("PLACEMENT_MEASURING")
+    if not path:
+        return
+    if now:
+        open(path, "w").close()
+    elif os.path.exists(path):
+        os.unlink(path)
 
 
 def nodes_of_pages(pages):
@@ -213,13 +230,12 @@ class Truth:
     def ranking_share(self, page_heat, budget_pages):
         """What pytier's ranking would serve with every page where it ranks
         it, whatever the migrations managed: the truth's share on its hottest
-        `budget_pages` pages (those with any heat). With how many of those are
-        the truth's pages of objects, its bare pages (dict tables), and pages
-        the truth does not count, by what their most accessed object is
-        ("table": a dict's table or nodes; "other": no truth page), beside
-        the same for the oracle's pages; and where placement and ranking
-        part: the truth's share on ranked pages not on DRAM, by quarter of
-        the ranking (hottest first), and on DRAM pages outside the ranking."""
+        `budget_pages` pages (those with any heat). With those pages and the
+        oracle's counted by the type of their most accessed object ("table":
+        a dict's table or nodes; "other": a page the truth does not count);
+        and where placement and ranking part: the truth's share on ranked
+        pages not on DRAM, by quarter of the ranking (hottest first), and on
+        DRAM pages outside the ranking."""
         hottest = sorted((p for p, h in page_heat.items() if h > 0), key=lambda p: -page_heat[p])[:budget_pages]
         mass = dict(zip(self.pages, self.mass))
         oracle = sorted(self.pages, key=lambda p: -mass[p])[:budget_pages]
@@ -627,6 +643,7 @@ def main():
     report["phases"] = []
     for number in range(phases):
         listing, run = phase(state, rng)
+        measuring(True)
         truth = Truth(*listing())
         start = time.monotonic()
         deadline = start + args.seconds
@@ -637,6 +654,7 @@ def main():
         at_shift = truth.dram_share() if target is not None else None
         if at_shift is not None and at_shift >= target:
             converged_after = 0.0
+        measuring(False)
         tables_read_after = None
         while time.monotonic() < deadline:
             run(min(deadline, time.monotonic() + 1.0))
@@ -648,6 +666,7 @@ def main():
         # below allocates (first touches the balloon has not yet answered).
         settled, report["anonBytesByNode"] = settle(args.settle_below)
         report["node0AnonByMapping"] = node0_anon_by_mapping()
+        measuring(True)  # to the next phase's accesses, or the end
         # pytier's own estimate first: the truth's listing of every object
         # writes every count, which page writes would take for use.
         estimate = pytier and placement_estimate(pytier)
