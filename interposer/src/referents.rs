@@ -7,10 +7,10 @@
 //! those pages apart, nor say how often the table is read: a dict used a
 //! million times a second is as hot as one used once a scan, and spread over
 //! a 5 MiB table that is next to nothing per page. So a table's page takes
-//! the heat of the objects its entries point at (`lookup_heat`). A lookup
-//! also reads the index slot at the key's hash: that slot's page takes the
-//! entry's heat (string keys' hashes are spread evenly, and their tables
-//! keep no hash, so there the index pages share the entries' heat evenly).
+//! the heat of the objects its entries point at. A lookup also reads the
+//! index slot at the key's hash: that slot's page takes the entry's heat
+//! (string keys' hashes are spread evenly, and their tables keep no hash, so
+//! there the index pages share the entries' heat evenly).
 //!
 //! An `OrderedDict`'s `od_fast_nodes` is read the same way: `move_to_end`
 //! finds a key's node at its entry's index there, so a slot is read as
@@ -62,7 +62,7 @@ pub fn dict_table_heat(addr: usize, size: usize, heat_of: impl Fn(usize) -> f32)
     let mut spread = 0.0;
     let read = for_each_record(index + index_len, entries * entry_size, entry_size, |at, entry| {
         // A split table's values are in the dict's values array, not here.
-        let used = lookup_heat(heat_of(word(entry, key_at)), heat_of(word(entry, key_at + 8)));
+        let used = heat_of(word(entry, key_at)).max(heat_of(word(entry, key_at + 8)));
         add_to_page(&mut pages, at, used);
         if kind == KIND_GENERAL {
             // A lookup reads first the index slot at the key's hash (and
@@ -82,17 +82,6 @@ pub fn dict_table_heat(addr: usize, size: usize, heat_of: impl Fn(usize) -> f32)
         *heat += spread * overlap as f32 / index_len as f32;
     }
     Some(pages)
-}
-
-/// How hot an entry is, from its key's and its value's heat: the smaller of
-/// the two, or the one that has any. A lookup uses both (the caller holds
-/// the key, and gets the value back), so neither is used less than the
-/// entry is read. Each heat also carries the object's share of its page's
-/// writes, which overstates a little-used object on a busy page; the
-/// smaller one overstates least. Zero is no evidence either way: a value
-/// shared by every entry (`True`, `None`) is no object pytier tracks.
-fn lookup_heat(key: f32, value: f32) -> f32 {
-    if key == 0.0 || value == 0.0 { key.max(value) } else { key.min(value) }
 }
 
 /// The heat of each page of an array of `size` bytes at `addr` of pointers
@@ -186,23 +175,21 @@ mod tests {
     #[test]
     fn a_dict_table_page_takes_the_heat_of_its_entries_and_the_index_slot_at_their_hash() {
         // Entry 0: hash 3000 (slot 3000, 6000 bytes into the index: its second
-        // page), a hot key (3 degrees) and a hotter value (6); entry 2000:
-        // hash 100 (the first page), a warm key whose value is no object
-        // known.
+        // page), a hot key and value; entry 2000: hash 100 (the first page), a
+        // warm key whose value is no object known.
         let set = [(0, 0, 3000), (0, 1, HOT_KEY), (0, 2, HOT_VALUE), (2000, 0, 100), (2000, 1, WARM_KEY)];
         let (_storage, base, len, entries_at) = table(dict_keys::KIND_GENERAL, 24, &set);
         let heat: HashMap<usize, f32> =
             dict_table_heat(base, len, temperatures(&KNOWN)).expect("read as a table").into_iter().collect();
 
-        // An entry is as hot as the less used of its key and value, or the
-        // one known...
+        // An entry is as hot as the hotter of its key and value...
         assert_eq!(heat[&((entries_at + 2000 * 24) & !(PAGE - 1))], 1.0);
         assert_eq!(entries_at & !(PAGE - 1), base + 2 * PAGE);
-        assert_eq!(heat[&(base + 2 * PAGE)], 3.0);
+        assert_eq!(heat[&(base + 2 * PAGE)], 6.0);
         // ...and so is the index slot its hash leads to.
         assert_eq!(heat[&base], 1.0);
-        assert_eq!(heat[&(base + PAGE)], 3.0);
-        assert_eq!(heat.values().sum::<f32>(), 8.0);
+        assert_eq!(heat[&(base + PAGE)], 6.0);
+        assert_eq!(heat.values().sum::<f32>(), 14.0);
 
         // A header that does not fit the block, or is no table, reads as none.
         assert_eq!(dict_table_heat(base, len - 24, temperatures(&KNOWN)), None);
@@ -212,18 +199,17 @@ mod tests {
 
     #[test]
     fn a_string_keyed_tables_index_pages_share_its_entries_heat_evenly() {
-        // Entries of a key and a value, no hash: entry 0 hot (3 degrees, its
-        // key's, the less used).
+        // Entries of a key and a value, no hash: entry 0 hot (6 degrees).
         let (_storage, base, len, _) = table(1, 16, &[(0, 0, HOT_KEY), (0, 1, HOT_VALUE)]);
         let heat: HashMap<usize, f32> =
             dict_table_heat(base, len, temperatures(&KNOWN)).expect("read as a table").into_iter().collect();
         // Each index page by how much of the 8 KiB index it holds: the first
         // all but the 32-byte header, the second whole, the third the last
         // 32 bytes, beside entry 0.
-        let share = |bytes: usize| 3.0 * bytes as f32 / 8192.0;
+        let share = |bytes: usize| 6.0 * bytes as f32 / 8192.0;
         assert_eq!(heat[&base], share(PAGE - 32));
         assert_eq!(heat[&(base + PAGE)], share(PAGE));
-        assert_eq!(heat[&(base + 2 * PAGE)], 3.0 + share(32));
+        assert_eq!(heat[&(base + 2 * PAGE)], 6.0 + share(32));
     }
 
     #[test]
