@@ -99,22 +99,29 @@ def test_a_big_heap_is_scanned_in_slices_within_the_cpu_budget():
         import pytier, time
         data = [(float(i), str(i)) for i in range(400000)]  # ~60 arenas
         wait_for_a_full_cycle()
+        untracked = pytier.classify(data[:1000]).count(None)
+        # The longest slice of each of five cycles: one slice can be stretched
+        # by a hypervisor that takes the core away (the thread's CPU clock runs on).
+        longest = []
+        for _ in range(5):
+            wait_for_a_full_cycle()
+            longest.append(pytier.stats()["last"]["longestSliceSeconds"])
         s = pytier.stats()
         last = s["last"]
-        print(last["slices"], last["longestSliceSeconds"], last["arenas"], s["scannerCpuFraction"],
-              pytier.classify(data[:1000]).count(None))
+        print(last["slices"], sorted(longest)[2], last["arenas"], s["scannerCpuFraction"],
+              untracked, pytier.classify(data[:1000]).count(None))
     """, env={"PYTIER_CONFIG": json.dumps({"tracking": {"sliceMillis": 1, "maxCpuFraction": 0.2, "scanIntervalMillis": 20,
                                                         # Every pool read: none left unread for want of writes.
                                                         "maxFaultFraction": 0}})})
     assert r.returncode == 0, r.stderr
-    slices, longest, arenas, cpu, untracked = r.stdout.split()
+    slices, longest, arenas, cpu, untracked, untracked_later = r.stdout.split()
     assert int(arenas) > 40
     assert int(slices) > 5, "a cycle over many arenas takes many 1 ms slices"
     # A slice stops after the arena that crosses its budget (~1.5 ms of the
     # scanner thread's CPU here; a wait for a busy core is not counted).
-    assert float(longest) < 0.02
+    assert float(longest) < 0.02, "the median cycle's longest slice"
     assert float(cpu) < 0.3, "the pauses between slices keep the scanner near its 20% budget"
-    assert int(untracked) == 0
+    assert int(untracked) == 0, f"{untracked_later} of them still untracked ten passes later"
 
 
 def test_arenas_freed_while_read_in_place_are_kept_until_read_then_freed():
