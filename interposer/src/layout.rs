@@ -33,6 +33,9 @@ pub struct Layout {
     /// The reference-count word's upper 16 bits are `ob_flags`, not count
     /// (3.14+: `uint32 ob_refcnt, uint16 ob_overflow, uint16 ob_flags`).
     pub flags_in_refcount_word: bool,
+    /// Locals are borrowed (3.14+, `LOAD_FAST_BORROW`): an object used
+    /// through a function's local keeps its count.
+    pub borrows_locals: bool,
     /// Size of `PyASCIIObject`, the header of the compact strings programs
     /// make (the characters follow it). `str`'s `tp_basicsize` is that of a
     /// legacy string, larger than most compact ones.
@@ -99,12 +102,13 @@ impl Layout {
             managed_dict_flag: 1 << 4,
             immortal_refcnt: None,
             flags_in_refcount_word: false,
+            borrows_locals: false,
             compact_str_header: 48,
         };
         // Same pools from 3.11 to 3.15. 3.12 adds immortal objects (low 32
         // bits of the count at 2^31 or more) and the managed weakref slot in
         // the preheader, and drops the strings' `wstr` pointer; 3.14 splits
-        // the count word.
+        // the count word and borrows locals.
         let immortal = Layout {
             immortal_refcnt: Some(1 << 31),
             managed_dict_flag: 1 << 4 | 1 << 3,
@@ -114,7 +118,7 @@ impl Layout {
         match (major, minor) {
             (3, 11) => Ok(base),
             (3, 12) | (3, 13) => Ok(immortal),
-            (3, 14) | (3, 15) => Ok(Layout { flags_in_refcount_word: true, ..immortal }),
+            (3, 14) | (3, 15) => Ok(Layout { flags_in_refcount_word: true, borrows_locals: true, ..immortal }),
             (3, ..=10) => Err(Unsupported(format!(
                 "CPython {major}.{minor} is not supported: it has reached its end of life (supported: {SUPPORTED})"
             ))),
@@ -211,7 +215,8 @@ mod tests {
         assert!(Layout::for_version(0x030b07f0, false).unwrap().immortal_refcnt.is_none());
         assert_eq!(Layout::for_version(0x030c00f0, false).unwrap().immortal_refcnt, Some(1 << 31));
         for hexversion in [0x030e0af0, 0x030f02f0] {
-            assert!(Layout::for_version(hexversion, false).unwrap().flags_in_refcount_word);
+            let layout = Layout::for_version(hexversion, false).unwrap();
+            assert!(layout.flags_in_refcount_word && layout.borrows_locals);
         }
         let old = Layout::for_version(0x030a00f0, false).unwrap_err();
         assert!(old.0.contains("3.10 is not supported: it has reached its end of life"), "{}", old.0);

@@ -29,12 +29,23 @@ const PAGE: usize = 4096;
 /// Buffers are read in pieces of about this size, a whole number of slots.
 const PIECE: usize = 64 << 10;
 
-/// The heat of each page of the dict table of `size` bytes at `addr`, in
-/// address order, from `heat_of` each object an entry points at (0 where
-/// none is known); None when the block does not read as a table (freed
-/// meanwhile, or a layout this does not know): its owner's heat is then
-/// spread over it instead.
-pub fn dict_table_heat(addr: usize, size: usize, heat_of: impl Fn(usize) -> f32) -> Option<Vec<(usize, f32)>> {
+/// What a dict table's entries say of it.
+#[derive(Debug, PartialEq)]
+pub struct TableReading {
+    /// The heat of each page, in address order.
+    pub pages: Vec<(usize, f32)>,
+    /// Entries holding a value here (a split table's are elsewhere), and
+    /// those whose value has heat: a lookup hands out its value, and an
+    /// index nobody reads has values nobody uses.
+    pub values: usize,
+    pub values_in_use: usize,
+}
+
+/// The heat of each page of the dict table of `size` bytes at `addr`, from
+/// `heat_of` each object an entry points at (0 where none is known); None
+/// when the block does not read as a table (freed meanwhile, or a layout
+/// this does not know): its owner's heat is then spread over it instead.
+pub fn dict_table_heat(addr: usize, size: usize, heat_of: impl Fn(usize) -> f32) -> Option<TableReading> {
     use dict_keys::*;
     let mut header = [0u8; INDICES];
     if size < INDICES || read_exact_self(addr, &mut header).is_err() {
@@ -60,9 +71,14 @@ pub fn dict_table_heat(addr: usize, size: usize, heat_of: impl Fn(usize) -> f32)
         (index & !(PAGE - 1)..index + index_len).step_by(PAGE).map(|p| (p, 0.0)).collect();
     let index_pages = pages.len();
     let mut spread = 0.0;
+    let (mut values, mut values_in_use) = (0, 0);
     let read = for_each_record(index + index_len, entries * entry_size, entry_size, |at, entry| {
         // A split table's values are in the dict's values array, not here.
-        let used = heat_of(word(entry, key_at)).max(heat_of(word(entry, key_at + 8)));
+        let value = word(entry, key_at + 8);
+        let value_heat = heat_of(value);
+        values += (value != 0) as usize;
+        values_in_use += (value_heat > 0.0) as usize;
+        let used = heat_of(word(entry, key_at)).max(value_heat);
         add_to_page(&mut pages, at, used);
         if kind == KIND_GENERAL {
             // A lookup reads first the index slot at the key's hash (and
@@ -81,7 +97,7 @@ pub fn dict_table_heat(addr: usize, size: usize, heat_of: impl Fn(usize) -> f32)
         let overlap = (*page + PAGE).min(index + index_len) - (*page).max(index);
         *heat += spread * overlap as f32 / index_len as f32;
     }
-    Some(pages)
+    Some(TableReading { pages, values, values_in_use })
 }
 
 /// The heat of each page of an array of `size` bytes at `addr` of pointers
@@ -170,17 +186,20 @@ mod tests {
     const HOT_KEY: usize = 0x1000_0000;
     const HOT_VALUE: usize = 0x1000_1000;
     const WARM_KEY: usize = 0x3000_0000;
+    const COLD: usize = 0x5000_0000;
     const KNOWN: [(usize, f32); 3] = [(HOT_KEY, 3.0), (HOT_VALUE, 6.0), (WARM_KEY, 1.0)];
 
     #[test]
     fn a_dict_table_page_takes_the_heat_of_its_entries_and_the_index_slot_at_their_hash() {
         // Entry 0: hash 3000 (slot 3000, 6000 bytes into the index: its second
         // page), a hot key and value; entry 2000: hash 100 (the first page), a
-        // warm key whose value is no object known.
-        let set = [(0, 0, 3000), (0, 1, HOT_KEY), (0, 2, HOT_VALUE), (2000, 0, 100), (2000, 1, WARM_KEY)];
+        // warm key and a value with no heat.
+        let set =
+            [(0, 0, 3000), (0, 1, HOT_KEY), (0, 2, HOT_VALUE), (2000, 0, 100), (2000, 1, WARM_KEY), (2000, 2, COLD)];
         let (_storage, base, len, entries_at) = table(dict_keys::KIND_GENERAL, 24, &set);
-        let heat: HashMap<usize, f32> =
-            dict_table_heat(base, len, temperatures(&KNOWN)).expect("read as a table").into_iter().collect();
+        let reading = dict_table_heat(base, len, temperatures(&KNOWN)).expect("read as a table");
+        assert_eq!((reading.values, reading.values_in_use), (2, 1), "of two values, the hot one in use");
+        let heat: HashMap<usize, f32> = reading.pages.into_iter().collect();
 
         // An entry is as hot as the hotter of its key and value...
         assert_eq!(heat[&((entries_at + 2000 * 24) & !(PAGE - 1))], 1.0);
@@ -202,7 +221,7 @@ mod tests {
         // Entries of a key and a value, no hash: entry 0 hot (6 degrees).
         let (_storage, base, len, _) = table(1, 16, &[(0, 0, HOT_KEY), (0, 1, HOT_VALUE)]);
         let heat: HashMap<usize, f32> =
-            dict_table_heat(base, len, temperatures(&KNOWN)).expect("read as a table").into_iter().collect();
+            dict_table_heat(base, len, temperatures(&KNOWN)).expect("read as a table").pages.into_iter().collect();
         // Each index page by how much of the 8 KiB index it holds: the first
         // all but the 32-byte header, the second whole, the third the last
         // 32 bytes, beside entry 0.
@@ -219,7 +238,7 @@ mod tests {
         let mut storage = page_aligned(2 * PAGE);
         let base = aligned_start(&storage);
         let first = (base - storage.as_ptr() as usize) / 8;
-        for (slot, pointer) in [(5, HOT_KEY), (512, WARM_KEY), (600, WARM_KEY), (700, 0x5000_0000)] {
+        for (slot, pointer) in [(5, HOT_KEY), (512, WARM_KEY), (600, WARM_KEY), (700, COLD)] {
             storage[first + slot] = pointer as u64;
         }
         let heat = pointer_array_heat(base, 2 * PAGE, temperatures(&KNOWN)).expect("readable");

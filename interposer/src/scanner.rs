@@ -121,6 +121,8 @@ struct TableHeat {
     read_in_pass: u64,
     seen_in_pass: u64,
     pages: Vec<(usize, f32)>,
+    /// Enough of a dict table's values have heat (`VALUES_IN_USE`).
+    values_in_use: bool,
 }
 
 /// A dict's table is read again once every this many of its bytes cycles
@@ -131,6 +133,11 @@ const TABLE_BYTES_PER_CYCLE: usize = 1 << 20;
 /// Dict tables (and `OrderedDict` node arrays) this big or bigger are placed
 /// by their entries; a smaller one is a few pages, placed by its dict's heat.
 const TABLE_BY_ENTRIES: usize = 64 << 10;
+/// Where locals are borrowed (3.14+), a dict looked up through one keeps its
+/// count, and its table is taken as in use when this share of its values
+/// have heat. Not one: a table's first or last values share a page with
+/// other objects, whose writes they then seem to have.
+const VALUES_IN_USE: f64 = 0.01;
 
 struct BigState {
     slot: Slot,
@@ -279,7 +286,7 @@ impl Tracker {
     /// `OrderedDict`'s nodes. Read again once every
     /// `size / TABLE_BYTES_PER_CYCLE` cycles, its last reading standing in
     /// between. None for other kinds, or if it does not read as its kind.
-    fn heat_by_entries(&mut self, addr: usize, size: usize, kind: BufferKind) -> Option<&[(usize, f32)]> {
+    fn heat_by_entries(&mut self, addr: usize, size: usize, kind: BufferKind) -> Option<&TableHeat> {
         let pass = self.pass;
         let every = (size / TABLE_BYTES_PER_CYCLE).max(1) as u64;
         // A block freed and allocated again at the same address holds
@@ -289,16 +296,20 @@ impl Tracker {
         let fresh = self.tables.get(&addr).is_some_and(|t| same(t) && pass - t.read_in_pass < every);
         if !fresh {
             let heat_of = |object| self.heat_of(object);
-            let pages = match kind {
-                BufferKind::DictTable => referents::dict_table_heat(addr, size, heat_of)?,
-                BufferKind::OrderedDictNodes => referents::pointer_array_heat(addr, size, heat_of)?,
+            let (pages, values_in_use) = match kind {
+                BufferKind::DictTable => {
+                    let read = referents::dict_table_heat(addr, size, heat_of)?;
+                    (read.pages, read.values_in_use as f64 >= VALUES_IN_USE * read.values.max(1) as f64)
+                }
+                BufferKind::OrderedDictNodes => (referents::pointer_array_heat(addr, size, heat_of)?, false),
                 BufferKind::ListItems | BufferKind::DictValues => return None,
             };
-            self.tables.insert(addr, TableHeat { size, kind, read_in_pass: pass, seen_in_pass: pass, pages });
+            let table = TableHeat { size, kind, read_in_pass: pass, seen_in_pass: pass, pages, values_in_use };
+            self.tables.insert(addr, table);
         }
         let table = self.tables.get_mut(&addr)?;
         table.seen_in_pass = pass;
-        Some(&table.pages)
+        Some(table)
     }
 
     /// How much the object at `addr` is used, in the units of page heat: its
@@ -560,19 +571,23 @@ impl Tracker {
                 }
                 let owner_heat = cycle.owner_heat[first + i];
                 // Only while the dict's own count is seen changing (read
-                // between regions too: `owners`): one nothing reads (an index
-                // kept for later) holds hot keys too, and its page's writes
-                // may be its neighbours'.
+                // between regions too: `owners`), or, where locals are
+                // borrowed and it may not change, its values seen in use:
+                // one nothing reads (an index kept for later) holds hot keys
+                // too, and its page's writes may be its neighbours'.
                 let kind = cycle.owner_kind[first + i];
                 let table = matches!(kind, Some(BufferKind::DictTable | BufferKind::OrderedDictNodes));
                 let owner = cycle.owner_addr[first + i];
                 // Watched in every pass it owns a big table, whatever its heat.
                 let seen_in_use = table && size >= TABLE_BY_ENTRIES && owner != 0 && self.owners.watch(owner);
-                let by_entries = size >= TABLE_BY_ENTRIES && (owner_heat > 0.0 || seen_in_use);
-                match kind.filter(|_| by_entries).and_then(|kind| self.heat_by_entries(addr, size, kind)) {
-                    Some(pages) => {
+                let owner_in_use = owner_heat > 0.0 || seen_in_use;
+                let values_may_tell = self.layout.borrows_locals && kind == Some(BufferKind::DictTable);
+                let by_entries = size >= TABLE_BY_ENTRIES && (owner_in_use || values_may_tell);
+                let read = kind.filter(|_| by_entries).and_then(|kind| self.heat_by_entries(addr, size, kind));
+                match read.filter(|table| owner_in_use || table.values_in_use) {
+                    Some(table) => {
                         report.big_blocks.tables_by_entries += 1;
-                        for &(page, heat) in pages {
+                        for &(page, heat) in &table.pages {
                             *cycle.big_heat.entry(page).or_insert(0.0) += heat;
                         }
                     }

@@ -214,13 +214,16 @@ def test_blocks_too_big_for_pymalloc_are_seen_through_the_allocator():
     assert json.loads(big)["blocks"] == 0 and int(untracked) == 2000, "without the allocator view, big blocks are unseen"
 
 
-def test_a_big_dict_looked_up_now_and_then_has_its_table_read_by_its_entries_and_one_never_read_has_not():
-    # A big dict table takes its entries' heat only while the dict's own count
-    # is seen changing. A lookup holds the dict only for a moment between
-    # long stretches of other work (json.dumps here); the index's count never
-    # changes.
+@pytest.mark.parametrize("through", ["global", "local"])
+def test_a_big_dict_looked_up_now_and_then_has_its_table_read_by_its_entries_and_one_never_read_has_not(through):
+    # A big dict table takes its entries' heat only while the dict is seen in
+    # use: its own count changing, or (3.14+, where a lookup through a
+    # function's local leaves the count alone) its values having heat. A
+    # lookup holds the dict only for a moment between long stretches of other
+    # work (json.dumps here); the index's count never changes, and nothing
+    # uses its values.
     r = python("""
-        import json, pytier, time
+        import json, pytier, sys, time
         store = {i: float(i) for i in range(200_000)}
         index = {i: float(i) for i in range(200_000)}  # kept, never read
         filler = [str(i) for i in range(1_000_000)]  # arenas: regions for a cycle
@@ -228,18 +231,27 @@ def test_a_big_dict_looked_up_now_and_then_has_its_table_read_by_its_entries_and
         def tables_by_entries():
             last = pytier.stats()["last"]
             return last and last["bigBlocks"]["tablesByEntries"]
-        start = time.monotonic()
-        seen_after, k = None, 0
-        while time.monotonic() - start < 20 and seen_after is None:
-            for _ in range(10):
-                json.dumps(payload)
-            store[k % 200_000]  # a module-level name: every version counts the reference
-            k += 1
-            if k % 1000 == 0 and tables_by_entries():
-                seen_after = time.monotonic() - start
-        wait_for_a_full_cycle()
-        print(json.dumps({"seenAfter": seen_after, "tables": tables_by_entries()}))
-    """, env={"PYTIER_CONFIG": FAST})
+        def look_up(local):
+            # Looks the store up until its table is read by its entries, and
+            # two passes more: (seconds until then, tables read so at the end).
+            # Called once: the local is this frame's for the whole loop.
+            start, k, seen_after, until_pass = time.monotonic(), 0, None, None
+            while time.monotonic() - start < 20:
+                for _ in range(10):
+                    json.dumps(payload)
+                if local is None:
+                    store[k % 200_000]  # LOAD_GLOBAL: a new reference on every version
+                else:
+                    local[k % 200_000]  # LOAD_FAST: borrowed on 3.14+, the count left alone
+                k += 1
+                if k % 1000 == 0 and seen_after is None and tables_by_entries():
+                    seen_after, until_pass = time.monotonic() - start, pytier.stats()["passes"] + 2
+                if k % 1000 == 0 and until_pass and pytier.stats()["passes"] >= until_pass:
+                    break
+            return seen_after, tables_by_entries()
+        seen_after, tables = look_up(store if sys.argv[1] == "local" else None)
+        print(json.dumps({"seenAfter": seen_after, "tables": tables}))
+    """, args=[through], env={"PYTIER_CONFIG": FAST})
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["seenAfter"] is not None, "the store's table was never read by its entries in 20 s"
