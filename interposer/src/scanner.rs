@@ -135,8 +135,8 @@ const TABLE_BYTES_PER_CYCLE: usize = 1 << 20;
 const TABLE_BY_ENTRIES: usize = 64 << 10;
 /// Where locals are borrowed (3.14+), a dict looked up through one keeps its
 /// count, and its table is taken as in use when this share of its values
-/// have heat. Not one: a table's first or last values share a page with
-/// other objects, whose writes they then seem to have.
+/// have heat. A share, not any one value: a table's first or last values
+/// share a page with other objects, whose writes they then seem to have.
 const VALUES_IN_USE: f64 = 0.01;
 
 struct BigState {
