@@ -174,9 +174,9 @@ class Balloon:
         self.above = above
         self.cgroup = cgroup
         self.held = 0  # the workload's memory on node 0 at the last round
-        # The excess the kernel demoted, and when it was asked (whole seconds
-        # since the balloon started).
-        self.reclaimed = {"asks": 0, "askedBytes": 0, "demotedBytes": 0, "askedAtSeconds": []}
+        # The excess the kernel demoted, and how many asks came in each whole
+        # second since the balloon started.
+        self.reclaimed = {"asks": 0, "askedBytes": 0, "demotedBytes": 0, "asksBySecond": {}}
         self.started = time.monotonic()
         self.chunks = []
         self.pid = None
@@ -205,7 +205,9 @@ class Balloon:
             self.reclaimed["asks"] += 1
             self.reclaimed["askedBytes"] += held - self.budget
             self.reclaimed["demotedBytes"] += demoted
-            self.reclaimed["askedAtSeconds"].append(int(time.monotonic() - self.started))
+            second = int(time.monotonic() - self.started)
+            by_second = self.reclaimed["asksBySecond"]
+            by_second[second] = by_second.get(second, 0) + 1
 
     def take(self):
         """Locks a chunk that prefers node 0; keeps it only if it all landed
