@@ -491,7 +491,9 @@ def main():
                     ranking = report["phases"][-1]["ranking"]
                     print(f"  (pytier's ranking would serve {ranking['share']:.3f} with every page placed as"
                           f" ranked; its top pages: {json.dumps(ranking['pages'])}, the oracle's:"
-                          f" {json.dumps(ranking['oraclePages'])}; the truth's share on"
+                          f" {json.dumps(ranking['oraclePages'])}; each kind's median page, [heat over"
+                          f" the ranking's last page, accesses over the oracle's last]:"
+                          f" {json.dumps(ranking['medianPageByKind'])}; the truth's share on"
                           f" ranked pages not on DRAM, by quarter: {ranking['rankedNotOnDram']}, on DRAM"
                           f" pages not ranked: {ranking['onDramNotRanked']}; big tables first read by their entries"
                           f" after {report['phases'][-1]['tablesReadAfterSeconds']} s)", file=sys.stderr)

@@ -232,7 +232,8 @@ class Truth:
         it, whatever the migrations managed: the truth's share on its hottest
         `budget_pages` pages (those with any heat). With those pages and the
         oracle's counted by the type of their most accessed object ("table":
-        a dict's table or nodes; "other": a page the truth does not count);
+        a dict's table or nodes; "other": a page the truth does not count),
+        each kind's median page against the ranking's and the oracle's last;
         and where placement and ranking part: the truth's share on ranked
         pages not on DRAM, by quarter of the ranking (hottest first), and on
         DRAM pages outside the ranking."""
@@ -247,10 +248,21 @@ class Truth:
         for rank, (p, node) in enumerate(zip(hottest, hottest_nodes)):
             if node != DRAM_NODE:
                 missed[4 * rank // len(hottest)] += mass.get(p, 0.0)
+        # Each kind's median page: its heat over that of the ranking's last
+        # page, and its accesses over those of the oracle's last page. A kind
+        # whose first is the higher is ranked above where the truth puts it.
+        by_kind = collections.defaultdict(list)
+        for p in self.pages:
+            by_kind[self.kind.get(p, "other")].append(p)
+        median = lambda values: sorted(values)[len(values) // 2]
+        heat_edge, mass_edge = (page_heat[hottest[-1]], mass[oracle[-1]]) if hottest else (1.0, 1.0)
         return {
             "share": sum(mass.get(p, 0.0) for p in hottest),
             "pages": kinds(hottest),
             "oraclePages": kinds(oracle),
+            "medianPageByKind": {kind: [round(median([page_heat.get(p, 0.0) for p in pages]) / heat_edge, 2),
+                                        round(median([mass[p] for p in pages]) / mass_edge, 2)]
+                                 for kind, pages in by_kind.items()},
             "rankedNotOnDram": [round(m, 4) for m in missed],
             "onDramNotRanked": round(sum(m for p, m in mass.items() if on_dram[p] and p not in ranked), 4),
         }
