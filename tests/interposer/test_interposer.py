@@ -244,9 +244,12 @@ def test_a_big_dict_looked_up_now_and_then_has_its_table_read_by_its_entries_and
                 else:
                     local[k % 200_000]  # LOAD_FAST: borrowed on 3.14+, the count left alone
                 k += 1
-                if k % 1000 == 0 and seen_after is None and tables_by_entries():
-                    seen_after, until_pass = time.monotonic() - start, pytier.stats()["passes"] + 2
-                if k % 1000 == 0 and until_pass and pytier.stats()["passes"] >= until_pass:
+                if k % 1000:
+                    continue
+                if seen_after is None:
+                    if tables_by_entries():
+                        seen_after, until_pass = time.monotonic() - start, pytier.stats()["passes"] + 2
+                elif pytier.stats()["passes"] >= until_pass:
                     break
             return seen_after, tables_by_entries()
         seen_after, tables = look_up(store if sys.argv[1] == "local" else None)

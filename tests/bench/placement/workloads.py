@@ -253,7 +253,7 @@ class Truth:
         # whose first is the higher is ranked above where the truth puts it.
         by_kind = collections.defaultdict(list)
         for p in self.pages:
-            by_kind[self.kind.get(p, "other")].append(p)
+            by_kind[self.kind[p]].append(p)
         median = lambda values: sorted(values)[len(values) // 2]
         heat_edge, mass_edge = (page_heat[hottest[-1]], mass[oracle[-1]]) if hottest else (1.0, 1.0)
         return {
