@@ -32,10 +32,11 @@ passes from key to key, is written as often as its floats are in the long
 run, but in bursts. Every estimator here takes it for a steady page written
 0.55 to 0.8 times as often (at the VM's pace, --rate 780000 --interval
 0.35: 0.70-0.71 for pytier's over seeds 1-3, the others 0.57-0.68).
-Looking sooner mends little: pytier's is 0.58 with the first look at 4 ms
-(about where the VM's first look comes), 0.65 at 1 ms, 0.71 at 0.25 ms. A
-first write after protection says how hot a page is now, and a float page
-is hot now only while a hot key holds one of its floats.
+Looking sooner mends little: pytier's is 0.58 with the first look at 4 ms,
+0.65 at 1 ms, 0.71 at 0.25 ms (in the VM the first look waits for the next
+run's collection, which takes milliseconds there). A first write after
+protection says how hot a page is now, and a float page is hot now only
+while a hot key holds one of its floats.
 
     python3 tests/bench/placement/write_heat.py [--interval S] [--rate N] [--seed K]
     python3 tests/bench/placement/write_heat.py --replaced-values [--first-look S] [--interval S] [--rate N]
