@@ -125,6 +125,12 @@ class GeometricMeanOrRecent(GeometricMean):
         return [max(gm, 1 / (RECENT_DISCOUNT * r)) if gm else 0.0 for gm, r in zip(super().scores(), self.recent)]
 
 
+def first_seen(t, looks):
+    """The look (seconds after the collection; the last is the next
+    collection) that first sees a page written `t` after it; None if none."""
+    return next((look for look in looks if look >= t), None)
+
+
 ESTIMATORS = {"mean of 1/delay (in use)": MeanOfInverse, "most likely rate": MostLikely,
               "geometric mean": GeometricMean, "geometric mean or last 2": GeometricMeanOrRecent}
 
@@ -155,8 +161,7 @@ def replaced_values(args, rng):
     for _ in range(round(30 / args.interval)):
         delays = []
         for lam in steady:
-            t = rng.expovariate(lam)
-            delays.append(next((look for look in looks if look >= t), None))
+            delays.append(first_seen(rng.expovariate(lam), looks))
         for _ in range(pages_each):
             u = rng.random()
             delays.append(next((look for look, s in zip(looks, unwritten) if 1 - s >= u), None))
@@ -174,7 +179,7 @@ def replaced_values(args, rng):
         floats, curve = mean[-1], list(zip(multiples, mean[:-1]))
         share = next((m0 + (m1 - m0) * (floats - s0) / (s1 - s0) for (m0, s0), (m1, s1) in zip(curve, curve[1:])
                       if s0 <= floats <= s1), None)
-        print(f"{name:32s}  " + (f"{share:.2f}" if share else f"outside {multiples[0]}-{multiples[-1]}"))
+        print(f"{name:32s}  " + (f"{share:.2f}" if share is not None else f"outside {multiples[0]}-{multiples[-1]}"))
 
 
 def served(rates, scores):
@@ -198,7 +203,7 @@ def main():
         return
     before, after = page_rates(rng, args.rate), page_rates(rng, args.rate)
     decay = 0.5 ** (args.interval / HALF_LIFE)
-    ladder = [t for t in LADDER if t < args.interval]
+    looks = [t for t in LADDER if t < args.interval] + [args.interval]
     estimators = {name: make() for name, make in ESTIMATORS.items()}
     per_phase = round(30 / args.interval)
     # The last collection before the shift, and the first at least 1, 3, 5 and 10 s after it.
@@ -208,8 +213,7 @@ def main():
         rates = before if c < per_phase else after
         delays = []
         for lam in rates:
-            t = rng.expovariate(lam) if lam > 0 else math.inf
-            delays.append(next((rung for rung in ladder if rung >= t), args.interval) if t < args.interval else None)
+            delays.append(first_seen(rng.expovariate(lam) if lam > 0 else math.inf, looks))
         for est in estimators.values():
             est.collection(decay)
             for i, delay in enumerate(delays):
